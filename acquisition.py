@@ -1,0 +1,258 @@
+"""
+Acquisition for mixbo: which mixture to train next, at which model scale and for how many steps.
+
+Everything here works on a fitted GP from gp.py over rows x = [w_1..w_K, u_N, u_T] (see gp.encode), and on
+finite candidate sets of mixtures, so every quantity is computed exactly (no inner optimizer, no Monte Carlo):
+
+1. simplex_candidates: mixtures drawn on the simplex directly (Dirichlet draws, never rejection sampling,
+   which runs dry at >= 7 weights: facebook/Ax#3867), including sparse draws with weights exactly 0
+   (optima often sit on faces of the simplex), the vertices, the uniform mixture and draws around incumbents.
+2. log_expected_improvement: EI for MINIMIZING loss, computed as log EI (Ament et al. 2023, "Unexpected
+   Improvements to Expected Improvement for Bayesian Optimization", NeurIPS, arXiv 2310.20708), with the
+   incumbent taken at the TARGET fidelity only.
+3. lower_confidence_bound: mu - sqrt(beta) * sigma (Srinivas et al. 2010, "Gaussian Process Optimization in
+   the Bandit Setting"; beta multiplies the variance, as in BoTorch's UpperConfidenceBound).
+4. knowledge_gradient / log_knowledge_gradient: the exact knowledge gradient over a finite set of lines
+   (Frazier, Powell & Dayanik 2009, "The Knowledge-Gradient Policy for Correlated Normal Beliefs", INFORMS
+   J. Comput. 21(4), Alg. 1 and eq. 15), vectorized over thousands of candidate measurements at once.
+5. choose_next: the decision of one BO step for the strategies 'mfkg' (cost-normalized multi-fidelity KG
+   over mixture x scale x steps: Poloczek, Wang & Frazier 2017 "misoKG"; Wu et al. 2019 "taKG"), 'kg', 'ei'
+   and 'ucb' (target fidelity only). recommend: argmin of the posterior mean at the target.
+
+Conventions: losses are MINIMIZED; every array is float64; shapes are written in comments, with
+M = |A| lines, Z = number of candidate measurements, K = number of domains, C = number of candidate mixtures.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erfcx, log_ndtr, ndtr
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+_HALF_LOG_PI_OVER_2 = 0.5 * np.log(np.pi / 2.0)
+
+# -----------------------------------------------------------------------------------------------------------
+# Candidate mixtures on the simplex
+
+
+def _dirichlet(rng, alpha):
+    """Dirichlet draws, one per row of alpha (n, K) -> (n, K), exact for tiny alpha.
+
+    Marsaglia & Tsang (2000), sec. 6: if G ~ Gamma(alpha + 1) and U ~ U(0,1) then G * U^(1/alpha) ~ Gamma(alpha).
+    Working with log G avoids the underflow of Gamma(alpha) to exactly 0 for small alpha (a row of zeros would
+    give 0/0); the Dirichlet is the normalized gamma vector, i.e. a softmax of the log-gammas.
+    """
+    log_g = np.log(rng.standard_gamma(alpha + 1.0)) + np.log(rng.uniform(size=alpha.shape)) / alpha  # (n, K)
+    w = np.exp(log_g - log_g.max(axis=1, keepdims=True))  # (n, K), largest entry exactly 1, none NaN
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _snap_to_face(w, zero_below):
+    """Set weights below zero_below to exactly 0 and renormalize: (n, K) -> (n, K).
+
+    The largest weight of a row is >= 1/K > zero_below, so no row becomes all zeros.
+    """
+    w = np.where(w < zero_below, 0.0, w)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def simplex_candidates(K, n_global, seed, incumbents=None, n_local=256, floor=0.0,
+                       concentrations=(20.0, 200.0)):
+    """Candidate mixtures on the probability simplex, drawn directly on it (no rejection sampling).
+
+    Returns an (M, K) array, rows in this order:
+      - the K vertices (all data from one domain) and the uniform mixture 1/K;
+      - n_global // 2 draws from Dirichlet(1, ..., 1), the uniform distribution on the simplex (its interior);
+      - n_global - n_global // 2 sparse draws from Dirichlet(alpha, ..., alpha), one alpha per draw, log-uniform
+        in [min(1/K, 1/2), 1/2]. With the total concentration K*alpha between 1 and K/2 the draw puts its mass
+        on a few domains (alpha = 1/K: typically 1-3) up to about half of them. Weights below zero_below = 0.1/K
+        (a tenth of the uniform share; at most 10% of the mass in total) are then set to EXACTLY 0 and the row
+        renormalized, so these candidates lie on faces, edges and vertices of the simplex where mixture optima
+        often sit (a weight of 1e-9 can neither be built into a data loader nor told apart from 0 by the GP);
+      - if incumbents (m, K) is given: the incumbents themselves, then n_local draws split evenly over them from
+        a Dirichlet centred on each incumbent w0: alpha = c * w0 + 1/K (c = concentration, plus one pseudo-count
+        spread evenly, so that zero weights of w0 are allowed to become positive). Its mean is (c w0 + 1/K)/(c+1)
+        ~ w0 and the sd of a weight w is sqrt(w (1 - w) / (c + 2)): for w = 0.25, c = 20 gives 0.09 (a step of
+        the order of a mixture lengthscale) and c = 200 gives 0.03 (a refinement); draws alternate between the
+        concentrations given. Weights below zero_below are snapped to 0 as above, so an incumbent on a face
+        mostly keeps its zeros.
+    floor (0 <= floor <= 1/K): every candidate is finally mixed with the uniform mixture,
+    w <- floor + (1 - K floor) w, so that every weight is >= floor exactly and the rows still sum to 1.
+    Every row is >= 0 and sums to 1 within 1e-12. Seeded: the same arguments give the same array.
+    """
+    K, n_global, n_local = int(K), int(n_global), int(n_local)
+    if K < 2:
+        raise ValueError(f"simplex_candidates needs K >= 2 domains, got K={K}")
+    if n_global < 0 or n_local < 0:
+        raise ValueError(f"n_global and n_local must be >= 0, got {n_global} and {n_local}")
+    if not 0.0 <= floor <= 1.0 / K:
+        raise ValueError(f"floor must be in [0, 1/K] = [0, {1.0 / K:.4g}] so the weights can sum to 1, got {floor}")
+    rng = np.random.default_rng(seed)
+    zero_below = 0.1 / K
+    parts = [np.eye(K), np.full((1, K), 1.0 / K)]  # (K, K) vertices, (1, K) uniform mixture
+    n_flat = n_global // 2
+    parts.append(_dirichlet(rng, np.ones((n_flat, K))))  # (n_flat, K) uniform on the simplex
+    n_sparse = n_global - n_flat
+    lo, hi = min(1.0 / K, 0.5), 0.5
+    alpha = np.exp(rng.uniform(np.log(lo), np.log(hi), size=(n_sparse, 1)))  # (n_sparse, 1) one alpha per draw
+    parts.append(_snap_to_face(_dirichlet(rng, np.broadcast_to(alpha, (n_sparse, K)).copy()), zero_below))
+    if incumbents is not None:
+        inc = np.atleast_2d(np.asarray(incumbents, dtype=np.float64))  # (m, K)
+        if inc.shape[1] != K or not np.all(np.isfinite(inc)) or np.any(inc < 0) \
+                or np.any(np.abs(inc.sum(axis=1) - 1.0) > 1e-9):
+            raise ValueError(f"incumbents must be an (m, {K}) array of mixtures (weights >= 0 summing to 1)")
+        parts.append(inc / inc.sum(axis=1, keepdims=True))
+        if n_local > 0 and len(inc) > 0:
+            centre = np.repeat(inc, -(-n_local // len(inc)), axis=0)[:n_local]  # (n_local, K) w0 per draw
+            conc = np.resize(np.asarray(concentrations, dtype=np.float64), n_local)[:, None]  # (n_local, 1) c
+            if np.any(conc <= 0):
+                raise ValueError(f"concentrations must be > 0, got {concentrations}")
+            parts.append(_snap_to_face(_dirichlet(rng, conc * centre + 1.0 / K), zero_below))
+    w = np.concatenate(parts, axis=0)  # (M, K)
+    return floor + (1.0 - K * floor) * w
+
+
+# -----------------------------------------------------------------------------------------------------------
+# log h(u) = log(phi(u) + u Phi(u)), shared by log-EI and the knowledge gradient
+
+
+def _log1mexp(x):
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Maechler 2012, "Accurately computing
+    log(1 - exp(-|a|))")."""
+    return np.where(x > -np.log(2.0), np.log(-np.expm1(np.minimum(x, -1e-300))), np.log1p(-np.exp(x)))
+
+
+def log_h(u):
+    """log h(u) with h(u) = phi(u) + u Phi(u) (= E[max(u + Z, 0)], Z ~ N(0,1)), finite for every finite u.
+
+    Ament et al. 2023, eq. 9 (the same branches as BoTorch's _log_ei_helper):
+      u > -1:        log(phi(u) + u Phi(u)) directly (no cancellation there);
+      -1e3 <= u <= -1: h = phi(u) (1 - |u| Phi(u)/phi(u)) and Phi(u)/phi(u) = sqrt(pi/2) erfcx(-u/sqrt 2), so
+                     log h = log phi(u) + log1mexp(log(|u| erfcx(-u/sqrt 2)) + log(pi/2)/2);
+      u < -1e3:      the asymptotic series h(u) = phi(u)/u^2 (1 - 3/u^2 + 15/u^4 + O(u^-6)) (Abramowitz &
+                     Stegun 26.2.12 for the Mills ratio), which is exact to double precision there while the
+                     erfcx branch loses digits to 1 - exp(w) with w ~ -1/u^2.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    out = np.empty_like(u)
+    direct = u > -1.0
+    mid = (u <= -1.0) & (u >= -1e3)
+    tail = u < -1e3
+    ud = u[direct]
+    out[direct] = np.log(np.exp(-0.5 * ud * ud - _LOG_SQRT_2PI) + ud * ndtr(ud))
+    um = u[mid]
+    w = np.log(-um * erfcx(-um / np.sqrt(2.0))) + _HALF_LOG_PI_OVER_2  # log(|u| Phi(u)/phi(u)) < 0
+    out[mid] = -0.5 * um * um - _LOG_SQRT_2PI + _log1mexp(w)
+    ut = u[tail]
+    r = 1.0 / (ut * ut)
+    out[tail] = -0.5 * ut * ut - _LOG_SQRT_2PI + np.log(r) + np.log1p(-3.0 * r + 15.0 * r * r)
+    return out
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Expected improvement (log) and lower confidence bound, for minimization
+
+
+def log_expected_improvement(mean, sd, best):
+    """log EI for MINIMIZATION: log E[max(best - f, 0)], f ~ N(mean, sd^2). (m,), (m,), float -> (m,).
+
+    EI = sd h(u) with u = (best - mean)/sd (Jones et al. 1998, eq. 15, sign-flipped for minimization), so
+    log EI = log sd + log h(u) (Ament et al. 2023, eq. 9). best is the incumbent: the best (lowest) posterior
+    mean at the TARGET fidelity over the evaluated mixtures (an incumbent taken from small-scale losses, whole
+    nats lower, would make EI vanish or explode). sd is clamped at 1e-12 (BoTorch's min_var=1e-12 is on the
+    variance; we clamp the sd) so a zero posterior variance gives a finite, very negative value, never NaN.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
+    u = (best - mean) / sd  # (m,) standardized improvement
+    return np.log(sd) + log_h(u)
+
+
+def lower_confidence_bound(mean, sd, beta):
+    """mu - sqrt(beta) sigma: the optimistic loss, to be MINIMIZED. (m,), (m,), float -> (m,).
+
+    Srinivas et al. 2010, eq. 6 (UCB for maximization, sign-flipped). beta multiplies the VARIANCE, as in
+    BoTorch's UpperConfidenceBound (many libraries write mu - kappa sigma with kappa = sqrt(beta)).
+    """
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    return np.asarray(mean, dtype=np.float64) - np.sqrt(beta) * np.asarray(sd, dtype=np.float64)
+
+
+def srinivas_beta(n_candidates, t, delta=0.1):
+    """beta_t = 2 log(|D| t^2 pi^2 / (6 delta)) for a finite domain D (Srinivas et al. 2010, Theorem 1).
+
+    n_candidates = |D|, t >= 1 the iteration number; with probability >= 1 - delta the regret bound holds.
+    """
+    if n_candidates < 1 or t < 1 or not 0.0 < delta < 1.0:
+        raise ValueError(f"srinivas_beta needs n_candidates >= 1, t >= 1, 0 < delta < 1; got {n_candidates}, {t}, {delta}")
+    return 2.0 * np.log(n_candidates * t * t * np.pi ** 2 / (6.0 * delta))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Exact discrete knowledge gradient
+
+
+def log_knowledge_gradient(a, b):
+    """log of the exact knowledge gradient for MINIMIZATION, one value per column. a (M,) or (M, Z), b (M, Z) -> (Z,).
+
+    For one candidate measurement z (a column), line i is the posterior mean at x_i of the set A after the
+    measurement: a_i + b_i Z with a_i = mu_n(x_i), b_i = Sigma_n(x_i, z) / sqrt(Sigma_n(z, z) + lambda), and
+    Z ~ N(0, 1) (FPD 2009, eq. 5). For a loss the value of information is
+        KG(z) = min_i a_i - E[min_i (a_i + b_i Z)] = E[max_i (-a_i + b_i Z)] - max_i (-a_i) = h(-a, b)
+    (Z and -Z have the same law), h being FPD's max-form. h is computed exactly from the upper envelope of the
+    lines a'_i + b_i z (a' = -a):
+        h(a', b) = sum_k (b_{j_k+1} - b_{j_k}) f(-|c_k|),  f(s) = s Phi(s) + phi(s)     (FPD 2009, eq. 15)
+    over consecutive envelope lines j_1, j_2, ... (increasing slope) meeting at breakpoints c_1 < c_2 < ...,
+    and returned as logsumexp_k [log(b_{j_k+1} - b_{j_k}) + log h(-|c_k|)] (f is log_h's h), so values far
+    below 1e-300 keep their digits. Columns with one envelope line (e.g. all b equal) give -inf (KG = 0).
+
+    FPD's Alg. 1 builds the envelope with a sort and a stack, sequentially per column. Here every column walks
+    its envelope from the left at the same time (vectorized over columns): start at the line of smallest slope
+    (largest intercept among ties: the maximum at z -> -inf); from the current line j the next envelope line is
+    the line i with b_i > b_j whose crossing c_i = (a'_j - a'_i)/(b_i - b_j) with line j comes first, and c_i
+    is the breakpoint. A column stops at the line of largest slope. The cost is O(M) per envelope line per
+    column; columns that are done are dropped from the arrays. Equal breakpoints (three lines through one point)
+    need no special care: their terms telescope to the same sum.
+    """
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim != 2:
+        raise ValueError(f"b must be an (M, Z) array (lines x candidate measurements), got shape {b.shape}")
+    M, Z = b.shape
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape == (M,):
+        a = a[:, None]  # (M, 1), the same intercepts for every column
+    elif a.shape != (M, Z):
+        raise ValueError(f"a must have shape ({M},) or ({M}, {Z}) to match b, got {a.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("a and b must be finite (a posterior mean or covariance is NaN/inf: check the GP fit)")
+    ap = np.broadcast_to(-a, (M, Z))  # (M, Z) max-form intercepts a' = -a
+    out = np.full(Z, -np.inf)  # (Z,) log KG, -inf until a term is added
+    if M < 2 or Z == 0:
+        return out
+    cols = np.arange(Z)
+    b_min = b.min(axis=0)  # (Z,)
+    j = np.argmax(np.where(b == b_min, ap, -np.inf), axis=0)  # (Z,) the line that is max at z -> -inf
+    a_j, b_j = ap[j, cols], b[j, cols]  # (Z,), (Z,) current envelope line of each column
+    active = cols  # (Za,) columns still walking
+    while active.size:
+        A, B = ap[:, active], b[:, active]  # (M, Za)
+        db = B - b_j  # (M, Za) slope gain of each line over the current one
+        steeper = db > 0
+        c = np.divide(a_j - A, db, out=np.full(db.shape, np.inf), where=steeper)  # (M, Za) crossing points
+        i = np.argmin(c, axis=0)  # (Za,) next envelope line
+        rows = np.arange(active.size)
+        c_next = c[i, rows]  # (Za,) breakpoint between line j and line i
+        go = c_next < np.inf  # a column with no steeper line (or a crossing at +inf) has finished
+        if not np.any(go):
+            break
+        i, rows, c_next, active = i[go], rows[go], c_next[go], active[go]
+        term = np.log(db[i, rows]) + log_h(-np.abs(c_next))  # (Za,) log[(b_i - b_j) f(-|c|)], FPD eq. 15
+        out[active] = np.logaddexp(out[active], term)
+        a_j, b_j = A[i, rows], B[i, rows]
+    return out
+
+
+def knowledge_gradient(a, b):
+    """Exact knowledge gradient for minimization, exp(log_knowledge_gradient(a, b)) >= 0. (M,) or (M, Z), (M, Z) -> (Z,)."""
+    return np.exp(log_knowledge_gradient(a, b))
