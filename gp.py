@@ -1,0 +1,478 @@
+"""
+gp.py -- exact Gaussian-process regression for mixbo, read top to bottom.
+
+The GP models the loss y of a training run as a function of the input row
+    x = [w_1 .. w_K, u_N, u_T]                       (float64, length d = K + 2)
+where w is the data mixture (on the simplex, used as is) and u_N, u_T are log model scale and log
+training steps mapped to [0, 1] by the search space's bounds (see `encode`).
+
+What is in this file, in order:
+  1. encode                      the input encoding of the contract.
+  2. kernels                     RBF and Matern-5/2 with ARD lengthscales, the spectral mixture kernel of
+                                 Wilson & Adams (2013, eq. 12) and GPyTorch's product-of-1-D variant.
+  3. model structures            which kernel sits on which input group, and the scaling-law mean
+                                 (Hoffmann et al. 2022) for the cross-scale model (issue 8).
+  4. hyperparameters             names, bounds, log-priors (BoTorch >= 0.12 style), packing to a vector.
+  5. marginal likelihood         R&W Alg. 2.1 / eq. 2.30 with escalating jitter; exact gradient by torch
+                                 autograd in float64 (eq. 5.9 is what autograd computes).
+  6. fit_gp                      MAP hyperparameters by scipy L-BFGS-B, seeded restarts, best kept.
+  7. predict, cross_covariance   the posterior (R&W eq. 2.23-2.24), in ORIGINAL y units.
+
+References
+  [RW] C. E. Rasmussen & C. K. I. Williams, Gaussian Processes for Machine Learning, MIT Press 2006.
+  [WA] A. G. Wilson & R. P. Adams, Gaussian Process Kernels for Pattern Discovery and Extrapolation, ICML 2013.
+  [HO] J. Hoffmann et al., Training Compute-Optimal Large Language Models (Chinchilla), 2022, eq. 2/10.
+  [HV] C. Hvarfner, E. O. Hellsten & L. Nardi, Vanilla Bayesian Optimization Performs Great in High
+       Dimensions, ICML 2024 (the lengthscale prior BoTorch uses since v0.12).
+  sklearn's gaussian_process/_gpr.py is the line-by-line model for Alg. 2.1.
+
+Conventions: everything is float64. y is standardized (mean 0, population std 1, as sklearn's
+normalize_y) before fitting; hyperparameters, noise and the log marginal likelihood live in standardized
+units; predict / cross_covariance / noise_variance are returned in original y units.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+import torch
+
+DTYPE = torch.float64
+NOISE_FLOOR = 1e-6      # smallest noise variance, standardized units (a 0.01-nat seed noise on a 1-nat spread is 1e-4)
+JITTER_TRIES = 4        # after a plain attempt, add 1e-8 * 10^k * mean(diag K), k = 0..3 (GPyTorch psd_safe_cholesky)
+PENALTY = 1e10          # objective value when every Cholesky attempt fails during the fit (a penalty, not a crash)
+
+KERNELS = ("rbf", "matern52", "sm", "sm_product")
+STRUCTURES = ("joint", "product", "additive")
+MEANS = ("constant", "scaling_law")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. input encoding (the contract)
+
+def _unit_log(v, lo, hi, name):
+    """(log v - log lo) / (log hi - log lo), or 0 when hi == lo."""
+    v = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v <= 0) or lo <= 0 or hi < lo:
+        raise ValueError(f"encode: {name} values and bounds must be finite and > 0 with min <= max; got bounds ({lo}, {hi})")
+    if hi == lo:
+        return np.zeros_like(v)
+    return (np.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
+
+
+def encode(weights, scale, steps, bounds):
+    """X (n, K+2) = [w, u_N, u_T] from weights (n,K) or (K,), scale (n,) or scalar, steps (n,) or scalar,
+    bounds = (scale_min, scale_max, steps_min, steps_max)."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))                 # (n, K)
+    n = w.shape[0]
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (n,))       # (n,)
+    steps = np.broadcast_to(np.asarray(steps, dtype=np.float64), (n,))       # (n,)
+    s_min, s_max, t_min, t_max = (float(b) for b in bounds)
+    u_N = _unit_log(scale, s_min, s_max, "scale")                            # (n,)
+    u_T = _unit_log(steps, t_min, t_max, "steps")                            # (n,)
+    return np.column_stack([w, u_N, u_T])                                    # (n, K+2)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. kernels. Each takes A (n,p), B (m,p) and returns (n,m); all have k(x,x) = 1 (amplitudes live in
+#    the model structure), except the raw spectral-mixture functions, which take their weights as given.
+
+def _scaled_sqdist(A, B, ls):
+    """sum_p ((a_p - b_p) / l_p)^2, (n,m); |a|^2 + |b|^2 - 2 a.b, clamped at 0 against round-off."""
+    A, B = A / ls, B / ls
+    d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return d2.clamp_min(0.0)
+
+
+def rbf(A, B, ls):
+    """k = exp(-r^2 / 2), r^2 = sum_p (tau_p / l_p)^2.  [RW eq. 4.9 with ARD, eq. 5.2]"""
+    return torch.exp(-0.5 * _scaled_sqdist(A, B, ls))
+
+
+def matern52(A, B, ls):
+    """k = (1 + sqrt5 r + 5 r^2 / 3) exp(-sqrt5 r), r = ARD distance.  [RW eq. 4.17]"""
+    # the tiny clamp keeps autograd finite at r = 0 (d sqrt / dr^2 is infinite there; dk/dr^2 is not)
+    s = math.sqrt(5.0) * torch.sqrt(_scaled_sqdist(A, B, ls).clamp_min(1e-30))
+    return (1.0 + s + s * s / 3.0) * torch.exp(-s)
+
+
+def spectral_mixture(A, B, weights, ls, means):
+    """Wilson & Adams (2013) eq. 12: a SUM over components q of a PRODUCT over dimensions p,
+        k(tau) = sum_q w_q prod_p exp(-2 pi^2 tau_p^2 v_qp) cos(2 pi tau_p mu_qp),
+    written with lengthscales l_qp = 1 / (2 pi sqrt(v_qp)), so exp(-2 pi^2 tau^2 v) = exp(-tau^2 / (2 l^2)).
+    k(0) = sum_q w_q.  weights (Q,), ls (Q,p), means (Q,p) (frequencies, cycles per unit of w)."""
+    tau = A[:, None, :] - B[None, :, :]                                      # (n, m, p)
+    k = torch.zeros(A.shape[0], B.shape[0], dtype=A.dtype)
+    for q in range(weights.shape[0]):
+        envelope = torch.exp(-0.5 * _scaled_sqdist(A, B, ls[q]))           # prod_p exp(-tau_p^2 / 2 l_qp^2)
+        k = k + weights[q] * envelope * torch.cos(2 * math.pi * tau * means[q]).prod(-1)
+    return k
+
+
+def spectral_mixture_product(A, B, weights, ls, means):
+    """GPyTorch's SpectralMixtureKernel (since its PR #1392): a PRODUCT over dimensions of 1-D spectral
+    mixtures sharing the weights, k(tau) = prod_p sum_q w_q exp(-tau_p^2 / 2 l_qp^2) cos(2 pi tau_p mu_qp),
+    so k(0) = (sum_q w_q)^p. NOT eq. 12 of Wilson & Adams; offered under its own name."""
+    tau = A[:, None, :] - B[None, :, :]                                      # (n, m, p)
+    per_dim = torch.zeros_like(tau)
+    for q in range(weights.shape[0]):
+        per_dim = per_dim + weights[q] * torch.exp(-0.5 * (tau / ls[q]) ** 2) * torch.cos(2 * math.pi * tau * means[q])
+    return per_dim.prod(-1)
+
+
+def _group_kernel(kind, A, B, P, prefix):
+    """One factor of the model: `kind` on the columns in A, B with the parameters named prefix_*."""
+    if kind == "rbf":
+        return rbf(A, B, P[prefix + "_lengthscale"])
+    if kind == "matern52":
+        return matern52(A, B, P[prefix + "_lengthscale"])
+    w = P["sm_weights"] / P["sm_weights"].sum()                              # normalized: k(0) = 1
+    if kind == "sm":
+        return spectral_mixture(A, B, w, P["sm_lengthscale"], P["sm_means"])
+    return spectral_mixture_product(A, B, w, P["sm_lengthscale"], P["sm_means"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. model structures (which kernel on which columns) and the mean function.
+#
+#   "joint"     k = s^2 k(x, x')                          one ARD kernel over all d columns (sklearn's form)
+#   "product"   k = s^2 k_w(w,w') k_N(u_N,u_N') k_T(u_T,u_T')         each factor chosen independently
+#   "additive"  k = s_f^2 k_fid([u_N,u_T],[u_N',u_T']) + s^2 k_w(w,w') k_N(u_N,u_N') k_T(u_T,u_T')
+#               the shared scale/steps effect (k_fid, same kind as k_N) and the mixture effect each get
+#               their own amplitude (issue 8).
+#
+#   mean "constant"     m = 0 on standardized y (the sample mean, as sklearn's normalize_y)
+#   mean "scaling_law"  m(u_N, u_T) = c + a_N exp(-alpha_N u_N) + a_T exp(-alpha_T u_T)
+#       This is Hoffmann et al. (2022) eq. 10, L(N, D) = E + A / N^alpha + B / D^beta, in the encoded inputs:
+#       A / N^alpha = A exp(-alpha log N) = [A N_min^-alpha] exp(-[alpha log(N_max/N_min)] u_N), so
+#       a_N = A N_min^-alpha / std(y) and alpha_N = alpha log(N_max / N_min) (likewise T for D: tokens are
+#       steps x batch). Its 5 parameters are fitted jointly with the kernel's by the marginal likelihood.
+
+@dataclass(frozen=True)
+class Config:
+    structure: str = "product"
+    kernel_w: str = "matern52"
+    kernel_N: str = "matern52"
+    kernel_T: str = "matern52"
+    mean: str = "constant"
+    sm_components: int = 2
+    priors: bool = True
+
+
+def _kernel(cfg, P, A, B, K):
+    """Prior covariance (n,m) between rows A (n,d) and B (m,d), standardized units, without noise."""
+    if cfg.structure == "joint":
+        return P["amplitude"] * _group_kernel(cfg.kernel_w, A, B, P, "w")
+    kw = _group_kernel(cfg.kernel_w, A[:, :K], B[:, :K], P, "w")
+    kN = _group_kernel(cfg.kernel_N, A[:, K:K + 1], B[:, K:K + 1], P, "N")
+    kT = _group_kernel(cfg.kernel_T, A[:, K + 1:], B[:, K + 1:], P, "T")
+    k = P["amplitude"] * kw * kN * kT
+    if cfg.structure == "additive":
+        k = k + P["fid_amplitude"] * _group_kernel(cfg.kernel_N, A[:, K:], B[:, K:], P, "fid")
+    return k
+
+
+def _prior_var(cfg, P):
+    """k(x, x): every kernel factor is 1 at tau = 0, so the prior variance is the sum of amplitudes."""
+    return P["amplitude"] + (P["fid_amplitude"] if cfg.structure == "additive" else 0.0)
+
+
+def _mean(cfg, P, X, K):
+    """Prior mean (n,) in standardized units."""
+    if cfg.mean == "constant":
+        return torch.zeros(X.shape[0], dtype=DTYPE)
+    u_N, u_T = X[:, K], X[:, K + 1]
+    return (P["mean_c"] + P["mean_a_N"] * torch.exp(-P["mean_alpha_N"] * u_N)     # [HO] E + A / N^alpha
+            + P["mean_a_T"] * torch.exp(-P["mean_alpha_T"] * u_T))                #      + B / D^beta
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. hyperparameters. Each is (name, shape, log-parameterized?, lower, upper, LogNormal prior (mu, sigma) or
+#    None), bounds in natural units. Priors, as BoTorch >= 0.12 (notes section 1.5):
+#      lengthscales ~ LogNormal(sqrt2 + log(d) / 2, sqrt3)   [HV]; d = number of input columns
+#      noise        ~ LogNormal(-4, 1)                       (standardized units)
+#    amplitudes, spectral weights/frequencies and mean parameters: no prior (flat within the bounds).
+#    The prior density is that of the natural parameter (as BoTorch), evaluated at exp(theta).
+
+def _specs(cfg, d, K):
+    ls_prior = (math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)) if cfg.priors else None
+    noise_prior = (-4.0, 1.0) if cfg.priors else None
+    ls = lambda name, p: (name, (p,), True, 1e-2, 1e5, ls_prior)
+    specs = [("noise", (), True, NOISE_FLOOR, 10.0, noise_prior), ("amplitude", (), True, 1e-6, 1e5, None)]
+    groups = [("w", cfg.kernel_w, d if cfg.structure == "joint" else K)]
+    if cfg.structure != "joint":
+        groups += [("N", cfg.kernel_N, 1), ("T", cfg.kernel_T, 1)]
+    for prefix, kind, p in groups:
+        if kind in ("rbf", "matern52"):
+            specs.append(ls(prefix + "_lengthscale", p))
+        else:
+            Q = cfg.sm_components
+            specs += [("sm_weights", (Q,), True, 1e-3, 1e3, None),
+                      ("sm_lengthscale", (Q, p), True, 1e-2, 1e5, ls_prior),
+                      ("sm_means", (Q, p), False, 0.0, 5.0, None)]
+    if cfg.structure == "additive":
+        specs += [("fid_amplitude", (), True, 1e-6, 1e5, None), ls("fid_lengthscale", 2)]
+    if cfg.mean == "scaling_law":
+        specs += [("mean_c", (), False, -1e3, 1e3, None), ("mean_a_N", (), False, -1e3, 1e3, None),
+                  ("mean_a_T", (), False, -1e3, 1e3, None),
+                  ("mean_alpha_N", (), True, 1e-2, 1e2, None), ("mean_alpha_T", (), True, 1e-2, 1e2, None)]
+    return specs
+
+
+def _unpack(theta, specs):
+    """Flat vector theta (torch) -> dict of natural-unit tensors (exp of the log-parameterized ones)."""
+    P, i = {}, 0
+    for name, shape, is_log, *_ in specs:
+        size = int(np.prod(shape))
+        v = theta[i:i + size].reshape(shape)
+        P[name] = torch.exp(v) if is_log else v
+        i += size
+    return P
+
+
+def _pack(P, specs):
+    """dict of natural-unit values -> flat numpy theta."""
+    parts = []
+    for name, shape, is_log, *_ in specs:
+        v = np.broadcast_to(np.asarray(P[name], dtype=np.float64), shape).ravel()
+        parts.append(np.log(v) if is_log else v)
+    return np.concatenate(parts)
+
+
+def _bounds(specs):
+    out = []
+    for name, shape, is_log, lo, hi, _ in specs:
+        out += [(math.log(lo), math.log(hi)) if is_log else (lo, hi)] * int(np.prod(shape))
+    return out
+
+
+def _log_prior(P, specs):
+    """sum of LogNormal(mu, sigma) log-densities of the natural parameters x: -log x - log(sigma sqrt(2 pi))
+    - (log x - mu)^2 / (2 sigma^2)."""
+    lp = torch.zeros((), dtype=DTYPE)
+    for name, _, _, _, _, prior in specs:
+        if prior is not None:
+            mu, sigma = prior
+            z = torch.log(P[name])
+            lp = lp + (-z - math.log(sigma * math.sqrt(2 * math.pi)) - (z - mu) ** 2 / (2 * sigma ** 2)).sum()
+    return lp
+
+
+def _initial_theta(specs, rng, first, y, X, K, cfg):
+    """Restart 0: the priors' modes (BoTorch's initial lengthscale), amplitudes 1 (additive: 1 and 0.1),
+    spectral means spread over [0, 1]. Later restarts: draws from the priors, log-uniform within the bounds
+    where there is no prior. Mean parameters: alphas 1 (random restarts: log-uniform in [0.1, 10]), then
+    c, a_N, a_T by least squares on y, since they enter linearly."""
+    P = {}
+    for name, shape, is_log, lo, hi, prior in specs:
+        if name in ("mean_c", "mean_a_N", "mean_a_T"):
+            continue
+        if first:
+            if prior is not None:
+                v = np.full(shape, math.exp(prior[0] - prior[1] ** 2))            # LogNormal mode
+            elif name == "sm_means":
+                v = np.broadcast_to(np.linspace(0.0, 1.0, shape[0])[:, None], shape).copy()
+            elif name.startswith("mean_alpha"):
+                v = np.ones(shape)
+            elif name == "amplitude" and cfg.structure == "additive":
+                v = np.full(shape, 0.1)
+            else:
+                v = np.ones(shape)
+        elif prior is not None:
+            v = np.exp(rng.normal(prior[0], prior[1], size=shape))
+        elif name.startswith("mean_alpha"):
+            v = np.exp(rng.uniform(math.log(0.1), math.log(10.0), size=shape))
+        elif is_log:
+            v = np.exp(rng.uniform(math.log(lo), math.log(hi), size=shape))
+        else:
+            v = rng.uniform(lo, hi, size=shape)
+        P[name] = np.clip(v, lo, hi)
+    if cfg.mean == "scaling_law":
+        H = np.column_stack([np.ones(len(y)), np.exp(-P["mean_alpha_N"] * X[:, K]),
+                             np.exp(-P["mean_alpha_T"] * X[:, K + 1])])              # (n, 3) basis
+        coef = np.linalg.lstsq(H, y, rcond=None)[0]
+        P["mean_c"], P["mean_a_N"], P["mean_a_T"] = np.clip(coef, -1e3, 1e3)
+    return _pack(P, specs)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Cholesky with escalating jitter, and the log marginal likelihood
+
+def _cholesky(Kmat):
+    """Lower L with L L^T = Kmat + jitter I, and the jitter used. First without jitter, then
+    1e-8 * 10^k * mean(diag), k = 0..JITTER_TRIES-1. Returns (None, None) if every attempt fails."""
+    scale = Kmat.diagonal().mean().abs().item()
+    eye = torch.eye(Kmat.shape[0], dtype=DTYPE)
+    for k in range(JITTER_TRIES + 1):
+        jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * scale
+        L, info = torch.linalg.cholesky_ex(Kmat + jitter * eye if jitter else Kmat)
+        if info.item() == 0 and torch.isfinite(L).all():
+            return L, jitter
+    return None, None
+
+
+def _lml_terms(cfg, P, X, y, K):
+    """R&W Alg. 2.1 on standardized y: returns (lml, L, alpha, jitter) or None if Cholesky fails."""
+    Kmat = _kernel(cfg, P, X, X, K) + P["noise"] * torch.eye(X.shape[0], dtype=DTYPE)   # K + sigma_n^2 I
+    L, jitter = _cholesky(Kmat)                                                         # Alg. 2.1 line 2
+    if L is None:
+        return None
+    r = (y - _mean(cfg, P, X, K))[:, None]                                               # (n,1) y - m(X)
+    alpha = torch.cholesky_solve(r, L)                                                  # Alg. 2.1 line 3
+    lml = (-0.5 * (r * alpha).sum() - torch.log(L.diagonal()).sum()                    # Alg. 2.1 line 7,
+           - 0.5 * X.shape[0] * math.log(2 * math.pi))                                   # eq. 2.30
+    return lml, L, alpha[:, 0], jitter
+
+
+def _objective(theta_np, cfg, specs, X, y, K):
+    """Negative log posterior -(log p(y | theta) + log p(theta)) and its exact gradient. Autograd through
+    the Cholesky computes exactly R&W eq. 5.9, d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j),
+    plus the mean function's term. A failed factorization returns PENALTY (L-BFGS-B then backtracks)."""
+    theta = torch.tensor(theta_np, dtype=DTYPE, requires_grad=True)
+    P = _unpack(theta, specs)
+    terms = _lml_terms(cfg, P, X, y, K)
+    if terms is None:
+        return PENALTY, np.zeros_like(theta_np)
+    obj = -(terms[0] + _log_prior(P, specs))
+    obj.backward()
+    g = theta.grad.numpy()
+    if not (torch.isfinite(obj) and np.all(np.isfinite(g))):
+        return PENALTY, np.zeros_like(theta_np)
+    return obj.item(), g.copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. fitting
+
+@dataclass(frozen=True)
+class GP:
+    """A fitted GP: the data, the hyperparameters and the factorization of the posterior."""
+    config: Config
+    n_weights: int
+    X: np.ndarray                 # (n, d) training inputs
+    y: np.ndarray                 # (n,) training targets, original units
+    y_mean: float                 # standardization: y_std_units = (y - y_mean) / y_scale
+    y_scale: float
+    hyperparameters: dict         # natural units (standardized y), numpy
+    L: torch.Tensor               # (n, n) lower Cholesky factor of K + (noise + jitter) I, standardized
+    alpha: torch.Tensor           # (n,) (K + noise I)^-1 (y - m(X)), standardized
+    jitter: float                 # jitter that the final factorization needed (0.0 usually)
+    noise_variance: float         # observation noise variance, ORIGINAL y units
+    log_marginal_likelihood: float  # log p(y | theta) of the standardized y, without the prior
+
+
+def _check_inputs(X, n_weights, what):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != n_weights + 2:
+        raise ValueError(f"{what} must have shape (n, n_weights + 2) = (n, {n_weights + 2}) as built by gp.encode; got {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{what} contains NaN or inf; drop or repair those rows before fitting/predicting")
+    w = X[:, :n_weights]
+    if np.any(w < -1e-9) or np.any(np.abs(w.sum(1) - 1.0) > 1e-6):
+        bad = int(np.flatnonzero((w < -1e-9).any(1) | (np.abs(w.sum(1) - 1.0) > 1e-6))[0])
+        raise ValueError(f"{what} row {bad}: the first {n_weights} columns (mixture weights) must be >= 0 and sum to 1; renormalize with w / w.sum()")
+    return X
+
+
+def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="matern52",
+           kernel_N="matern52", kernel_T="matern52", mean="constant", sm_components=2, priors=True,
+           hyperparameters=None, maxiter=200):
+    """Fit the GP by maximizing log p(y | theta) + log p(theta) over log-parameters with L-BFGS-B
+    (`restarts` starts: the priors' modes, then seeded draws; the best is kept). With `hyperparameters`
+    (a dict in natural, standardized units, as GP.hyperparameters) nothing is optimized: the GP is
+    conditioned on them (sklearn's optimizer=None).
+    X (n, n_weights+2) from encode, y (n,) losses."""
+    if structure not in STRUCTURES or mean not in MEANS or not {kernel_w, kernel_N, kernel_T} <= set(KERNELS):
+        raise ValueError(f"unknown model option: structure in {STRUCTURES}, mean in {MEANS}, kernels in {KERNELS}")
+    if structure == "joint" and kernel_w not in ("rbf", "matern52"):
+        raise ValueError("structure='joint' needs kernel_w 'rbf' or 'matern52'")
+    if kernel_N.startswith("sm") or kernel_T.startswith("sm"):
+        raise ValueError("spectral mixture kernels are offered on the weights only: set kernel_N, kernel_T to 'rbf' or 'matern52'")
+    X = _check_inputs(X, n_weights, "X")
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape (n,) = ({X.shape[0]},) matching X; got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or inf; drop failed trials (non-finite losses) before fitting")
+    cfg = Config(structure, kernel_w, kernel_N, kernel_T, mean, sm_components, priors)
+    K, d = n_weights, X.shape[1]
+
+    # standardize y (population std, as sklearn's normalize_y; std 1 if y is constant, as BoTorch's min_stdv)
+    y_mean, y_scale = float(y.mean()), float(y.std())
+    if not y_scale > 1e-8 * max(1.0, abs(y_mean)):
+        y_scale = 1.0
+    ys_np = (y - y_mean) / y_scale
+    Xt, ys = torch.from_numpy(X), torch.from_numpy(ys_np)
+    specs = _specs(cfg, d, K)
+
+    if hyperparameters is not None:
+        theta = _pack(hyperparameters, specs)
+    else:
+        rng = np.random.default_rng(seed)
+        bounds = _bounds(specs)
+        best = None
+        for r in range(max(1, restarts)):
+            theta0 = _initial_theta(specs, rng, r == 0, ys_np, X, K, cfg)
+            res = scipy.optimize.minimize(_objective, theta0, args=(cfg, specs, Xt, ys, K), jac=True,
+                                          method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
+            if best is None or res.fun < best.fun:
+                best = res
+        theta = best.x
+
+    with torch.no_grad():
+        P = _unpack(torch.from_numpy(theta), specs)
+        terms = _lml_terms(cfg, P, Xt, ys, K)
+        if terms is None:   # only reachable with user-given hyperparameters: raise the noise to the floor x 100
+            P["noise"] = torch.clamp(P["noise"], min=100 * NOISE_FLOOR)
+            terms = _lml_terms(cfg, P, Xt, ys, K)
+        if terms is None:
+            raise ValueError("the kernel matrix is not positive definite even with jitter; increase the 'noise' hyperparameter")
+    lml, L, alpha, jitter = terms
+    hyp = {k: v.numpy().copy() if v.ndim else float(v) for k, v in P.items()}
+    return GP(cfg, K, X, y, y_mean, y_scale, hyp, L, alpha, float(jitter),
+              float(P["noise"]) * y_scale ** 2, float(lml))
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. posterior, original y units
+
+def _params(gp):
+    return {k: torch.as_tensor(v, dtype=DTYPE) for k, v in gp.hyperparameters.items()}
+
+
+def predict(gp, Xs, full_cov=False):
+    """Latent posterior at Xs (m, d): mean (m,) and variance (m,) or covariance (m, m), ORIGINAL y units.
+    R&W Alg. 2.1 lines 4-6 / eq. 2.23-2.24 (plus the prior mean m(x))."""
+    Xs = torch.from_numpy(_check_inputs(Xs, gp.n_weights, "Xs"))
+    X, K, P = torch.from_numpy(gp.X), gp.n_weights, _params(gp)
+    with torch.no_grad():
+        Ks = _kernel(gp.config, P, X, Xs, K)                                     # (n, m) K(X, Xs)
+        mean = _mean(gp.config, P, Xs, K) + Ks.T @ gp.alpha                       # Alg. 2.1 line 4
+        V = torch.linalg.solve_triangular(gp.L, Ks, upper=False)                 # (n, m) line 5: v = L \ k*
+        mean = (gp.y_mean + gp.y_scale * mean).numpy()
+        if full_cov:
+            cov = _kernel(gp.config, P, Xs, Xs, K) - V.T @ V                     # eq. 2.24
+            return mean, (gp.y_scale ** 2 * cov).numpy()
+        var = (_prior_var(gp.config, P) - (V * V).sum(0)).clamp_min(0.0)        # line 6, >= 0 against round-off
+        return mean, (gp.y_scale ** 2 * var).numpy()
+
+
+def cross_covariance(gp, XA, XZ, chunk=4096):
+    """Posterior covariance Sigma_n(A, Z) (|A|, |Z|) and posterior variance at Z (|Z|,), ORIGINAL y units:
+        Sigma_n(A, Z) = K(A, Z) - K(A, X) (K + sigma^2 I)^-1 K(X, Z) = K(A, Z) - V_A^T V_Z,  V_. = L \\ K(X, .)
+    (R&W eq. 2.24 off the diagonal). One Cholesky (from the fit) and triangular solves, Z in chunks of
+    `chunk` columns to bound memory. This is the knowledge gradient's hot path."""
+    XA = torch.from_numpy(_check_inputs(XA, gp.n_weights, "XA"))
+    XZ = torch.from_numpy(_check_inputs(XZ, gp.n_weights, "XZ"))
+    X, K, P, cfg = torch.from_numpy(gp.X), gp.n_weights, _params(gp), gp.config
+    cov = torch.empty(XA.shape[0], XZ.shape[0], dtype=DTYPE)
+    var = torch.empty(XZ.shape[0], dtype=DTYPE)
+    with torch.no_grad():
+        VA = torch.linalg.solve_triangular(gp.L, _kernel(cfg, P, X, XA, K), upper=False)   # (n, |A|)
+        for s in range(0, XZ.shape[0], chunk):
+            Zc = XZ[s:s + chunk]
+            VZ = torch.linalg.solve_triangular(gp.L, _kernel(cfg, P, X, Zc, K), upper=False)  # (n, c)
+            cov[:, s:s + chunk] = _kernel(cfg, P, XA, Zc, K) - VA.T @ VZ
+            var[s:s + chunk] = (_prior_var(cfg, P) - (VZ * VZ).sum(0)).clamp_min(0.0)
+    return (gp.y_scale ** 2 * cov).numpy(), (gp.y_scale ** 2 * var).numpy()
