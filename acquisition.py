@@ -26,7 +26,9 @@ M = |A| lines, Z = number of candidate measurements, K = number of domains, C = 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import erfcx, log_ndtr, ndtr
+from scipy.special import erfcx, ndtr
+
+import gp
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 _HALF_LOG_PI_OVER_2 = 0.5 * np.log(np.pi / 2.0)
@@ -256,3 +258,158 @@ def log_knowledge_gradient(a, b):
 def knowledge_gradient(a, b):
     """Exact knowledge gradient for minimization, exp(log_knowledge_gradient(a, b)) >= 0. (M,) or (M, Z), (M, Z) -> (Z,)."""
     return np.exp(log_knowledge_gradient(a, b))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The decision of one BO step, and the recommendation
+
+STRATEGIES = ("mfkg", "kg", "ei", "ucb")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to run next and why. value is the criterion that was maximized: log(KG / cost) for 'mfkg',
+    log KG for 'kg', log EI for 'ei', -LCB for 'ucb'. kg is the knowledge gradient of the choice (loss units;
+    None for 'ei' / 'ucb'); cost = cost(scale, steps) + fixed_cost; index is the row of `candidates`."""
+    weights: np.ndarray  # (K,)
+    scale: float
+    steps: int
+    strategy: str
+    value: float
+    kg: float | None
+    cost: float
+    index: int
+
+
+def _unique_rows(W):
+    """Unique mixtures (rows) of W (n, K) -> (E, K), in first-seen order (a run's checkpoints and repeated
+    seeds share one mixture; the knowledge gradient's set A needs each mixture once)."""
+    _, first = np.unique(W, axis=0, return_index=True)
+    return W[np.sort(first)]
+
+
+def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block):
+    """log KG of measuring each candidate mixture at each fidelity: (C, K), (E, K), F pairs -> (C, F).
+
+    For the measurement z = (w_c, N_f, T_f) the set A is the E evaluated mixtures at the target plus the
+    candidate's own projection (w_c, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP), so
+        a = [mu_n(A_E); mu_n(p_c)]                                            (E + 1,)
+        b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, eq. 5)
+    Candidates go through gp.cross_covariance in blocks of about `block` measurements (all F fidelities of
+    block // F candidates), each block one (E + cb, cb F) matrix: rows A_E and the block's projections.
+    """
+    C, F, E = len(candidates), len(fidelities), len(evaluated)
+    s_t, t_t = target
+    a_E = gp.predict(model, gp.encode(evaluated, s_t, t_t, bounds))[0]  # (E,) posterior mean at the target
+    a_P = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))[0]  # (C,) same, at the projections
+    fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
+    fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
+    out = np.empty((C, F))
+    cb = max(1, block // F)  # candidates per block
+    for s in range(0, C, cb):
+        Wb = candidates[s:s + cb]  # (cb, K)
+        n = len(Wb)
+        XA = gp.encode(np.concatenate([evaluated, Wb]), s_t, t_t, bounds)  # (E + cb, K + 2)
+        XZ = gp.encode(np.repeat(Wb, F, axis=0), np.tile(fid_scale, n), np.tile(fid_steps, n), bounds)  # (cb F, K+2)
+        cov, var = gp.cross_covariance(model, XA, XZ)  # (E + cb, cb F), (cb F,) posterior, loss units
+        own = E + np.repeat(np.arange(n), F)  # (cb F,) row of each column's own projection
+        cols = np.arange(n * F)
+        sd_y = np.sqrt(var + model.noise_variance)  # (cb F,) sd of the observed y at z
+        b = np.concatenate([cov[:E], cov[own, cols][None, :]]) / sd_y  # (E + 1, cb F) FPD eq. 5
+        a = np.concatenate([np.broadcast_to(a_E[:, None], (E, n * F)), a_P[s:s + n].repeat(F)[None, :]])
+        out[s:s + n] = log_knowledge_gradient(a, b).reshape(n, F)
+    return out
+
+
+def choose_next(strategy, model, candidates, evaluated, scales, steps, target, bounds, cost=None,
+                fixed_cost=0.0, beta=None, available=None, block=4096):
+    """The next run: which mixture, at which scale, for how many steps. Returns a Decision.
+
+    strategy    'mfkg': argmax over candidates x scales x steps of KG(z) / (cost(scale, steps) + fixed_cost);
+                'kg': argmax KG(z) with z at the target only; 'ei': argmax log EI at the target; 'ucb': argmin
+                of the LCB mu - sqrt(beta) sigma at the target.
+    model       a fitted gp.GP (gp.fit_gp) over rows gp.encode(weights, scale, steps, bounds).
+    candidates  (C, K) mixtures to choose from (simplex_candidates, or a table's fixed pool).
+    evaluated   (n, K) mixtures already run, at any fidelity, repeats allowed (at least one row): they form
+                the set A of the knowledge gradient and give EI's incumbent, both at the TARGET fidelity.
+    scales, steps  the fidelity grid (ascending tuples); target = (scale, steps); bounds as in gp.encode.
+    cost        cost(scale, steps) -> float > 0 (the objective's; required for 'mfkg'). A run to T steps
+                yields every checkpoint <= T for free, so the cost of a run is the cost of its last step.
+    fixed_cost  overhead added to the cost of every run (same units as cost), as BoTorch's fixed_cost.
+    beta        'ucb' only: None -> the Srinivas et al. 2010 schedule srinivas_beta(C, t), t = number of
+                distinct evaluated mixtures + 1, delta = 0.1; a float -> that fixed beta.
+    available   optional available(weights, scale, steps) -> bool; pairs it rejects are never chosen
+                (table replay: only rows of the table can be run).
+
+    How 'mfkg' avoids getting stuck at the cheapest fidelity (facebook/Ax#475, notes section 3.7):
+      * KG is the value of a measurement for the posterior mean AT THE TARGET (A holds only target-fidelity
+        points): a cheap run counts only as far as the GP says it moves the target-scale losses, and a cheap
+        fidelity that is uncorrelated with the target has KG ~ 0 (see tests);
+      * KG is exact and in log space (no Monte Carlo): Ax#475 and BoTorch#626 come from one-shot MC KG, whose
+        estimation noise gives tiny runs a spurious positive KG that a tiny cost turns into a large ratio;
+      * fixed_cost puts a floor under the cost of every run (real runs have start-up, evaluation and
+        data-loading overhead), so KG / cost cannot explode as cost -> 0;
+      * if every KG is exactly 0 (nothing anywhere is informative, e.g. A has a single line), the candidate
+        with the largest posterior sd at the target is run at the TARGET.
+    A measurement's KG counts its final checkpoint only: the knowledge gradient of the whole trace of
+    checkpoints (taKG, Wu et al. 2019) has no closed form; the last checkpoint alone is exact and a lower bound.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    candidates = np.atleast_2d(np.asarray(candidates, dtype=np.float64))  # (C, K)
+    evaluated = np.atleast_2d(np.asarray(evaluated, dtype=np.float64))  # (n, K)
+    if len(candidates) == 0 or len(evaluated) == 0 or candidates.shape[1] != evaluated.shape[1]:
+        raise ValueError("candidates and evaluated must be non-empty (n, K) arrays with the same K")
+    if strategy == "mfkg" and cost is None:
+        raise ValueError("strategy 'mfkg' needs cost(scale, steps) -> float (the objective's cost function)")
+    evaluated = _unique_rows(evaluated)  # (E, K)
+    s_t, t_t = target
+    fidelities = [(s, t) for s in scales for t in steps] if strategy == "mfkg" else [(s_t, t_t)]
+    run_cost = np.array([(cost(s, t) if cost is not None else 1.0) + fixed_cost for s, t in fidelities])  # (F,)
+    if not np.all(np.isfinite(run_cost)) or np.any(run_cost <= 0):
+        raise ValueError(f"cost(scale, steps) + fixed_cost must be finite and > 0 at every fidelity, got {run_cost}")
+    allowed = np.ones((len(candidates), len(fidelities)), dtype=bool)  # (C, F)
+    if available is not None:
+        allowed = np.array([[bool(available(w, s, t)) for s, t in fidelities] for w in candidates])
+        if not allowed.any():
+            raise ValueError("available(...) rejects every candidate at every fidelity: nothing can be run")
+
+    kg = None
+    if strategy in ("mfkg", "kg"):
+        log_kg = _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block)  # (C, F)
+        score = np.where(allowed, log_kg - np.log(run_cost)[None, :], -np.inf)  # (C, F) log(KG / cost)
+        if np.isfinite(score).any():
+            c, f = np.unravel_index(np.argmax(score), score.shape)
+            kg = float(np.exp(log_kg[c, f]))
+        else:  # every KG is 0: explore where the target is most uncertain, at the target
+            f = fidelities.index((s_t, t_t)) if (s_t, t_t) in fidelities else len(fidelities) - 1
+            _, var = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))
+            c = int(np.argmax(np.where(allowed[:, f], var, -np.inf)))
+            kg = 0.0
+        value = float(score[c, f])
+    else:
+        mean, var = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))  # (C,), (C,) at the target
+        sd = np.sqrt(var)
+        if strategy == "ei":
+            best = float(gp.predict(model, gp.encode(evaluated, s_t, t_t, bounds))[0].min())  # target incumbent
+            score = log_expected_improvement(mean, sd, best)  # (C,)
+        else:
+            b = srinivas_beta(len(candidates), len(evaluated) + 1) if beta is None else float(beta)
+            score = -lower_confidence_bound(mean, sd, b)  # (C,) maximize -LCB
+        score = np.where(allowed[:, 0], score, -np.inf)
+        c, f = int(np.argmax(score)), 0
+        value = float(score[c])
+    s, t = fidelities[f]
+    return Decision(weights=candidates[c].copy(), scale=float(s), steps=int(t), strategy=strategy,
+                    value=value, kg=kg, cost=float(run_cost[f]), index=int(c))
+
+
+def recommend(model, mixtures, target, bounds):
+    """The mixture to recommend now: argmin over `mixtures` (m, K) of the posterior mean at the target.
+    Returns (index, mean, sd): the row, its posterior mean and latent sd at the target (loss units)."""
+    mixtures = np.atleast_2d(np.asarray(mixtures, dtype=np.float64))  # (m, K)
+    if len(mixtures) == 0:
+        raise ValueError("recommend needs at least one mixture to choose from")
+    mean, var = gp.predict(model, gp.encode(mixtures, target[0], target[1], bounds))  # (m,), (m,)
+    i = int(np.argmin(mean))
+    return i, float(mean[i]), float(np.sqrt(var[i]))

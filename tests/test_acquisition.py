@@ -1,0 +1,305 @@
+"""Tests for acquisition.py: every test compares with an independent oracle (a closed form, a transcription of
+Frazier's sequential algorithm, numerical integration, Monte Carlo on a GP refitted with the fantasy, mpmath,
+BoTorch) on the same inputs. Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_acquisition.py"""
+
+import mpmath
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import acquisition as acq
+import gp
+
+
+def f_direct(s):
+    """f(s) = s Phi(s) + phi(s) (FPD 2009, eq. 14), straight from the definition in 50-digit mpmath (the
+    double-precision formula cancels for s < -5)."""
+    mpmath.mp.dps = 50
+    f = lambda v: float(v * mpmath.ncdf(v) + mpmath.npdf(v))
+    return np.array([f(mpmath.mpf(v)) for v in np.ravel(s).tolist()]).reshape(np.shape(s))
+
+
+def kg_sequential(a, b):
+    """Oracle: FPD 2009 Alg. 1 as in Frazier's AffineBreakpointsPrep.m / AffineBreakpoints.m, one column,
+    max-form h(a', b) with a' = -a (minimization). Sort by (b, a'), keep the largest a' per b, stack envelope."""
+    ap = -np.asarray(a, dtype=np.float64)
+    order = np.lexsort((ap, b))  # by b, then a'
+    ap, b = ap[order], b[order]
+    keep = np.append(b[1:] != b[:-1], True)  # last of each equal-b run has the largest a'
+    ap, b = ap[keep], b[keep]
+    stack, c = [0], [-np.inf]
+    for i in range(1, len(b)):
+        while True:
+            j = stack[-1]
+            cj = (ap[j] - ap[i]) / (b[i] - b[j])
+            if len(stack) > 1 and cj <= c[-1]:
+                stack.pop(), c.pop()
+                continue
+            break
+        c.append(cj)
+        stack.append(i)
+    return sum((b[stack[k + 1]] - b[stack[k]]) * f_direct(-abs(c[k + 1])) for k in range(len(stack) - 1))
+
+
+def kg_integral(a, b, grid=400001):
+    """Oracle: KG = min a - E[min_i (a_i + b_i Z)] by the trapezoid rule on [-12, 12]."""
+    z = np.linspace(-12.0, 12.0, grid)
+    g = np.min(a[:, None] + b[:, None] * z[None, :], axis=0)  # (grid,)
+    return a.min() - np.trapezoid(g * norm.pdf(z), z)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact discrete KG
+
+
+def test_two_lines_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 200))
+    b = rng.normal(size=(2, 200))
+    got = acq.knowledge_gradient(a, b)
+    db = np.abs(b[1] - b[0])
+    want = db * f_direct(-np.abs(a[1] - a[0]) / db)  # FPD 2009 eq. 14 with two alternatives
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # independent beliefs: b = (sigma_tilde, 0) gives sigma_tilde f(-|a_x - a_other| / sigma_tilde)
+    got = acq.knowledge_gradient(np.array([1.0, 1.3]), np.array([[0.2], [0.0]]))
+    np.testing.assert_allclose(got, 0.2 * f_direct(-0.3 / 0.2), rtol=1e-12)
+
+
+def test_kg_matches_sequential_algorithm_and_integral():
+    rng = np.random.default_rng(1)
+    M, Z = 25, 40
+    a = rng.normal(size=M)
+    b = rng.normal(size=(M, Z))
+    b[3] = b[4]  # equal slopes in every column
+    b[:, 0] = np.round(b[:, 0], 1)  # many ties in one column
+    got = acq.knowledge_gradient(a, b)
+    want = np.array([kg_sequential(a, b[:, z]) for z in range(Z)])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-300)
+    for z in range(3):
+        np.testing.assert_allclose(got[z], kg_integral(a, b[:, z]), rtol=1e-7)
+
+
+def test_kg_nonnegative_and_zero_for_equal_slopes():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(30, 500))
+    b = rng.normal(size=(30, 500)) * rng.uniform(0, 2, size=500)
+    assert np.all(acq.knowledge_gradient(a, b) >= 0.0)
+    equal = np.broadcast_to(rng.normal(size=500), (30, 500))
+    assert np.all(acq.knowledge_gradient(a, equal) == 0.0)
+    assert np.all(acq.log_knowledge_gradient(a, equal) == -np.inf)
+
+
+def test_kg_invariant_to_permuting_and_duplicating_lines():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=20)
+    b = rng.normal(size=(20, 300))
+    base = acq.log_knowledge_gradient(a, b)
+    p = rng.permutation(20)
+    np.testing.assert_allclose(acq.log_knowledge_gradient(a[p], b[p]), base, rtol=1e-12)
+    d = np.concatenate([np.arange(20), [0, 5, 5, 19]])
+    np.testing.assert_allclose(acq.log_knowledge_gradient(a[d], b[d]), base, rtol=1e-12)
+
+
+def test_log_kg_keeps_digits_far_below_double_range():
+    # two lines meeting at c = 60: KG = |db| f(-60) ~ 1e-785, not representable as a double
+    got = acq.log_knowledge_gradient(np.array([0.0, 60.0]), np.array([[0.0], [1.0]]))[0]
+    mpmath.mp.dps = 40
+    s = mpmath.mpf(-60)
+    want = float(mpmath.log(s * mpmath.ncdf(s) + mpmath.npdf(s)))
+    assert np.isfinite(got) and abs(got - want) < 1e-12 * abs(want)
+
+
+def _gp_problem(seed=0, K=3):
+    """A small fitted GP over (w, scale, steps) with a scaling-law mean, and its search space."""
+    rng = np.random.default_rng(seed)
+    scales, steps = (1e6, 1e7), (100, 400)
+    bounds = (scales[0], scales[-1], steps[0], steps[-1])
+    W = acq.simplex_candidates(K, 16, seed)[K + 1:K + 13]  # (12, K) interior and sparse mixtures
+    S = rng.choice(scales, size=len(W))
+    T = rng.choice(steps, size=len(W))
+    y = 3.0 + 2.0 / np.log(S) * 10 + 30.0 / np.sqrt(T) + ((W - np.array([0.5, 0.3, 0.2])) ** 2).sum(1) \
+        + 0.02 * rng.normal(size=len(W))
+    X = gp.encode(W, S, T, bounds)
+    model = gp.fit_gp(X, y, K, seed=0, restarts=2, mean="scaling_law")
+    return model, W, scales, steps, bounds, X, y
+
+
+def _refit_with(model, X, y, x_new, y_new):
+    """The posterior after observing y_new at x_new, hyperparameters fixed: gp.fit_gp with `hyperparameters`.
+    fit_gp standardizes y again (new mean m', scale s'), so the natural-unit model is kept the same by
+    rescaling the standardized-unit hyperparameters: amplitude and noise by (s/s')^2, the scaling-law mean
+    m + s (c + a_N e^.. + a_T e^..) = m' + s' (c' + ...) by c' = (m + s c - m')/s', a' = a s/s'."""
+    X2, y2 = np.vstack([X, x_new]), np.append(y, y_new)
+    m2, s2 = y2.mean(), y2.std()
+    h = dict(model.hyperparameters)
+    r = model.y_scale / s2
+    h["amplitude"] = h["amplitude"] * r ** 2
+    h["noise"] = h["noise"] * r ** 2
+    h["mean_c"] = (model.y_mean + model.y_scale * h["mean_c"] - m2) / s2
+    h["mean_a_N"] = h["mean_a_N"] * r
+    h["mean_a_T"] = h["mean_a_T"] * r
+    return gp.fit_gp(X2, y2, model.n_weights, hyperparameters=h, mean="scaling_law")
+
+
+def test_kg_agrees_with_monte_carlo_fantasies_on_a_fitted_gp():
+    model, W, scales, steps, bounds, X, y = _gp_problem()
+    target = (scales[-1], steps[-1])
+    A = np.vstack([W, [[0.45, 0.35, 0.2]]])  # evaluated mixtures + the candidate's mixture
+    XA = gp.encode(A, *target, bounds)  # (|A|, d) at the target
+    z = gp.encode(A[-1:], scales[0], steps[0], bounds)  # (1, d) the measurement: the cheap fidelity
+    log_kg = acq._log_kg_grid(model, A[-1:], W, [(scales[0], steps[0])], target, bounds, 4096)[0, 0]
+    # fantasy refits at three values of y: the posterior mean at A is affine in y (checked), so 10^6 fantasies
+    # need no 10^6 refits: mu_{n+1}(A) = alpha + beta y exactly
+    mu_A, _ = gp.predict(model, XA)
+    mu_z, var_z = gp.predict(model, z)
+    sd_y = np.sqrt(var_z[0] + model.noise_variance)  # predictive sd of the observation
+    ys = mu_z[0] + sd_y * np.array([-1.0, 1.0, 0.37])
+    means = np.array([gp.predict(_refit_with(model, X, y, z, v), XA)[0] for v in ys])  # (3, |A|)
+    beta = (means[1] - means[0]) / (ys[1] - ys[0])
+    alpha = means[0] - beta * ys[0]
+    np.testing.assert_allclose(means[2], alpha + beta * ys[2], rtol=1e-9)  # affine in y: the refit is exact
+    rng = np.random.default_rng(0)
+    fantasies = mu_z[0] + sd_y * rng.standard_normal(10 ** 6)  # (10^6,) y ~ predictive distribution
+    gain = mu_A.min() - np.min(alpha[:, None] + beta[:, None] * fantasies[None, :], axis=0)  # (10^6,)
+    se = gain.std() / np.sqrt(gain.size)
+    assert gain.mean() > 10 * se  # the check is informative: KG is clearly > 0 here
+    assert abs(np.exp(log_kg) - gain.mean()) < 3 * se
+
+
+# ---------------------------------------------------------------------------------------------------------
+# log h, log EI, LCB
+
+
+def test_log_h_against_mpmath_across_branches():
+    u = np.array([-1e7, -1e5, -1e3 - 1e-6, -1e3, -999.0, -40.0, -10.0, -1.0 - 1e-9, -1.0, -0.3, 0.0, 2.0, 40.0])
+    got = acq.log_h(u)
+    mpmath.mp.dps = 60
+    want = np.array([float(mpmath.log(mpmath.npdf(v) + v * mpmath.ncdf(v))) for v in map(mpmath.mpf, u.tolist())])
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+def test_log_ei_equals_log_of_direct_ei_and_is_finite_at_minus_40():
+    rng = np.random.default_rng(4)
+    mean = rng.normal(size=2000)
+    sd = rng.uniform(0.05, 2.0, size=2000)
+    best = 0.1
+    u = (best - mean) / sd
+    ok = u > -5  # where the direct formula is representable and free of cancellation
+    direct = sd * (u * norm.cdf(u) + norm.pdf(u))  # Jones et al. 1998 eq. 15, minimization
+    np.testing.assert_allclose(acq.log_expected_improvement(mean, sd, best)[ok], np.log(direct[ok]), rtol=1e-11)
+    got = acq.log_expected_improvement(np.array([40.0]), np.array([1.0]), 0.0)[0]  # u = -40
+    assert np.isfinite(got) and abs(got - (-808.29856835662)) < 1e-9
+    assert np.isfinite(acq.log_expected_improvement(np.array([1.0]), np.array([0.0]), 0.0)[0])  # sd = 0
+
+
+def test_log_ei_and_ucb_match_botorch():
+    import torch
+    from botorch.acquisition.analytic import LogExpectedImprovement, UpperConfidenceBound
+    from botorch.utils.testing import MockModel, MockPosterior
+
+    rng = np.random.default_rng(5)
+    mean, sd = rng.normal(size=500), rng.uniform(1e-3, 2.0, size=500)
+    mean[:5] = 30.0  # u ~ -15 .. -3e4: deep in the tail
+    post = MockPosterior(mean=torch.tensor(mean).reshape(500, 1, 1), variance=torch.tensor(sd ** 2).reshape(500, 1, 1))
+    X = torch.zeros(500, 1, 1, dtype=torch.float64)
+    best_f = torch.tensor(0.2, dtype=torch.float64)  # a python float would become a float32 buffer
+    want = LogExpectedImprovement(MockModel(post), best_f=best_f, maximize=False)(X).numpy()
+    np.testing.assert_allclose(acq.log_expected_improvement(mean, sd, 0.2), want, rtol=1e-9)
+    want = UpperConfidenceBound(MockModel(post), beta=2.5, maximize=False)(X).numpy()  # -mu + sqrt(beta) sd
+    np.testing.assert_allclose(-acq.lower_confidence_bound(mean, sd, 2.5), want, rtol=1e-12)
+
+
+def test_srinivas_beta_formula():
+    assert acq.srinivas_beta(100, 3, 0.1) == pytest.approx(2 * np.log(100 * 9 * np.pi ** 2 / 0.6), rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# candidates
+
+
+@pytest.mark.parametrize("K", [2, 5, 17, 40])
+def test_candidates_lie_on_the_simplex(K):
+    inc = acq.simplex_candidates(K, 4, 9)[-2:]  # two sparse incumbents, zeros included
+    C = acq.simplex_candidates(K, 500, 7, incumbents=inc, n_local=100)
+    assert C.shape == (K + 1 + 500 + 2 + 100, K)
+    assert np.all(C >= 0.0) and np.all(np.abs(C.sum(1) - 1.0) <= 1e-12)
+    np.testing.assert_array_equal(C[:K], np.eye(K))
+    np.testing.assert_allclose(C[K], np.full(K, 1.0 / K), rtol=1e-15)
+    sparse = C[K + 1 + 250:K + 1 + 500]
+    assert np.mean((sparse == 0.0).any(1)) > (0.2 if K == 2 else 0.5)  # on a face (exact zeros); K=2: alpha=1/2
+    assert np.all(sparse[sparse > 0] >= 0.1 / K * 0.999)  # nothing left below the snapping threshold
+    local = C[-100:]
+    dist = np.abs(local - np.repeat(inc, 50, axis=0)).sum(1)  # L1 distance to its incumbent
+    assert np.median(dist) < np.median(np.abs(C[K + 1:K + 251, None] - inc[None]).sum(-1))  # closer than random
+    np.testing.assert_array_equal(C, acq.simplex_candidates(K, 500, 7, incumbents=inc, n_local=100))  # seeded
+    floor = 0.2 / K
+    F = acq.simplex_candidates(K, 500, 7, incumbents=inc, n_local=100, floor=floor)
+    assert np.all(F >= floor) and np.all(np.abs(F.sum(1) - 1.0) <= 1e-12)
+
+
+def test_candidates_reject_bad_input():
+    with pytest.raises(ValueError, match="floor"):
+        acq.simplex_candidates(4, 10, 0, floor=0.3)
+    with pytest.raises(ValueError, match="incumbents"):
+        acq.simplex_candidates(3, 10, 0, incumbents=np.array([[0.5, 0.6, 0.0]]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the decision
+
+
+def _two_fidelity_gp(N_lengthscale):
+    """A GP with fixed hyperparameters over (w, scale) with two scales: the cheap scale's losses are perfectly
+    correlated with the target's (N_lengthscale 1e5: k_N(0, 1) = 1 - 1e-10) or uncorrelated (0.01: k_N ~ 1e-96)."""
+    K, scales, steps = 3, (1e6, 1e8), (1000,)
+    bounds = (scales[0], scales[-1], steps[0], steps[-1])
+    W = acq.simplex_candidates(K, 20, 3)[K + 1:K + 9]  # (8, K)
+    S = np.array([1e6, 1e8] * 4)
+    y = 3.0 + ((W - 0.3) ** 2).sum(1) + np.where(S == 1e6, 0.5, 0.0)
+    h = {"noise": 1e-2, "amplitude": 1.0, "w_lengthscale": np.full(K, 0.3), "N_lengthscale": np.array([N_lengthscale]),
+         "T_lengthscale": np.array([1.0])}
+    model = gp.fit_gp(gp.encode(W, S, 1000, bounds), y, K, hyperparameters=h)
+    return model, W, scales, steps, bounds
+
+
+@pytest.mark.parametrize("N_lengthscale, want_scale", [(1e5, 1e6), (0.01, 1e8)])
+def test_mfkg_picks_cheap_fidelity_only_when_it_informs_the_target(N_lengthscale, want_scale):
+    model, W, scales, steps, bounds = _two_fidelity_gp(N_lengthscale)
+    cand = acq.simplex_candidates(3, 200, 4, incumbents=W[:2])
+    cost = lambda s, t: s / 1e8  # the cheap scale costs 1% of the target
+    d = acq.choose_next("mfkg", model, cand, W, scales, steps, (1e8, 1000), bounds, cost=cost)
+    assert d.scale == want_scale and d.kg > 0
+    # the same mixture measured at the target: equal KG when correlated, and the cheap KG ~ 0 when not
+    grid = acq._log_kg_grid(model, cand[d.index:d.index + 1], W, [(1e6, 1000), (1e8, 1000)], (1e8, 1000), bounds, 64)
+    if N_lengthscale > 1:
+        np.testing.assert_allclose(grid[0, 0], grid[0, 1], rtol=1e-6)
+        assert d.cost == pytest.approx(0.01)
+    else:
+        assert grid[0, 0] < grid[0, 1] - 50  # KG(cheap) < e^-50 KG(target)
+
+
+def test_choose_next_strategies_and_recommend():
+    model, W, scales, steps, bounds, X, y = _gp_problem(seed=1)
+    target = (scales[-1], steps[-1])
+    cand = acq.simplex_candidates(3, 100, 5, incumbents=W[:1])
+    Xc = gp.encode(cand, *target, bounds)
+    mean, var = gp.predict(model, Xc)
+    best = gp.predict(model, gp.encode(W, *target, bounds))[0].min()  # incumbent at the target
+    d = acq.choose_next("ei", model, cand, W, scales, steps, target, bounds)
+    assert d.index == np.argmax(acq.log_expected_improvement(mean, np.sqrt(var), best))
+    assert (d.scale, d.steps) == target and d.kg is None
+    d = acq.choose_next("ucb", model, cand, W, scales, steps, target, bounds, beta=4.0)
+    assert d.index == np.argmin(mean - 2.0 * np.sqrt(var))
+    d = acq.choose_next("kg", model, cand, W, scales, steps, target, bounds)
+    assert (d.scale, d.steps) == target and d.value == pytest.approx(np.log(d.kg))
+    cost = lambda s, t: s * t / (scales[-1] * steps[-1])
+    only_cheap = lambda w, s, t: s == scales[0]
+    d = acq.choose_next("mfkg", model, cand, W, scales, steps, target, bounds, cost=cost, fixed_cost=0.05,
+                        available=only_cheap)
+    assert d.scale == scales[0] and d.cost == pytest.approx(cost(d.scale, d.steps) + 0.05)
+    i, m, s = acq.recommend(model, W, target, bounds)
+    assert i == np.argmin(gp.predict(model, gp.encode(W, *target, bounds))[0]) and s > 0
+    with pytest.raises(ValueError, match="unknown strategy"):
+        acq.choose_next("pi", model, cand, W, scales, steps, target, bounds)
+    with pytest.raises(ValueError, match="cost"):
+        acq.choose_next("mfkg", model, cand, W, scales, steps, target, bounds)
