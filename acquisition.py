@@ -228,30 +228,31 @@ def log_knowledge_gradient(a, b):
         raise ValueError(f"a must have shape ({M},) or ({M}, {Z}) to match b, got {a.shape}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("a and b must be finite (a posterior mean or covariance is NaN/inf: check the GP fit)")
-    ap = np.broadcast_to(-a, (M, Z))  # (M, Z) max-form intercepts a' = -a
+    # one ROW per column z (Z, M): the reductions below then run over contiguous memory
+    A = np.ascontiguousarray(np.broadcast_to(-a, (M, Z)).T)  # (Z, M) max-form intercepts a' = -a
+    B = np.ascontiguousarray(b.T)  # (Z, M) slopes
     out = np.full(Z, -np.inf)  # (Z,) log KG, -inf until a term is added
     if M < 2 or Z == 0:
         return out
-    cols = np.arange(Z)
-    b_min = b.min(axis=0)  # (Z,)
-    j = np.argmax(np.where(b == b_min, ap, -np.inf), axis=0)  # (Z,) the line that is max at z -> -inf
-    a_j, b_j = ap[j, cols], b[j, cols]  # (Z,), (Z,) current envelope line of each column
-    active = cols  # (Za,) columns still walking
+    r = np.arange(Z)
+    j = np.argmax(np.where(B == B.min(axis=1, keepdims=True), A, -np.inf), axis=1)  # (Z,) max at z -> -inf
+    a_j, b_j = A[r, j], B[r, j]  # (Z,), (Z,) the current envelope line of each column
+    active = r  # (Za,) columns still walking; row k of A, B belongs to column active[k]
     while active.size:
-        A, B = ap[:, active], b[:, active]  # (M, Za)
-        db = B - b_j  # (M, Za) slope gain of each line over the current one
-        steeper = db > 0
-        c = np.divide(a_j - A, db, out=np.full(db.shape, np.inf), where=steeper)  # (M, Za) crossing points
-        i = np.argmin(c, axis=0)  # (Za,) next envelope line
-        rows = np.arange(active.size)
-        c_next = c[i, rows]  # (Za,) breakpoint between line j and line i
+        db = B - b_j[:, None]  # (Za, M) slope gain of each line over the current one
+        with np.errstate(divide="ignore", invalid="ignore"):  # lines with db <= 0 are masked to +inf
+            c = np.where(db > 0, (a_j[:, None] - A) / db, np.inf)  # (Za, M) crossing points with line j
+        i = np.argmin(c, axis=1)  # (Za,) the next envelope line
+        r = np.arange(active.size)
+        c_next = c[r, i]  # (Za,) the breakpoint between line j and line i
         go = c_next < np.inf  # a column with no steeper line (or a crossing at +inf) has finished
-        if not np.any(go):
-            break
-        i, rows, c_next, active = i[go], rows[go], c_next[go], active[go]
-        term = np.log(db[i, rows]) + log_h(-np.abs(c_next))  # (Za,) log[(b_i - b_j) f(-|c|)], FPD eq. 15
+        if not go.all():
+            r, i, c_next, active = r[go], i[go], c_next[go], active[go]
+        term = np.log(db[r, i]) + log_h(-np.abs(c_next))  # (Za,) log[(b_i - b_j) f(-|c|)], FPD eq. 15
         out[active] = np.logaddexp(out[active], term)
-        a_j, b_j = A[i, rows], B[i, rows]
+        a_j, b_j = A[r, i], B[r, i]
+        if not go.all():
+            A, B = A[r], B[r]  # drop the finished columns
     return out
 
 
