@@ -210,11 +210,13 @@ def _mean(cfg, P, X, K):
 #      lengthscales ~ LogNormal(sqrt2 + log(d) / 2, sqrt3)   [HV]; d = number of input columns
 #      noise        ~ LogNormal(-4, 1)                       (standardized units)
 #    amplitudes, spectral weights/frequencies and mean parameters: no prior (flat within the bounds).
-#    The prior density is that of the natural parameter (as BoTorch), evaluated at exp(theta).
+#    The prior density is that of the natural parameter (as BoTorch), evaluated at exp(theta). With
+#    priors=False the objective is the plain log marginal likelihood (sklearn's), but the priors still
+#    choose the starting points.
 
 def _specs(cfg, d, K):
-    ls_prior = (math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)) if cfg.priors else None
-    noise_prior = (-4.0, 1.0) if cfg.priors else None
+    ls_prior = (math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0))
+    noise_prior = (-4.0, 1.0)
     ls = lambda name, p: (name, (p,), True, 1e-2, 1e5, ls_prior)
     specs = [("noise", (), True, NOISE_FLOOR, 10.0, noise_prior), ("amplitude", (), True, 1e-6, 1e5, None)]
     groups = [("w", cfg.kernel_w, d if cfg.structure == "joint" else K)]
@@ -264,10 +266,12 @@ def _bounds(specs):
     return out
 
 
-def _log_prior(P, specs):
+def _log_prior(P, specs, cfg):
     """sum of LogNormal(mu, sigma) log-densities of the natural parameters x: -log x - log(sigma sqrt(2 pi))
-    - (log x - mu)^2 / (2 sigma^2)."""
+    - (log x - mu)^2 / (2 sigma^2); 0 with priors=False."""
     lp = torch.zeros((), dtype=DTYPE)
+    if not cfg.priors:
+        return lp
     for name, _, _, _, _, prior in specs:
         if prior is not None:
             mu, sigma = prior
@@ -360,7 +364,7 @@ def _objective(theta_np, cfg, specs, X, y, K):
         return PENALTY, np.zeros_like(theta_np)
     lml, L, alpha, _, Kf = terms
     G = 0.5 * (torch.outer(alpha, alpha) - torch.cholesky_inverse(L))                   # (n, n) eq. 5.9
-    log_prior = _log_prior(P, specs)
+    log_prior = _log_prior(P, specs, cfg)
     surrogate = ((G * Kf).sum() + P["noise"] * G.diagonal().sum()                       # d(K + sigma^2 I) = dK_f + dsigma^2 I
                  + alpha @ _mean(cfg, P, X, K) + log_prior)                             # gradient = that of lml + log p
     surrogate.backward()
