@@ -71,6 +71,7 @@ import functools
 import importlib.util
 import inspect
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -358,3 +359,124 @@ def make_benchmark(name="default", num_domains=5, seed=0):
                      run=functools.partial(run_benchmark, law),
                      cost=functools.partial(flops_cost, tokens_per_step=law.tokens_per_step),
                      true_loss=true_loss, optimum=(w_opt, f_opt), noise_sd=noise_sd_at(law, target[0]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Objective files: a Python file that defines loss(weights, scale, steps)
+
+def _check_grid(domains, scales, steps, target, where):
+    """Validate a search space; one-line ValueError naming `where` (the file or flag it came from)."""
+    if not domains or any(not isinstance(d, str) or not d for d in domains) or len(set(domains)) != len(domains):
+        raise ValueError(f"{where}: DOMAINS must be distinct non-empty strings, got {domains!r}")
+    if not scales or any(not (np.isfinite(s) and s > 0) for s in scales) or list(scales) != sorted(set(scales)):
+        raise ValueError(f"{where}: SCALES must be distinct positive numbers in ascending order, got {scales!r}")
+    if not steps or any(int(s) != s or s < 1 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(f"{where}: STEPS must be distinct positive integers in ascending order, got {steps!r}")
+    if len(target) != 2 or target[0] not in scales or target[1] not in steps:
+        raise ValueError(f"{where}: TARGET {target!r} must be a (scale, steps) pair from SCALES x STEPS")
+
+
+def _parse_loss(value, domains, where):
+    """A loss() result -> (loss, {domain: loss}); accepts a number or a dict with 'loss' and per-domain
+    losses under 'domain_losses' or under the domain names (other keys are ignored)."""
+    if isinstance(value, dict):
+        if "loss" not in value:
+            raise ValueError(f"{where} returned a dict without a 'loss' key; return a float or {{'loss': ..., ...}}")
+        per_domain = value.get("domain_losses", {d: value[d] for d in domains if d in value})
+        unknown = sorted(set(per_domain) - set(domains))
+        if unknown:
+            raise ValueError(f"{where} returned losses for unknown domains {unknown}; DOMAINS are {list(domains)}")
+        loss, per_domain = value["loss"], {d: float(per_domain[d]) for d in domains if d in per_domain}
+    else:
+        loss, per_domain = value, {}
+    try:
+        loss = float(loss)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} returned {type(loss).__name__} {loss!r}; it must return a float") from None
+    if not math.isfinite(loss) or not all(map(math.isfinite, per_domain.values())):
+        raise ValueError(f"{where} returned a non-finite loss ({loss}, {per_domain}); losses must be finite")
+    return loss, per_domain
+
+
+def load_objective_file(path, domains=None, scales=None, steps=None, target=None, tokens_per_step=None):
+    """Objective from a Python file. The file must define
+
+        loss(weights, scale, steps) -> float  or  {"loss": float, "domain_losses": {domain: float}}
+                                               (per-domain losses may also sit under the domain names)
+            weights: np.ndarray (K,) in DOMAINS order, on the simplex; scale: parameters; steps: int.
+            A `seed` parameter, if loss has one, receives the run's seed (loss(weights, scale, steps, seed=...));
+            without it the file is taken as noise-free and Objective.true_loss calls it.
+
+    and may define (each falls back, in this order, to the argument given here (a CLI flag), else to
+    the file's value, else to the default shown):
+        DOMAINS = ("wikipedia", "stackexchange", "github", "arxiv", "book")
+        SCALES = (20e6, 40e6, 80e6, 150e6, 300e6, 600e6, 1e9)      # parameters, ascending
+        STEPS = (2500, 5000, 10000, 20000)                         # checkpoints, ascending
+        TARGET = (max(SCALES), max(STEPS))
+        TOKENS_PER_STEP = 2**19
+        cost(scale, steps) = 6 * scale * steps * TOKENS_PER_STEP
+        NOISE_SD = None (seed-to-seed sd at the target, if known)
+        OPTIMUM = None ((weights, loss) best at the target, if known)
+
+    A run to T steps calls loss once per checkpoint: at every STEPS value below T, then at T.
+    A missing file or `loss`, or a bad value above, is a one-line ValueError; so is a call that returns a
+    non-finite loss (mixbo records that trial as failed).
+    """
+    where = f"objective file {path}"
+    if not os.path.isfile(path):
+        raise ValueError(f"{where} does not exist; pass the path of a Python file that defines loss()")
+    spec = importlib.util.spec_from_file_location("mixbo_objective_file", path)
+    if spec is None:
+        raise ValueError(f"{where} is not a Python file; its name must end in .py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:                                     # the user's code: report it in one line
+        first_line = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{where} failed to import: {type(e).__name__}: {first_line}") from None
+    loss_fn = getattr(module, "loss", None)
+    if not callable(loss_fn):
+        raise ValueError(f"{where} does not define a function loss(weights, scale, steps)")
+    pick = lambda given, attr, default: given if given is not None else getattr(module, attr, default)
+    domains = tuple(pick(domains, "DOMAINS", SLIMPAJAMA_DOMAINS))
+    scales = tuple(float(s) for s in pick(scales, "SCALES", DEFAULT_SCALES))
+    steps = tuple(int(s) for s in pick(steps, "STEPS", DEFAULT_STEPS))
+    target = tuple(pick(target, "TARGET", (max(scales), max(steps))))
+    tokens_per_step = pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP)
+    _check_grid(domains, scales, steps, target, where)
+    target = (float(target[0]), int(target[1]))
+    file_cost = getattr(module, "cost", None)
+    cost = file_cost if callable(file_cost) else functools.partial(flops_cost, tokens_per_step=tokens_per_step)
+    takes_seed = "seed" in inspect.signature(loss_fn).parameters
+
+    def call(w, scale, s, seed):
+        value = loss_fn(w.copy(), scale, s, seed=seed) if takes_seed else loss_fn(w.copy(), scale, s)
+        return _parse_loss(value, domains, f"{where}: loss(weights, scale={scale:g}, steps={s})")
+
+    def run(weights, scale, steps_, seed=0):
+        w = check_weights(weights, len(domains))
+        checkpoints = []
+        for s in checkpoint_steps(steps, steps_):
+            loss, per_domain = call(w, float(scale), s, seed)
+            checkpoints.append({"steps": s, "loss": loss, "domain_losses": per_domain})
+        run_cost = float(cost(scale, steps_))
+        if not (math.isfinite(run_cost) and run_cost > 0):
+            raise ValueError(f"{where}: cost({scale:g}, {steps_}) returned {run_cost}; it must be a positive number")
+        last = checkpoints[-1]
+        return {"loss": last["loss"], "domain_losses": last["domain_losses"], "checkpoints": checkpoints,
+                "cost": run_cost}
+
+    def true_loss(weights, scale=None, steps_=None):
+        scale, steps_ = (target[0] if scale is None else scale), (target[1] if steps_ is None else steps_)
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim == 1:
+            return call(check_weights(w, len(domains)), float(scale), int(steps_), 0)[0]
+        return np.array([call(check_weights(v, len(domains)), float(scale), int(steps_), 0)[0] for v in w])
+
+    optimum = getattr(module, "OPTIMUM", None)
+    if optimum is not None:
+        optimum = (check_weights(optimum[0], len(domains)), float(optimum[1]))
+    noise_sd = getattr(module, "NOISE_SD", None)
+    return Objective(name=f"file:{path}", domains=domains, scales=scales, steps=steps, target=target, run=run,
+                     cost=cost, true_loss=None if takes_seed else true_loss, optimum=optimum,
+                     noise_sd=None if noise_sd is None else float(noise_sd))
