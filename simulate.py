@@ -480,3 +480,227 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     return Objective(name=f"file:{path}", domains=domains, scales=scales, steps=steps, target=target, run=run,
                      cost=cost, true_loss=None if takes_seed else true_loss, optimum=optimum,
                      noise_sd=None if noise_sd is None else float(noise_sd))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run tables: a CSV of real runs, replayed exactly
+
+@dataclass(frozen=True, eq=False)
+class RunTable:
+    """A parsed run table: one entry per CSV row (n rows), in file order."""
+    path: str
+    domains: tuple[str, ...]        # from the w_<domain> columns, in column order
+    metric: str                     # name of the objective column
+    fidelity: str                   # "steps" (a steps column exists) or "tokens" (steps axis = tokens)
+    row: np.ndarray                 # (n,) CSV line number of each row, for messages
+    run: tuple[str, ...]            # (n,) run id: one mixture, shared across scales
+    seed: tuple[str, ...]           # (n,) seed column ("" when the table has none)
+    mixture: np.ndarray             # (n,) index into `mixtures`
+    mixtures: np.ndarray            # (M, K) distinct mixtures, renormalized to sum to 1
+    scale: np.ndarray               # (n,) parameters
+    tokens: np.ndarray              # (n,) training tokens at the row
+    steps: np.ndarray               # (n,) int: steps column, or tokens when there is none
+    cost: np.ndarray                # (n,) cost column, or 6 * scale * tokens
+    objective: np.ndarray           # (n,) the metric column
+    domain_losses: tuple            # (n,) dicts {domain: loss} from the loss_<domain> columns
+
+
+def _table_number(text, path, line, column):
+    """Parse one cell as a finite float, or raise a one-line ValueError naming row and column."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"table {path}: row {line}, column '{column}': {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"table {path}: row {line}, column '{column}': {text!r} is not finite")
+    return value
+
+
+def read_table(path, metric="loss"):
+    """Parse and validate a run table (format in load_table's docstring); returns a RunTable."""
+    if not os.path.isfile(path):
+        raise ValueError(f"table {path} does not exist; pass the path of a CSV file of runs")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise ValueError(f"table {path} is empty; it needs a header row and one row per run and checkpoint")
+        header = [h.strip() for h in header]
+        duplicated = sorted({h for h in header if header.count(h) > 1})
+        if duplicated:
+            raise ValueError(f"table {path}: row 1 (header), column '{duplicated[0]}' appears more than once")
+        domains = tuple(h[2:] for h in header if h.startswith("w_"))
+        for column in ("run", "scale", "tokens", metric):
+            if column not in header:
+                raise ValueError(f"table {path}: row 1 (header) has no column '{column}'; required: run, "
+                                 f"w_<domain> for each domain, scale, tokens, {metric}")
+        if len(domains) < 2 or any(not d for d in domains):
+            raise ValueError(f"table {path}: row 1 (header) needs a w_<domain> column for each of >= 2 domains")
+        col = {h: i for i, h in enumerate(header)}
+        loss_columns = [d for d in domains if f"loss_{d}" in col]
+        has_steps, has_cost, has_seed = "steps" in col, "cost" in col, "seed" in col
+        rows = []
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue                                       # blank line
+            line = reader.line_num
+            if len(cells) != len(header):
+                raise ValueError(f"table {path}: row {line} has {len(cells)} cells but the header has {len(header)}")
+            cell = lambda c: cells[col[c]].strip()
+            num = lambda c: _table_number(cell(c), path, line, c)
+            if not cell("run"):
+                raise ValueError(f"table {path}: row {line}, column 'run' is empty; give every run an id")
+            w = np.array([num(f"w_{d}") for d in domains])   # (K,)
+            for d, v in zip(domains, w):
+                if v < 0:
+                    raise ValueError(f"table {path}: row {line}, column 'w_{d}': weight {v} is negative")
+            if abs(w.sum() - 1.0) > 1e-3:
+                raise ValueError(f"table {path}: row {line}, columns w_{domains[0]}..w_{domains[-1]}: weights "
+                                 f"sum to {w.sum():.6g}, not 1 (tolerance 1e-3)")
+            values = {c: num(c) for c in ("scale", "tokens") + (("steps",) if has_steps else ())
+                      + (("cost",) if has_cost else ())}
+            for c, v in values.items():
+                if v <= 0:
+                    raise ValueError(f"table {path}: row {line}, column '{c}': {v} must be positive")
+            if has_steps and values["steps"] != int(values["steps"]):
+                raise ValueError(f"table {path}: row {line}, column 'steps': {values['steps']} is not an integer")
+            per_domain = {d: num(f"loss_{d}") for d in loss_columns if cell(f"loss_{d}")}   # blank = unknown
+            rows.append(dict(line=line, run=cell("run"), seed=cell("seed") if has_seed else "", w=w,
+                             objective=num(metric), domain_losses=per_domain, **values))
+    if not rows:
+        raise ValueError(f"table {path} has a header but no rows; add one row per run and checkpoint")
+
+    off = [r["line"] for r in rows if abs(r["w"].sum() - 1.0) > 1e-9]
+    if off:
+        warnings.warn(f"table {path}: weights of {len(off)} rows (first: row {off[0]}) do not sum to 1 "
+                      f"within 1e-9; renormalized")
+    mixtures, mixture_of_key, first_row_of_run, seen = [], {}, {}, {}
+    for r in rows:
+        w = r["w"] / r["w"].sum()
+        if r["run"] in first_row_of_run:                      # one run id = one mixture
+            r0 = first_row_of_run[r["run"]]
+            j = int(np.argmax(np.abs(w - mixtures[r0["mixture"]])))
+            if abs(w[j] - mixtures[r0["mixture"]][j]) > 1e-6:
+                raise ValueError(f"table {path}: row {r['line']}, column 'w_{domains[j]}': run '{r['run']}' has "
+                                 f"weight {w[j]:.6g} here but {mixtures[r0['mixture']][j]:.6g} in row {r0['line']}")
+            r["mixture"] = r0["mixture"]
+        else:
+            key = tuple(np.round(w, 9))                       # different run ids, same mixture: replicates
+            if key not in mixture_of_key:
+                mixture_of_key[key] = len(mixtures)
+                mixtures.append(w)
+            r["mixture"] = mixture_of_key[key]
+            first_row_of_run[r["run"]] = r
+        steps = int(r["steps"]) if has_steps else int(round(r["tokens"]))
+        r["steps"] = steps
+        key = (r["run"], r["seed"], r["scale"], steps)
+        if key in seen:
+            what = "run, scale, " + ("steps" if has_steps else "tokens") + (", seed" if has_seed else "")
+            raise ValueError(f"table {path}: row {r['line']}, column 'run': duplicate of row {seen[key]} (same "
+                             f"{what}); drop one, or add a seed column to keep seed repeats")
+        seen[key] = r["line"]
+    return RunTable(path=path, domains=domains, metric=metric, fidelity="steps" if has_steps else "tokens",
+                    row=np.array([r["line"] for r in rows]), run=tuple(r["run"] for r in rows),
+                    seed=tuple(r["seed"] for r in rows), mixture=np.array([r["mixture"] for r in rows]),
+                    mixtures=np.array(mixtures), scale=np.array([r["scale"] for r in rows]),
+                    tokens=np.array([r["tokens"] for r in rows]), steps=np.array([r["steps"] for r in rows]),
+                    cost=np.array([r["cost"] if has_cost else 6.0 * r["scale"] * r["tokens"] for r in rows]),
+                    objective=np.array([r["objective"] for r in rows]),
+                    domain_losses=tuple(r["domain_losses"] for r in rows))
+
+
+def load_table(path, metric="loss", target_scale=None):
+    """Objective that replays a CSV of real runs exactly (no added noise).
+
+    Format: a header row, then one row per run and checkpoint. Columns (order free, extra columns ignored):
+        run            id of a mixture; the same id at several scales is the same mixture
+        w_<domain>     one column per domain (defines the domains and their order): weights >= 0 summing
+                       to 1 within 1e-3 (renormalized; a warning beyond 1e-9)
+        scale          model size, parameters
+        tokens         training tokens seen at this row
+        steps          optional: training steps at this row; without it the fidelity axis is tokens
+        cost           optional: cost of training to this row; default 6 * scale * tokens
+        seed           optional: tells seed repeats apart (same run, scale and steps)
+        loss_<domain>  optional per-domain losses (a blank cell = unknown)
+        loss           the objective to minimize (or the column named by `metric`)
+    Each (run, scale, steps-or-tokens, seed) must appear once. Rows of different run ids with the same
+    weights are replicates of one mixture, as are rows that differ only in seed.
+
+    Replay: run(weights, scale, steps, seed) returns replicate number seed mod R of that mixture at that
+    (scale, steps) (replicates sorted by run id, then seed) with its checkpoints at that scale up to
+    `steps`; its cost is that row's cost. true_loss and optimum use the mean over replicates. Candidates
+    are the mixtures with a row at the target: `target_scale` (default the largest scale) and the largest
+    steps at that scale. A trial may only ask for a (mixture, scale, steps) in the table: see available().
+    cost(scale, steps) is the mean cost of the table's rows there; elsewhere 6 * scale * tokens, with
+    tokens = steps * the table's median tokens per step (or tokens = steps without a steps column).
+    noise_sd is the pooled sd over replicate groups (at the target when it has any), else None.
+    Malformed tables raise a one-line ValueError naming the row (CSV line) and column.
+    """
+    table = read_table(path, metric)
+    scales = tuple(float(s) for s in np.unique(table.scale))
+    steps = tuple(int(s) for s in np.unique(table.steps))
+    if target_scale is None:
+        target_scale = scales[-1]
+    if float(target_scale) not in scales:
+        raise ValueError(f"table {path}: target scale {target_scale:g} is not in the table; its scales are "
+                         f"{', '.join(f'{s:g}' for s in scales)}")
+    target = (float(target_scale), int(table.steps[table.scale == float(target_scale)].max()))
+    K = len(table.domains)
+
+    # Replicates: (mixture, scale, steps) -> row indices sorted by (run, seed); a chain of checkpoints
+    # is one (run, seed) at one scale.
+    cells = {}
+    for i in sorted(range(len(table.row)), key=lambda i: (table.run[i], table.seed[i])):
+        cells.setdefault((int(table.mixture[i]), table.scale[i], int(table.steps[i])), []).append(i)
+
+    def find_mixture(weights):
+        w = check_weights(weights, K, tol=1e-6)
+        distance = np.abs(table.mixtures - w).max(axis=1)    # (M,)
+        m = int(np.argmin(distance))
+        return m if distance[m] <= 1e-6 else None
+
+    def available(weights, scale, steps_):
+        m = find_mixture(weights)
+        return m is not None and (m, float(scale), int(steps_)) in cells
+
+    def replicates(weights, scale, steps_):
+        m = find_mixture(weights)
+        if m is None or (m, float(scale), int(steps_)) not in cells:
+            raise ValueError(f"table {path} has no run of mixture {np.round(np.asarray(weights, float), 4).tolist()} "
+                             f"at scale {scale:g}, steps {steps_}; ask only for what available() allows")
+        return cells[(m, float(scale), int(steps_))]
+
+    def run(weights, scale, steps_, seed=0):
+        rows = replicates(weights, scale, steps_)
+        i = rows[int(seed) % len(rows)]                       # this replicate: (run id, seed) at this scale
+        chain = np.flatnonzero((np.array(table.run) == table.run[i]) & (np.array(table.seed) == table.seed[i])
+                               & (table.scale == table.scale[i]) & (table.steps <= table.steps[i]))
+        chain = chain[np.argsort(table.steps[chain])]
+        checkpoints = [{"steps": int(table.steps[j]), "loss": float(table.objective[j]),
+                        "domain_losses": dict(table.domain_losses[j])} for j in chain]
+        return {"loss": float(table.objective[i]), "domain_losses": dict(table.domain_losses[i]),
+                "checkpoints": checkpoints, "cost": float(table.cost[i])}
+
+    def true_loss(weights, scale=None, steps_=None):
+        scale, steps_ = (target[0] if scale is None else scale), (target[1] if steps_ is None else steps_)
+        w = np.asarray(weights, dtype=np.float64)
+        mean = lambda v: float(table.objective[replicates(v, scale, steps_)].mean())
+        return mean(w) if w.ndim == 1 else np.array([mean(v) for v in w])
+
+    tokens_per_step = float(np.median(table.tokens / table.steps)) if table.fidelity == "steps" else 1.0
+
+    def cost(scale, steps_):
+        at = (table.scale == float(scale)) & (table.steps == int(steps_))
+        return float(table.cost[at].mean()) if at.any() else 6.0 * float(scale) * int(steps_) * tokens_per_step
+
+    candidates = np.array([table.mixtures[m] for m in range(len(table.mixtures)) if (m, *target) in cells])
+    losses = true_loss(candidates)                             # (M,)
+    groups = [table.objective[rows] for rows in cells.values() if len(rows) > 1]
+    target_groups = [table.objective[rows] for (m, s, t), rows in cells.items() if len(rows) > 1 and (s, t) == target]
+    groups = target_groups or groups
+    noise_sd = None
+    if groups:                                                 # pooled sd: sum (n-1) s^2 / sum (n-1)
+        noise_sd = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / sum(len(g) - 1 for g in groups))
+    return Objective(name=f"table:{path}", domains=table.domains, scales=scales, steps=steps, target=target,
+                     run=run, cost=cost, candidates=candidates, available=available, true_loss=true_loss,
+                     optimum=(candidates[int(np.argmin(losses))], float(losses.min())), noise_sd=noise_sd)
