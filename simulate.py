@@ -704,3 +704,60 @@ def load_table(path, metric="loss", target_scale=None):
     return Objective(name=f"table:{path}", domains=table.domains, scales=scales, steps=steps, target=target,
                      run=run, cost=cost, candidates=candidates, available=available, true_loss=true_loss,
                      optimum=(candidates[int(np.argmin(losses))], float(losses.min())), noise_sd=noise_sd)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a benchmark looks like: the numbers quoted in the README (`python simulate.py`)
+
+def describe_benchmark(name="default", num_domains=5, seed=0, n_mixtures=2000):
+    """Noise-free statistics of a benchmark: optimum at the target vs at the smallest scale, spread of
+    the target loss over Dirichlet(1) mixtures vs noise, Spearman rank correlations between scales."""
+    law, objective = benchmark_law(name, num_domains, seed), make_benchmark(name, num_domains, seed)
+    (N, T), K = objective.target, len(law.domains)
+    w_star, f_star = objective.optimum
+    w_small = law_optimum(law, law.scales[0], T)[0]            # smallest scale, target steps
+    w_first = law_optimum(law, law.scales[0], law.steps[0])[0] # smallest scale and steps
+    mixtures = np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures)   # (n, K)
+    at = lambda scale, steps: mixture_loss(law, mixtures, scale, steps)         # (n,)
+    target_losses = at(N, T)
+    rho = lambda a, b: float(spearmanr(a, b)[0])
+    return {
+        "name": law.name, "K": K, "optimum": w_star, "optimum_loss": f_star,
+        "optimum_smallest_scale": w_small, "l1_smallest_scale": float(np.abs(w_small - w_star).sum()),
+        "regret_smallest_scale": float(mixture_loss(law, w_small, N, T)[0] - f_star),
+        "optimum_smallest_fidelity": w_first, "l1_smallest_fidelity": float(np.abs(w_first - w_star).sum()),
+        "regret_smallest_fidelity": float(mixture_loss(law, w_first, N, T)[0] - f_star),
+        "regret_uniform": float(mixture_loss(law, np.full(K, 1.0 / K), N, T)[0] - f_star),
+        "spread_sd": float(target_losses.std()), "median_regret_random": float(np.median(target_losses) - f_star),
+        "noise_sd_target": noise_sd_at(law, N), "noise_sd_smallest": noise_sd_at(law, law.scales[0]),
+        "loss_range_uniform": (float(mixture_loss(law, np.full(K, 1.0 / K), law.scales[0], law.steps[0])[0]),
+                               float(mixture_loss(law, np.full(K, 1.0 / K), N, T)[0])),
+        "spearman_to_target": {s: rho(at(s, T), target_losses) for s in law.scales},
+        "spearman_neighbours": [rho(at(a, T), at(b, T)) for a, b in zip(law.scales, law.scales[1:])],
+        "spearman_smallest_fidelity": rho(at(law.scales[0], law.steps[0]), target_losses),
+    }
+
+
+def main():
+    """Print the benchmark table of the README."""
+    cases = [("default", 5, 0), ("sparse", 5, 0), ("shift", 5, 0), ("random", 5, 0), ("random", 8, 1)]
+    fmt = lambda w: "[" + " ".join(f"{x:.2f}" for x in w) + "]"
+    for name, K, seed in cases:
+        d = describe_benchmark(name, K, seed)
+        print(f"{d['name']}  (K={K}, scales 20M..1B, steps {DEFAULT_STEPS[0]}..{DEFAULT_STEPS[-1]})")
+        print(f"  optimum at target        {fmt(d['optimum'])}  loss {d['optimum_loss']:.4f}")
+        print(f"  optimum at 20M, 20k steps {fmt(d['optimum_smallest_scale'])}  L1 {d['l1_smallest_scale']:.2f}"
+              f"  regret at target {d['regret_smallest_scale']:.4f}")
+        print(f"  optimum at 20M, 2.5k     {fmt(d['optimum_smallest_fidelity'])}  L1 {d['l1_smallest_fidelity']:.2f}"
+              f"  regret at target {d['regret_smallest_fidelity']:.4f}")
+        print(f"  regret of uniform {d['regret_uniform']:.4f}; Dirichlet(1) mixtures at target: sd {d['spread_sd']:.4f},"
+              f" median regret {d['median_regret_random']:.4f}; noise sd {d['noise_sd_smallest']:.4f} (20M) "
+              f"{d['noise_sd_target']:.4f} (1B); uniform loss {d['loss_range_uniform'][0]:.2f} (20M, 2.5k) -> "
+              f"{d['loss_range_uniform'][1]:.2f} (target)")
+        print("  Spearman vs target (20k steps): " + " ".join(f"{s / 1e6:g}M {r:.3f}" for s, r in d["spearman_to_target"].items())
+              + f"; 20M at 2.5k steps {d['spearman_smallest_fidelity']:.3f}")
+        print("  Spearman between neighbouring scales: " + " ".join(f"{r:.3f}" for r in d["spearman_neighbours"]))
+
+
+if __name__ == "__main__":
+    main()
