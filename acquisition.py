@@ -296,8 +296,10 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
     candidate's own projection (w_c, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP), so
         a = [mu_n(A_E); mu_n(p_c)]                                            (E + 1,)
         b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, eq. 5)
-    Candidates go through gp.cross_covariance in blocks of about `block` measurements (all F fidelities of
-    block // F candidates), each block one (E + cb, cb F) matrix: rows A_E and the block's projections.
+    Candidates go through gp.cross_covariance in blocks of cb candidates x all F fidelities, each block one
+    (E + cb, cb F) matrix: rows A_E and the block's cb projections, of which each column needs only its own.
+    cb = block // F, at most 64: the projection rows cost cb / n of the block's main work (K(X, Z) with the n
+    training rows), so small blocks waste little, and large ones would cost cb^2 F for the projections alone.
     """
     C, F, E = len(candidates), len(fidelities), len(evaluated)
     s_t, t_t = target
@@ -306,7 +308,7 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
     fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
     out = np.empty((C, F))
-    cb = max(1, block // F)  # candidates per block
+    cb = min(64, max(1, block // F))  # candidates per block
     for s in range(0, C, cb):
         Wb = candidates[s:s + cb]  # (cb, K)
         n = len(Wb)
