@@ -159,6 +159,12 @@ def _group_kernel(kind, A, B, P, prefix):
 #               the shared scale/steps effect (k_fid, same kind as k_N) and the mixture effect each get
 #               their own amplitude (issue 8).
 #
+#   noise: y = m(x) + f(x) + e_run + e, e ~ N(0, sigma^2) independent per observation and, with
+#       run_noise=True, e_run ~ N(0, sigma_run^2) shared by every observation of one training run (its
+#       checkpoints): a seed's offset persists through a run, so checkpoints of one run are not independent
+#       repeats. Noise covariance sigma^2 I + sigma_run^2 B, B_ij = 1 when i and j come from the same run.
+#       Without it the GP reads each run's offset as mixture signal (measured in bench/cross_scale.py).
+#
 #   mean "constant"     m = 0 on standardized y (the sample mean, as sklearn's normalize_y)
 #   mean "scaling_law"  m(u_N, u_T) = c + a_N exp(-alpha_N u_N) + a_T exp(-alpha_T u_T)
 #       This is Hoffmann et al. (2022) eq. 10, L(N, D) = E + A / N^alpha + B / D^beta, in the encoded inputs:
@@ -175,6 +181,7 @@ class Config:
     mean: str = "constant"
     sm_components: int = 2
     priors: bool = True
+    run_noise: bool = True
 
 
 def _kernel(cfg, P, A, B, K):
@@ -208,7 +215,7 @@ def _mean(cfg, P, X, K):
 # 4. hyperparameters. Each is (name, shape, log-parameterized?, lower, upper, LogNormal prior (mu, sigma) or
 #    None), bounds in natural units. Priors, as BoTorch >= 0.12 (notes section 1.5):
 #      lengthscales ~ LogNormal(sqrt2 + log(d) / 2, sqrt3)   [HV]; d = number of input columns
-#      noise        ~ LogNormal(-4, 1)                       (standardized units)
+#      noise, run_noise ~ LogNormal(-4, 1)                   (standardized units)
 #    amplitudes, spectral weights/frequencies and mean parameters: no prior (flat within the bounds).
 #    The prior density is that of the natural parameter (as BoTorch), evaluated at exp(theta). With
 #    priors=False the objective is the plain log marginal likelihood (sklearn's), but the priors still
@@ -219,6 +226,8 @@ def _specs(cfg, d, K):
     noise_prior = (-4.0, 1.0)
     ls = lambda name, p: (name, (p,), True, 1e-2, 1e5, ls_prior)
     specs = [("noise", (), True, NOISE_FLOOR, 10.0, noise_prior), ("amplitude", (), True, 1e-6, 1e5, None)]
+    if cfg.run_noise:
+        specs.append(("run_noise", (), True, NOISE_FLOOR, 10.0, noise_prior))
     groups = [("w", cfg.kernel_w, d if cfg.structure == "joint" else K)]
     if cfg.structure != "joint":
         groups += [("N", cfg.kernel_N, 1), ("T", cfg.kernel_T, 1)]
@@ -333,12 +342,15 @@ def _cholesky(Kmat):
     return None, None
 
 
-def _lml_terms(cfg, P, X, y, K):
+def _lml_terms(cfg, P, X, y, K, B):
     """R&W Alg. 2.1 on standardized y: returns (lml, L, alpha, jitter, K_f) or None if Cholesky fails.
-    K_f = K(X, X) without noise keeps its autograd graph (for eq. 5.9 in _objective)."""
+    B (n, n): 1 where two observations come from the same run. K_f = K(X, X) without noise keeps its
+    autograd graph (for eq. 5.9 in _objective)."""
     Kf = _kernel(cfg, P, X, X, K)                                                       # (n, n) K(X, X)
     Kmat = Kf.detach().clone()
-    Kmat.diagonal().add_(P["noise"].detach())                                           # K + sigma_n^2 I
+    if cfg.run_noise:
+        Kmat.add_(P["run_noise"].detach() * B)                                          # + sigma_run^2 B
+    Kmat.diagonal().add_(P["noise"].detach())                                           # + sigma_n^2 I
     L, jitter = _cholesky(Kmat)                                                         # Alg. 2.1 line 2
     if L is None:
         return None
@@ -349,7 +361,7 @@ def _lml_terms(cfg, P, X, y, K):
     return lml.item(), L, alpha[:, 0], jitter, Kf
 
 
-def _objective(theta_np, cfg, specs, X, y, K):
+def _objective(theta_np, cfg, specs, X, y, K, B):
     """Negative log posterior -(log p(y | theta) + log p(theta)) and its exact gradient.
     R&W eq. 5.9: d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j), and for the mean
     d lml / d theta_j = alpha^T dm/dtheta_j. We form G = 1/2 (alpha alpha^T - K^-1) once (K^-1 from the
@@ -359,7 +371,7 @@ def _objective(theta_np, cfg, specs, X, y, K):
     PENALTY with a zero gradient (L-BFGS-B then backtracks)."""
     theta = torch.tensor(theta_np, dtype=DTYPE, requires_grad=True)
     P = _unpack(theta, specs)
-    terms = _lml_terms(cfg, P, X, y, K)
+    terms = _lml_terms(cfg, P, X, y, K, B)
     if terms is None:
         return PENALTY, np.zeros_like(theta_np)
     lml, L, alpha, _, Kf = terms
@@ -367,6 +379,8 @@ def _objective(theta_np, cfg, specs, X, y, K):
     log_prior = _log_prior(P, specs, cfg)
     surrogate = ((G * Kf).sum() + P["noise"] * G.diagonal().sum()                       # d(K + sigma^2 I) = dK_f + dsigma^2 I
                  + alpha @ _mean(cfg, P, X, K) + log_prior)                             # gradient = that of lml + log p
+    if cfg.run_noise:
+        surrogate = surrogate + P["run_noise"] * (G * B).sum()                          # d sigma_run^2 B
     surrogate.backward()
     obj, g = -(lml + log_prior.item()), -theta.grad.numpy()
     if not (math.isfinite(obj) and np.all(np.isfinite(g))):
@@ -387,10 +401,11 @@ class GP:
     y_mean: float                 # standardization: y_std_units = (y - y_mean) / y_scale
     y_scale: float
     hyperparameters: dict         # natural units (standardized y), numpy
-    L: torch.Tensor               # (n, n) lower Cholesky factor of K + (noise + jitter) I, standardized
-    alpha: torch.Tensor           # (n,) (K + noise I)^-1 (y - m(X)), standardized
+    L: torch.Tensor               # (n, n) lower Cholesky factor of K + noise I + run_noise B (+ jitter I), standardized
+    alpha: torch.Tensor           # (n,) (K + noise I + run_noise B)^-1 (y - m(X)), standardized
     jitter: float                 # jitter that the final factorization needed (0.0 usually)
-    noise_variance: float         # observation noise variance, ORIGINAL y units
+    noise_variance: float         # noise variance of one new observation (noise + run_noise), ORIGINAL y units
+    run_noise_variance: float     # the part of it shared by all checkpoints of one run, ORIGINAL y units
     log_marginal_likelihood: float  # log p(y | theta) of the standardized y, without the prior
 
 
@@ -409,12 +424,13 @@ def _check_inputs(X, n_weights, what):
 
 def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="matern52",
            kernel_N="matern52", kernel_T="matern52", mean="constant", sm_components=2, priors=True,
-           hyperparameters=None, maxiter=200):
+           run_noise=True, runs=None, hyperparameters=None, maxiter=200):
     """Fit the GP by maximizing log p(y | theta) + log p(theta) over log-parameters with L-BFGS-B
     (`restarts` starts: the priors' modes, then seeded draws; the best is kept). With `hyperparameters`
     (a dict in natural, standardized units, as GP.hyperparameters) nothing is optimized: the GP is
     conditioned on them (sklearn's optimizer=None).
-    X (n, n_weights+2) from encode, y (n,) losses."""
+    X (n, n_weights+2) from encode, y (n,) losses. runs (n,) optional labels of the training run each
+    observation comes from (for run_noise); None: rows with the same weights and scale are one run."""
     if structure not in STRUCTURES or mean not in MEANS or not {kernel_w, kernel_N, kernel_T} <= set(KERNELS):
         raise ValueError(f"unknown model option: structure in {STRUCTURES}, mean in {MEANS}, kernels in {KERNELS}")
     if structure == "joint" and kernel_w not in ("rbf", "matern52"):
@@ -427,7 +443,13 @@ def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="m
         raise ValueError(f"y must have shape (n,) = ({X.shape[0]},) matching X; got {y.shape}")
     if not np.all(np.isfinite(y)):
         raise ValueError("y contains NaN or inf; drop failed trials (non-finite losses) before fitting")
-    cfg = Config(structure, kernel_w, kernel_N, kernel_T, mean, sm_components, priors)
+    if runs is None:
+        runs = np.unique(X[:, :n_weights + 1], axis=0, return_inverse=True)[1].ravel()  # same (w, u_N)
+    runs = np.asarray(runs)
+    if runs.shape != (X.shape[0],):
+        raise ValueError(f"runs must have shape (n,) = ({X.shape[0]},), one run label per row of X; got {runs.shape}")
+    B = torch.from_numpy((runs[:, None] == runs[None, :]).astype(np.float64))         # (n, n) same run
+    cfg = Config(structure, kernel_w, kernel_N, kernel_T, mean, sm_components, priors, run_noise)
     K, d = n_weights, X.shape[1]
 
     # standardize y (population std, as sklearn's normalize_y; std 1 if y is constant, as BoTorch's min_stdv)
@@ -446,7 +468,7 @@ def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="m
         best = None
         for r in range(max(1, restarts)):
             theta0 = _initial_theta(specs, rng, r == 0, ys_np, X, K, cfg)
-            res = scipy.optimize.minimize(_objective, theta0, args=(cfg, specs, Xt, ys, K), jac=True,
+            res = scipy.optimize.minimize(_objective, theta0, args=(cfg, specs, Xt, ys, K, B), jac=True,
                                           method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
             if best is None or res.fun < best.fun:
                 best = res
@@ -454,16 +476,17 @@ def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="m
 
     with torch.no_grad():
         P = _unpack(torch.from_numpy(theta), specs)
-        terms = _lml_terms(cfg, P, Xt, ys, K)
+        terms = _lml_terms(cfg, P, Xt, ys, K, B)
         if terms is None:   # only reachable with user-given hyperparameters: raise the noise to the floor x 100
             P["noise"] = torch.clamp(P["noise"], min=100 * NOISE_FLOOR)
-            terms = _lml_terms(cfg, P, Xt, ys, K)
+            terms = _lml_terms(cfg, P, Xt, ys, K, B)
         if terms is None:
             raise ValueError("the kernel matrix is not positive definite even with jitter; increase the 'noise' hyperparameter")
     lml, L, alpha, jitter, _ = terms
+    run_var = float(P["run_noise"]) if run_noise else 0.0
     hyp = {k: v.numpy().copy() if v.ndim else float(v) for k, v in P.items()}
     return GP(cfg, K, X, y, y_mean, y_scale, hyp, L, alpha, float(jitter),
-              float(P["noise"]) * y_scale ** 2, float(lml))
+              (float(P["noise"]) + run_var) * y_scale ** 2, run_var * y_scale ** 2, float(lml))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_posterior_and_lml_equal_sklearn(kind):
     X, y = make_data(40)
     Xs, _ = make_data(15, seed=1)
     hyp = {"amplitude": 1.7, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8]), "noise": 0.01}
-    g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, hyperparameters=hyp)
+    g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, hyperparameters=hyp)
     sk = sklearn_gpr(kind, hyp["amplitude"], hyp["w_lengthscale"], hyp["noise"], X, y)
     mean, var = gp.predict(g, Xs)
     sk_mean, sk_std = sk.predict(Xs, return_std=True)
@@ -58,8 +58,8 @@ def test_posterior_and_lml_equal_sklearn(kind):
 def test_rbf_product_over_groups_equals_joint_rbf():
     X, y = make_data(30)
     ls = np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8])
-    joint = gp.fit_gp(X, y, K, structure="joint", kernel_w="rbf", hyperparameters={"amplitude": 2.0, "w_lengthscale": ls, "noise": 0.02})
-    prod = gp.fit_gp(X, y, K, structure="product", kernel_w="rbf", kernel_N="rbf", kernel_T="rbf",
+    joint = gp.fit_gp(X, y, K, structure="joint", kernel_w="rbf", run_noise=False, hyperparameters={"amplitude": 2.0, "w_lengthscale": ls, "noise": 0.02})
+    prod = gp.fit_gp(X, y, K, structure="product", kernel_w="rbf", kernel_N="rbf", kernel_T="rbf", run_noise=False,
                      hyperparameters={"amplitude": 2.0, "w_lengthscale": ls[:K], "N_lengthscale": ls[K:K + 1],
                                       "T_lengthscale": ls[K + 1:], "noise": 0.02})
     Xs, _ = make_data(10, seed=3)
@@ -72,7 +72,7 @@ def test_fitted_lml_at_least_sklearn():
     X, y = make_data(80, seed=2)
     for kind in ["rbf", "matern52"]:
         sk = sklearn_gpr(kind, 1.0, np.ones(7), 1e-2, X, y, restarts=2)
-        g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, restarts=2, seed=0)
+        g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, restarts=2, seed=0)
         assert g.log_marginal_likelihood >= sk.log_marginal_likelihood_value_ - 1e-6 * abs(sk.log_marginal_likelihood_value_)
 
 
@@ -127,15 +127,17 @@ MODELS = [dict(structure="joint", kernel_w="matern52"), dict(structure="product"
 def test_gradient_equals_finite_differences(opts):
     X, y = make_data(25)
     ys = torch.from_numpy((y - y.mean()) / y.std())
+    runs = np.arange(25) // 3                                  # groups of 3 observations share a run offset
+    B = torch.from_numpy((runs[:, None] == runs[None, :]).astype(np.float64))
     cfg = gp.Config(**opts)
     specs = gp._specs(cfg, 7, K)
     rng = np.random.default_rng(0)
     theta = gp._initial_theta(specs, rng, True, ys.numpy(), X, K, cfg) + rng.normal(0.0, 0.3, len(gp._bounds(specs)))
-    f, g = gp._objective(theta, cfg, specs, torch.from_numpy(X), ys, K)
+    f, g = gp._objective(theta, cfg, specs, torch.from_numpy(X), ys, K, B)
     assert f != gp.PENALTY
     h = 1e-5
-    fd = np.array([(gp._objective(theta + h * e, cfg, specs, torch.from_numpy(X), ys, K)[0]
-                    - gp._objective(theta - h * e, cfg, specs, torch.from_numpy(X), ys, K)[0]) / (2 * h)
+    fd = np.array([(gp._objective(theta + h * e, cfg, specs, torch.from_numpy(X), ys, K, B)[0]
+                    - gp._objective(theta - h * e, cfg, specs, torch.from_numpy(X), ys, K, B)[0]) / (2 * h)
                    for e in np.eye(len(theta))])
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(fd).max()))
 
@@ -175,6 +177,26 @@ def test_cross_covariance_equals_full_covariance_and_units():
     np.testing.assert_allclose(m10, 3.0 + 10.0 * m1, rtol=1e-10)
     np.testing.assert_allclose(v10, 100.0 * v1, rtol=1e-8)
     assert abs(g.noise_variance - 100.0 * g1.noise_variance) < 1e-10 * g.noise_variance
+
+
+def test_run_noise():
+    X, y = make_data(30)
+    hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9]}
+    # one observation per run: sigma^2 I + sigma_run^2 B is white noise of variance sigma^2 + sigma_run^2
+    a = gp.fit_gp(X, y, K, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
+    b = gp.fit_gp(X, y, K, run_noise=False, hyperparameters={**hyp, "noise": 0.03})
+    assert abs(a.log_marginal_likelihood - b.log_marginal_likelihood) < 1e-10
+    np.testing.assert_allclose(gp.predict(a, X[:5])[1], gp.predict(b, X[:5])[1], rtol=1e-10)
+    assert abs(a.noise_variance - b.noise_variance) < 1e-12 and a.run_noise_variance > 0
+    # checkpoints of one run (same w and scale, different steps) share the offset by default
+    Xc = np.repeat(X[:10], 3, axis=0)
+    Xc[:, K + 1] = np.tile([0.0, 0.5, 1.0], 10)
+    yc = np.repeat(y[:10], 3) + 0.1 * Xc[:, K + 1]
+    default = gp.fit_gp(Xc, yc, K, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
+    labelled = gp.fit_gp(Xc, yc, K, runs=np.arange(30) // 3, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
+    separate = gp.fit_gp(Xc, yc, K, runs=np.arange(30), hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
+    assert abs(default.log_marginal_likelihood - labelled.log_marginal_likelihood) < 1e-10
+    assert abs(default.log_marginal_likelihood - separate.log_marginal_likelihood) > 1e-3
 
 
 # ------------------------------------------------------------------ numerics and input checks
