@@ -576,7 +576,7 @@ def read_table(path, metric="loss"):
                       f"within 1e-9; renormalized")
     mixtures, mixture_of_key, first_row_of_run, seen = [], {}, {}, {}
     for r in rows:
-        w = r["w"] / r["w"].sum()
+        w = r["w"] if abs(r["w"].sum() - 1.0) <= 1e-12 else r["w"] / r["w"].sum()   # keep exact table values
         if r["run"] in first_row_of_run:                      # one run id = one mixture
             r0 = first_row_of_run[r["run"]]
             j = int(np.argmax(np.abs(w - mixtures[r0["mixture"]])))
