@@ -440,10 +440,10 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     pick = lambda given, attr, default: given if given is not None else getattr(module, attr, default)
     domains = tuple(pick(domains, "DOMAINS", SLIMPAJAMA_DOMAINS))
     scales = tuple(float(s) for s in pick(scales, "SCALES", DEFAULT_SCALES))
-    steps = tuple(int(s) for s in pick(steps, "STEPS", DEFAULT_STEPS))
-    target = tuple(pick(target, "TARGET", (max(scales), max(steps))))
+    step_grid = tuple(int(s) for s in pick(steps, "STEPS", DEFAULT_STEPS))
+    target = tuple(pick(target, "TARGET", (max(scales), max(step_grid))))
     tokens_per_step = pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP)
-    _check_grid(domains, scales, steps, target, where)
+    _check_grid(domains, scales, step_grid, target, where)
     target = (float(target[0]), int(target[1]))
     file_cost = getattr(module, "cost", None)
     cost = file_cost if callable(file_cost) else functools.partial(flops_cost, tokens_per_step=tokens_per_step)
@@ -453,31 +453,31 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
         value = loss_fn(w.copy(), scale, s, seed=seed) if takes_seed else loss_fn(w.copy(), scale, s)
         return _parse_loss(value, domains, f"{where}: loss(weights, scale={scale:g}, steps={s})")
 
-    def run(weights, scale, steps_, seed=0):
+    def run(weights, scale, steps, seed=0):
         w = check_weights(weights, len(domains))
         checkpoints = []
-        for s in checkpoint_steps(steps, steps_):
+        for s in checkpoint_steps(step_grid, steps):
             loss, per_domain = call(w, float(scale), s, seed)
             checkpoints.append({"steps": s, "loss": loss, "domain_losses": per_domain})
-        run_cost = float(cost(scale, steps_))
+        run_cost = float(cost(scale, steps))
         if not (math.isfinite(run_cost) and run_cost > 0):
-            raise ValueError(f"{where}: cost({scale:g}, {steps_}) returned {run_cost}; it must be a positive number")
+            raise ValueError(f"{where}: cost({scale:g}, {steps}) returned {run_cost}; it must be a positive number")
         last = checkpoints[-1]
         return {"loss": last["loss"], "domain_losses": last["domain_losses"], "checkpoints": checkpoints,
                 "cost": run_cost}
 
-    def true_loss(weights, scale=None, steps_=None):
-        scale, steps_ = (target[0] if scale is None else scale), (target[1] if steps_ is None else steps_)
+    def true_loss(weights, scale=None, steps=None):
+        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim == 1:
-            return call(check_weights(w, len(domains)), float(scale), int(steps_), 0)[0]
-        return np.array([call(check_weights(v, len(domains)), float(scale), int(steps_), 0)[0] for v in w])
+            return call(check_weights(w, len(domains)), float(scale), int(steps), 0)[0]
+        return np.array([call(check_weights(v, len(domains)), float(scale), int(steps), 0)[0] for v in w])
 
     optimum = getattr(module, "OPTIMUM", None)
     if optimum is not None:
         optimum = (check_weights(optimum[0], len(domains)), float(optimum[1]))
     noise_sd = getattr(module, "NOISE_SD", None)
-    return Objective(name=f"file:{path}", domains=domains, scales=scales, steps=steps, target=target, run=run,
+    return Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid, target=target, run=run,
                      cost=cost, true_loss=None if takes_seed else true_loss, optimum=optimum,
                      noise_sd=None if noise_sd is None else float(noise_sd))
 
@@ -638,7 +638,7 @@ def load_table(path, metric="loss", target_scale=None):
     """
     table = read_table(path, metric)
     scales = tuple(float(s) for s in np.unique(table.scale))
-    steps = tuple(int(s) for s in np.unique(table.steps))
+    step_grid = tuple(int(s) for s in np.unique(table.steps))
     if target_scale is None:
         target_scale = scales[-1]
     if float(target_scale) not in scales:
@@ -659,19 +659,19 @@ def load_table(path, metric="loss", target_scale=None):
         m = int(np.argmin(distance))
         return m if distance[m] <= 1e-6 else None
 
-    def available(weights, scale, steps_):
+    def available(weights, scale, steps):
         m = find_mixture(weights)
-        return m is not None and (m, float(scale), int(steps_)) in cells
+        return m is not None and (m, float(scale), int(steps)) in cells
 
-    def replicates(weights, scale, steps_):
+    def replicates(weights, scale, steps):
         m = find_mixture(weights)
-        if m is None or (m, float(scale), int(steps_)) not in cells:
+        if m is None or (m, float(scale), int(steps)) not in cells:
             raise ValueError(f"table {path} has no run of mixture {np.round(np.asarray(weights, float), 4).tolist()} "
-                             f"at scale {scale:g}, steps {steps_}; ask only for what available() allows")
-        return cells[(m, float(scale), int(steps_))]
+                             f"at scale {scale:g}, steps {steps}; ask only for what available() allows")
+        return cells[(m, float(scale), int(steps))]
 
-    def run(weights, scale, steps_, seed=0):
-        rows = replicates(weights, scale, steps_)
+    def run(weights, scale, steps, seed=0):
+        rows = replicates(weights, scale, steps)
         i = rows[int(seed) % len(rows)]                       # this replicate: (run id, seed) at this scale
         chain = np.flatnonzero((np.array(table.run) == table.run[i]) & (np.array(table.seed) == table.seed[i])
                                & (table.scale == table.scale[i]) & (table.steps <= table.steps[i]))
@@ -681,17 +681,17 @@ def load_table(path, metric="loss", target_scale=None):
         return {"loss": float(table.objective[i]), "domain_losses": dict(table.domain_losses[i]),
                 "checkpoints": checkpoints, "cost": float(table.cost[i])}
 
-    def true_loss(weights, scale=None, steps_=None):
-        scale, steps_ = (target[0] if scale is None else scale), (target[1] if steps_ is None else steps_)
+    def true_loss(weights, scale=None, steps=None):
+        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
         w = np.asarray(weights, dtype=np.float64)
-        mean = lambda v: float(table.objective[replicates(v, scale, steps_)].mean())
+        mean = lambda v: float(table.objective[replicates(v, scale, steps)].mean())
         return mean(w) if w.ndim == 1 else np.array([mean(v) for v in w])
 
     tokens_per_step = float(np.median(table.tokens / table.steps)) if table.fidelity == "steps" else 1.0
 
-    def cost(scale, steps_):
-        at = (table.scale == float(scale)) & (table.steps == int(steps_))
-        return float(table.cost[at].mean()) if at.any() else 6.0 * float(scale) * int(steps_) * tokens_per_step
+    def cost(scale, steps):
+        at = (table.scale == float(scale)) & (table.steps == int(steps))
+        return float(table.cost[at].mean()) if at.any() else 6.0 * float(scale) * int(steps) * tokens_per_step
 
     candidates = np.array([table.mixtures[m] for m in range(len(table.mixtures)) if (m, *target) in cells])
     losses = true_loss(candidates)                             # (M,)
@@ -701,7 +701,7 @@ def load_table(path, metric="loss", target_scale=None):
     noise_sd = None
     if groups:                                                 # pooled sd: sum (n-1) s^2 / sum (n-1)
         noise_sd = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / sum(len(g) - 1 for g in groups))
-    return Objective(name=f"table:{path}", domains=table.domains, scales=scales, steps=steps, target=target,
+    return Objective(name=f"table:{path}", domains=table.domains, scales=scales, steps=step_grid, target=target,
                      run=run, cost=cost, candidates=candidates, available=available, true_loss=true_loss,
                      optimum=(candidates[int(np.argmin(losses))], float(losses.min())), noise_sd=noise_sd)
 
