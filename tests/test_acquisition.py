@@ -128,13 +128,15 @@ def _refit_with(model, X, y, x_new, y_new):
     """The posterior after observing y_new at x_new, hyperparameters fixed: gp.fit_gp with `hyperparameters`.
     fit_gp standardizes y again (new mean m', scale s'), so the natural-unit model is kept the same by
     rescaling the standardized-unit hyperparameters: amplitude and noise by (s/s')^2, the scaling-law mean
-    m + s (c + a_N e^.. + a_T e^..) = m' + s' (c' + ...) by c' = (m + s c - m')/s', a' = a s/s'."""
+    m + s (c + a_N e^.. + a_T e^..) = m' + s' (c' + ...) by c' = (m + s c - m')/s', a' = a s/s'. The noise
+    of the fantasy is noise + run noise (gp's model.noise_variance): a new run at a new (w, scale)."""
     X2, y2 = np.vstack([X, x_new]), np.append(y, y_new)
     m2, s2 = y2.mean(), y2.std()
     h = dict(model.hyperparameters)
     r = model.y_scale / s2
     h["amplitude"] = h["amplitude"] * r ** 2
     h["noise"] = h["noise"] * r ** 2
+    h["run_noise"] = h["run_noise"] * r ** 2  # the new point is a new run (its own (w, scale)): independent
     h["mean_c"] = (model.y_mean + model.y_scale * h["mean_c"] - m2) / s2
     h["mean_a_N"] = h["mean_a_N"] * r
     h["mean_a_T"] = h["mean_a_T"] * r
@@ -258,7 +260,7 @@ def _two_fidelity_gp(N_lengthscale):
     y = 3.0 + ((W - 0.3) ** 2).sum(1) + np.where(S == 1e6, 0.5, 0.0)
     h = {"noise": 1e-2, "amplitude": 1.0, "w_lengthscale": np.full(K, 0.3), "N_lengthscale": np.array([N_lengthscale]),
          "T_lengthscale": np.array([1.0])}
-    model = gp.fit_gp(gp.encode(W, S, 1000, bounds), y, K, hyperparameters=h)
+    model = gp.fit_gp(gp.encode(W, S, 1000, bounds), y, K, hyperparameters=h, run_noise=False)
     return model, W, scales, steps, bounds
 
 
@@ -303,3 +305,10 @@ def test_choose_next_strategies_and_recommend():
         acq.choose_next("pi", model, cand, W, scales, steps, target, bounds)
     with pytest.raises(ValueError, match="cost"):
         acq.choose_next("mfkg", model, cand, W, scales, steps, target, bounds)
+
+
+def test_mfkg_runs_at_the_target_when_no_measurement_is_informative():
+    # one candidate equal to the only evaluated mixture: both lines of A coincide, so every KG is exactly 0
+    model, W, scales, steps, bounds = _two_fidelity_gp(1e5)
+    d = acq.choose_next("mfkg", model, W[:1], W[:1], scales, steps, (1e8, 1000), bounds, cost=lambda s, t: s / 1e8)
+    assert d.kg == 0.0 and d.value == -np.inf and (d.scale, d.steps) == (1e8, 1000)
