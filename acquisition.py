@@ -353,7 +353,8 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
       * fixed_cost puts a floor under the cost of every run (real runs have start-up, evaluation and
         data-loading overhead), so KG / cost cannot explode as cost -> 0;
       * if every KG is exactly 0 (nothing anywhere is informative, e.g. A has a single line), the candidate
-        with the largest posterior sd at the target is run at the TARGET.
+        with the largest posterior sd at the target is run at the TARGET (or, if `available` forbids it
+        there, at the most expensive allowed fidelity); value is then -inf and kg 0.0.
     A measurement's KG counts its final checkpoint only: the knowledge gradient of the whole trace of
     checkpoints (taKG, Wu et al. 2019) has no closed form; the last checkpoint alone is exact and a lower bound.
     """
@@ -384,9 +385,11 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
         if np.isfinite(score).any():
             c, f = np.unravel_index(np.argmax(score), score.shape)
             kg = float(np.exp(log_kg[c, f]))
-        else:  # every KG is 0: explore where the target is most uncertain, at the target
-            f = fidelities.index((s_t, t_t)) if (s_t, t_t) in fidelities else len(fidelities) - 1
-            _, var = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))
+        else:  # every KG is 0: explore where the target is most uncertain, at the target if it is allowed,
+            # else at the most expensive allowed fidelity
+            prefer = sorted(range(len(fidelities)), key=lambda g: (fidelities[g] != (s_t, t_t), -run_cost[g]))
+            f = next(g for g in prefer if allowed[:, g].any())
+            _, var = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))  # (C,) at the target
             c = int(np.argmax(np.where(allowed[:, f], var, -np.inf)))
             kg = 0.0
         value = float(score[c, f])

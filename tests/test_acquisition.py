@@ -312,3 +312,7 @@ def test_mfkg_runs_at_the_target_when_no_measurement_is_informative():
     model, W, scales, steps, bounds = _two_fidelity_gp(1e5)
     d = acq.choose_next("mfkg", model, W[:1], W[:1], scales, steps, (1e8, 1000), bounds, cost=lambda s, t: s / 1e8)
     assert d.kg == 0.0 and d.value == -np.inf and (d.scale, d.steps) == (1e8, 1000)
+    only_cheap = lambda w, s, t: s == 1e6  # the target is not allowed: the fallback stays within `available`
+    d = acq.choose_next("mfkg", model, W[:1], W[:1], scales, steps, (1e8, 1000), bounds, cost=lambda s, t: s / 1e8,
+                        available=only_cheap)
+    assert d.kg == 0.0 and d.scale == 1e6
