@@ -3,13 +3,12 @@
   python data/make_table.py --out data/runs_cpu.csv          (defaults: the committed table's settings)
 
 Output, in the run-table format that `python mixbo.py --table` replays (simulate.py; one row per run and
-checkpoint): run, w_<domain>..., scale, tokens, steps, cost, loss_<domain>..., loss
+checkpoint): run, seed, w_<domain>..., scale, tokens, steps, cost, loss_<domain>..., loss
   run    mixture id, shared by the same mixture at every size ("m00" = uniform)
+  seed   training seed (0; 1 for the repeats that measure seed noise: simulate.py treats them as replicates)
   scale  non-embedding parameters of the size (train_lm.size_params); cost = 6 * scale * tokens
   loss   equal-weight mean of the per-domain validation losses (nats/byte)
-Repeats of some mixtures with another training seed go to <out stem>_seed<k>.csv in the same format (a
-table holds one row per (run, scale, tokens)), so seed noise can be compared with the spread across
-mixtures. A sidecar <out stem>.json records the command, the settings and each run's wall time.
+A sidecar <out stem>.json records the command(s), the settings and each run's wall time.
 
 Mixtures (seeded, np.random.default_rng(seed)): m00 uniform; m01..m04 sparse (Dirichlet(1) on a random
 2- or 3-domain face, the other weights exactly 0); the rest Dirichlet(1) on the whole simplex. The first
@@ -59,7 +58,7 @@ def one_run(task):
     rows = []
     for c in out["checkpoints"]:
         tokens = c["steps"] * cfg.batch_size * cfg.block_size
-        rows.append({"run": run_id, **{f"w_{d}": repr(float(x)) for d, x in zip(args["domains"], w)},
+        rows.append({"run": run_id, "seed": seed, **{f"w_{d}": repr(float(x)) for d, x in zip(args["domains"], w)},
                      "scale": out["scale"], "tokens": tokens, "steps": c["steps"],
                      "cost": 6.0 * out["scale"] * tokens,
                      **{f"loss_{d}": repr(v) for d, v in c["domain_losses"].items()}, "loss": repr(c["loss"])})
@@ -71,7 +70,7 @@ def main():
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--out", default="data/runs_cpu.csv")
     ap.add_argument("--sizes", default="0.1M,0.3M,0.8M", help="ascending; the last is the 'large' size")
-    ap.add_argument("--steps", default="40,80,160,320", help="checkpoint steps (the cosine schedule spans the last)")
+    ap.add_argument("--steps", default="30,60,120,240", help="checkpoint steps (the cosine schedule spans the last)")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--val-windows", type=int, default=64)
@@ -80,7 +79,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=4, help="first this many mixtures retrained with seed 1")
     ap.add_argument("--seed", type=int, default=0, help="seed of the mixture draws")
     ap.add_argument("--workers", type=int, default=2, help="parallel single-threaded training processes")
-    ap.add_argument("--minutes", type=float, default=45, help="start no run after this many minutes")
+    ap.add_argument("--minutes", type=float, default=56, help="start no run after this many minutes")
     args = ap.parse_args()
     domains, _ = train_lm.load_corpus(args.corpus)
     sizes = args.sizes.split(",")
@@ -103,28 +102,30 @@ def main():
                         tasks.append((f"m{j:02d}", W[j].tolist(), size, 1, shared, deadline))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {0: out, 1: out.with_name(f"{out.stem}_seed1.csv")}
-    header = (["run"] + [f"w_{d}" for d in domains] + ["scale", "tokens", "steps", "cost"]
+    header = (["run", "seed"] + [f"w_{d}" for d in domains] + ["scale", "tokens", "steps", "cost"]
               + [f"loss_{d}" for d in domains] + ["loss"])
-    done = set()
-    for seed, path in paths.items():
-        if path.exists():
-            done |= {(r["run"], float(r["scale"]), seed) for r in csv.DictReader(path.open())}
-        else:
-            path.write_text(",".join(header) + "\n")
+    if out.exists():                                                 # resume: skip finished runs
+        done = {(r["run"], float(r["scale"]), int(r["seed"])) for r in csv.DictReader(out.open())}
+    else:
+        done = set()
+        out.write_text(",".join(header) + "\n")
     scale_of = {s: float(train_lm.size_params(s, args.block_size)) for s in sizes}
     tasks = [t for t in tasks if (t[0], scale_of[t[2]], t[3]) not in done]
     sidecar = out.with_suffix(".json")
     log = json.loads(sidecar.read_text()) if sidecar.exists() else {
-        "command": "python data/make_table.py " + " ".join(sys.argv[1:]), "settings": vars(args),
-        "domains": list(domains), "sizes": {s: scale_of[s] for s in sizes}, "runs": []}
+        "commands": [], "settings": vars(args), "domains": list(domains),
+        "sizes": {s: scale_of[s] for s in sizes}, "runs": []}
+    fixed = {k: v for k, v in vars(args).items() if k not in ("minutes", "workers")}
+    if any(log["settings"].get(k) != v for k, v in fixed.items()):
+        sys.exit(f"make_table: error: {out} was made with other settings ({sidecar}); use another --out")
+    log["commands"].append("python data/make_table.py " + " ".join(sys.argv[1:]))
     print(f"{len(tasks)} runs to train with {args.workers} workers", file=sys.stderr, flush=True)
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for run_id, size, seed, rows, seconds in pool.imap_unordered(one_run, tasks):
             if rows is None:
                 print(f"{run_id} {size} seed {seed}: skipped (past --minutes)", file=sys.stderr, flush=True)
                 continue
-            with paths[seed].open("a", newline="") as f:
+            with out.open("a", newline="") as f:
                 csv.DictWriter(f, header).writerows(rows)
                 f.flush()
                 os.fsync(f.fileno())
