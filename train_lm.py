@@ -398,15 +398,16 @@ def train(corpus_dir, weights, cfg):
 
 
 # ----------------------------------------------------------------------------- mixbo objective
-def make_objective(corpus_dir, sizes=("0.1M", "0.3M", "0.8M"), steps=(50, 100, 200, 400), target=None,
-                   objective="mean", device="cpu", block_size=256, batch_size=16, **train_kwargs):
+def make_objective(corpus_dir, sizes=("0.1M", "0.3M", "0.8M"), steps=(30, 60, 120, 240), target=None,
+                   objective="mean", device="cpu", block_size=128, batch_size=8, **train_kwargs):
     """A simulate.Objective that trains a real model per call.
 
     sizes: names from SIZES; scale = non-embedding parameter count of each. steps: ascending checkpoint
     step counts; every run uses the cosine schedule of the largest, so a shorter run is exactly a prefix of
     a longer one. target: (scale, steps), default (largest scale, largest steps). Extra keyword arguments
     go to TrainConfig (e.g. lr, val_windows). run(weights, scale, steps, seed) trains from scratch; a
-    diverged run raises FloatingPointError (mixbo records it as a failed trial)."""
+    diverged run raises FloatingPointError (mixbo records it as a failed trial). The defaults are the
+    settings of the committed run table data/runs_cpu.csv (data/make_table.py), so the two are comparable."""
     from simulate import Objective                                   # simulate.py owns the dataclass
     domains, _ = load_corpus(corpus_dir)
     steps = tuple(sorted(int(s) for s in steps))
