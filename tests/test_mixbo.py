@@ -1,0 +1,242 @@
+"""Tests of mixbo.py: determinism, crash safety (SIGKILL + --resume), torn ledgers, bad input, failing
+objectives, the budget, and the --bench table. Cheap settings throughout: a 3-domain objective file with
+3 scales x 2 step counts written by the tests, small candidate sets and budgets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mixbo
+import simulate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+OBJECTIVE_FILE = """
+import time
+import numpy as np
+DOMAINS = ("a", "b", "c")
+SCALES = (1e6, 4e6, 16e6)
+STEPS = (100, 200)
+SLEEP = {sleep}
+
+def loss(weights, scale, steps, seed=0):
+    time.sleep(SLEEP)
+    w = np.asarray(weights)
+    opt = np.array([0.5, 0.3, 0.2]) + 0.05 * np.log(scale / 16e6) * np.array([1.0, -1.0, 0.0])
+    if {fail}:
+        raise RuntimeError("diverged (test)")
+    noise = 0.002 * np.random.default_rng([seed, int(scale), steps]).standard_normal()
+    return float(2.0 + 30.0 / scale ** 0.25 + 4.0 / steps ** 0.3 + ((w - opt) ** 2).sum() + noise)
+"""
+
+
+def write_objective(path, sleep=0.0, fail="False"):
+    path.write_text(OBJECTIVE_FILE.format(sleep=sleep, fail=fail))
+    return str(path)
+
+
+CHEAP = dict(candidates=64, n_init=3)
+
+
+def strip_wall(lines):
+    """Ledger records without wall times (the only field allowed to differ between identical runs)."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in lines]
+
+
+def read_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def test_same_seed_same_ledger_and_budget_respected(tmp_path):
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    a, b, c = (str(tmp_path / f"{x}.jsonl") for x in "abc")
+    ra = mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
+    assert strip_wall(read_lines(a)) == strip_wall(read_lines(b))
+    assert strip_wall(read_lines(a)) != strip_wall(read_lines(c))
+    assert len(ra.trials) > 3 and ra.spent <= 1.5
+    assert sum(r["scale"] < 16e6 for r in ra.trials) >= 3        # mfkg's initial design is at cheap scales
+    assert ra.recommendation["weights"] is not None and ra.recommendation["sd"] is not None
+
+
+@pytest.mark.parametrize("strategy", mixbo.STRATEGIES)
+def test_every_strategy_respects_the_budget(tmp_path, strategy):
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    res = mixbo.optimize(obj, strategy, 2.5, seed=1, out=None, **CHEAP)
+    costs = [r["cost"] for r in res.trials]
+    assert sum(costs) <= 2.5 + 1e-12 and res.spent == pytest.approx(sum(costs), abs=1e-12)
+    assert all(r["status"] == "ok" for r in res.trials)
+    # stopped because nothing it would run was affordable: less than one target run is left for target-only ones
+    if strategy in ("kg", "ei", "ucb", "random", "sobol", "uniform"):
+        assert 2.5 - res.spent < 1.0 and all(r["scale"] == 16e6 for r in res.trials)
+    rec = res.recommendation
+    assert rec["weights"] is not None and abs(sum(rec["weights"]) - 1) < 1e-9
+    assert len(res.recommendations) == len(res.trials)
+
+
+def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
+    path = write_objective(tmp_path / "obj.py", fail="w[0] > 0.4")
+    obj = simulate.load_objective_file(path)
+    for strategy in ("sobol", "mfkg"):
+        res = mixbo.optimize(obj, strategy, 3.0, seed=0, ledger=str(tmp_path / f"{strategy}.jsonl"), out=None, **CHEAP)
+        failed = [r for r in res.trials if r["status"] == "failed"]
+        assert failed and "diverged" in failed[0]["error"] and failed[0]["loss"] is None
+        assert failed[0]["cost"] > 0                                   # a failed run's cost counts
+        assert failed[0]["trial"] < len(res.trials) - 1               # the loop went on after it
+        assert any(r["status"] == "ok" for r in res.trials)
+        assert res.spent <= 3.0
+        # the ledger is valid JSON (no NaN) and holds every trial
+        lines = read_lines(str(tmp_path / f"{strategy}.jsonl"))
+        assert [r["trial"] for r in lines if r["kind"] == "trial"] == list(range(len(res.trials)))
+
+
+def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    full, torn = str(tmp_path / "full.jsonl"), str(tmp_path / "torn.jsonl")
+    mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=full, out=None, **CHEAP)
+    with open(full) as f:
+        lines = f.readlines()
+    with open(torn, "w") as f:                       # header, trial 0, rec 0, trial 1, then half of rec 1
+        f.writelines(lines[:4])
+        f.write(lines[4][: len(lines[4]) // 2])
+    said = []
+    res = mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=torn, resume=True, out=said.append, **CHEAP)
+    assert any("torn last line" in s for s in said)
+    assert strip_wall(read_lines(torn)) == strip_wall(read_lines(full))
+    assert len(res.trials) == 4
+    # resuming a finished ledger runs nothing and changes nothing
+    before = open(torn).read()
+    again = mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=torn, resume=True, out=None, **CHEAP)
+    assert open(torn).read() == before and len(again.trials) == 4
+
+
+def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
+    """SIGKILL the loop at random moments >= 10 times, --resume each time: no finished trial is lost or
+    repeated, and the final ledger equals an uninterrupted run's (wall times aside)."""
+    path = write_objective(tmp_path / "obj.py", sleep=0.03)
+    args = ["--objective", path, "--strategy", "mfkg", "--budget", "1.2", "--seed", "5", "--candidates", "64",
+            "--n-init", "3", "--refit-every", "2", "--quiet"]
+    ref = str(tmp_path / "ref.jsonl")
+    assert run_cli(*args, "--ledger", ref).returncode == 0
+    ref_lines = strip_wall(read_lines(ref))
+    n_ref = sum(r["kind"] == "trial" for r in ref_lines)
+    assert n_ref >= 8
+
+    crash = str(tmp_path / "crash.jsonl")
+    rng = np.random.default_rng(0)
+    kills, finished_before = 0, 0
+    t_start = time.perf_counter()
+    while True:
+        p = subprocess.Popen([sys.executable, "mixbo.py", *args, "--ledger", crash, "--resume"], cwd=REPO, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if kills < 10:
+            # wait until the process has imported and started (the ledger grows), then kill at a random moment
+            size0 = os.path.getsize(crash) if os.path.exists(crash) else -1
+            while p.poll() is None and (os.path.getsize(crash) if os.path.exists(crash) else -1) == size0:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))
+        if p.poll() is None and kills < 10:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+        else:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            if kills >= 10:
+                break
+        lines = strip_wall(read_lines_tolerant(crash))
+        trials = [r for r in lines if r["kind"] == "trial"]
+        assert [r["trial"] for r in trials] == list(range(len(trials)))        # none repeated
+        assert len(trials) >= finished_before                                  # none lost
+        assert lines == ref_lines[:len(lines)]                                  # the same trials as uninterrupted
+        finished_before = len(trials)
+        assert time.perf_counter() - t_start < 80
+    assert kills >= 10
+    assert strip_wall(read_lines(crash)) == ref_lines
+
+
+def read_lines_tolerant(path):
+    """Complete lines of a ledger that may end in a torn line (a kill mid-write)."""
+    with open(path) as f:
+        text = f.read()
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    obj = write_objective(tmp_path / "obj.py")
+    bad_obj = tmp_path / "bad.py"
+    bad_obj.write_text("x = 1\n")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("run,w_a,w_b,scale,tokens,loss\nr1,0.5,0.7,1e6,100,3.0\n")
+    led = str(tmp_path / "led.jsonl")
+    assert run_cli("--objective", obj, "--strategy", "random", "--budget", "2", "--ledger", led).returncode == 0
+    ledger_before = open(led).read()
+    cases = {
+        "unknown strategy": ["--objective", obj, "--strategy", "nope"],
+        "budget 0": ["--objective", obj, "--budget", "0"],
+        "budget < 0": ["--objective", obj, "--budget", "-1"],
+        "off the simplex": ["--objective", obj, "--mixture", "a=0.7,b=0.7"],
+        "unknown domain": ["--objective", obj, "--mixture", "zz=1"],
+        "another run's ledger": ["--objective", obj, "--strategy", "random", "--budget", "2", "--seed", "1",
+                                 "--ledger", led, "--resume"],
+        "existing ledger without --resume": ["--objective", obj, "--strategy", "random", "--budget", "2", "--ledger", led],
+        "missing table": ["--table", str(tmp_path / "nope.csv")],
+        "malformed table": ["--table", str(bad_csv)],
+        "missing objective file": ["--objective", str(tmp_path / "nope.py")],
+        "objective file without loss": ["--objective", str(bad_obj)],
+        "no objective": ["--strategy", "ei"],
+        "cuda without CUDA": ["--train", "--device", "cuda"],
+        "unknown flag": ["--sim", "--bogus"],
+    }
+    procs = {name: subprocess.Popen([sys.executable, "mixbo.py", *a], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name, a in cases.items()}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2, (name, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
+        assert err.startswith("mixbo: error: "), (name, err)
+    assert open(led).read() == ledger_before          # the refused runs left the ledger as it was
+    assert not os.path.exists(os.path.join(REPO, "runs", "obj-nope-seed0.jsonl"))
+
+
+def test_python_entry_point_rejects_bad_settings():
+    obj = simulate.make_benchmark("default")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        mixbo.optimize(obj, "nope", out=None)
+    with pytest.raises(ValueError, match="budget"):
+        mixbo.optimize(obj, "random", budget=0, out=None)
+    with pytest.raises(ValueError, match="off the simplex"):
+        mixbo.optimize(obj, "random", mixture=((0.5, 0.5, 0.5, 0.0, 0.0),), out=None)
+    with pytest.raises(ValueError, match="unknown domain"):
+        mixbo.parse_mixture("nope=1", obj.domains)
+
+
+def test_bench_tiny_writes_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    p = run_cli("--sim", "--bench", "--strategy", "random,ei,sobol", "--seeds", "2", "--budget", "3",
+                "--candidates", "64", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "uncharged" in p.stdout and "speed-up" in p.stdout
+    b = json.loads(out.read_text())
+    assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 3
+    for s, row in b["results"].items():
+        for key in ("final_regret", "final_true_loss", "cost_to_reach_random", "speedup_vs_random",
+                    "cost_to_reach_ei", "speedup_vs_ei", "cost_share_by_scale"):
+            assert key in row, (s, key)
+        assert row["final_regret"][0] >= 0
+        assert sum(row["cost_share_by_scale"].values()) == pytest.approx(1.0)
