@@ -193,7 +193,8 @@ def load_corpus(corpus_dir):
     corpus_dir = Path(corpus_dir)
     manifest = corpus_dir / "manifest.json"
     if not manifest.is_file():
-        raise ValueError(f"no corpus at {corpus_dir} (manifest.json missing); build one with python data/build_corpus.py")
+        raise ValueError(f"no corpus at {corpus_dir} (manifest.json missing); "
+                         "build one with python data/build_corpus.py")
     domains = tuple(json.loads(manifest.read_text())["domains"])
     data = {}
     for d in domains:
@@ -214,7 +215,8 @@ def check_weights(weights, domains, tol=1e-6):
         weights = [weights.get(d, 0.0) for d in domains]
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(domains),) or not np.all(np.isfinite(w)):
-        raise ValueError(f"weights must be {len(domains)} finite numbers (one per domain: {', '.join(domains)}), got {w.tolist()}")
+        raise ValueError(f"weights must be {len(domains)} finite numbers (one per domain: {', '.join(domains)}), "
+                         f"got {w.tolist()}")
     if w.min() < 0 or abs(w.sum() - 1) > tol:
         raise ValueError(f"weights must be >= 0 and sum to 1 (within {tol}); got sum {w.sum():.6g}, min {w.min():.6g}")
     return w / w.sum()
@@ -298,7 +300,7 @@ def objective_value(domain_losses, objective):
 def train(corpus_dir, weights, cfg):
     """Train one model on one mixture. Returns the mixbo run dict: loss, domain_losses, checkpoints
     (one per eval step, ascending), cost = 6 * scale * tokens, plus scale, tokens, seconds.
-    Raises ValueError on bad input and FloatingPointError when the training loss becomes non-finite."""
+    Raises ValueError on bad input and FloatingPointError when a validation loss is non-finite (diverged)."""
     domains, data = load_corpus(corpus_dir)
     w = check_weights(weights, domains)
     if cfg.objective != "mean" and cfg.objective not in domains:
@@ -306,7 +308,8 @@ def train(corpus_dir, weights, cfg):
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda but CUDA is not available here; use --device cpu")
     if cfg.steps < 1 or any(s < 1 or s > cfg.steps for s in cfg.eval_steps):
-        raise ValueError(f"steps must be >= 1 and eval steps within 1..steps; got steps {cfg.steps}, eval {cfg.eval_steps}")
+        raise ValueError(f"steps must be >= 1 and eval steps within 1..steps; "
+                         f"got steps {cfg.steps}, eval {cfg.eval_steps}")
     gpt_config = size_config(cfg.size, cfg.block_size)
     # DDP: torchrun sets RANK / WORLD_SIZE; each rank takes an equal slice of every global batch
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -343,7 +346,8 @@ def train(corpus_dir, weights, cfg):
     if cfg.ckpt and os.path.exists(cfg.ckpt):                       # resume
         state = torch.load(cfg.ckpt, map_location=device, weights_only=False)
         if state["weights"] != w.tolist() or state["config"]["size"] != cfg.size or state["config"]["seed"] != cfg.seed:
-            raise ValueError(f"checkpoint {cfg.ckpt} was made for another mixture, size or seed; delete it or change --ckpt")
+            raise ValueError(f"checkpoint {cfg.ckpt} was made for another mixture, size or seed; "
+                             "delete it or change --ckpt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, checkpoints = state["step"], state["checkpoints"]
@@ -371,8 +375,6 @@ def train(corpus_dir, weights, cfg):
             with ctx:
                 loss = fwd(xm, ym) / n_micro                        # mean over this rank's rows
             loss.backward()                                         # DDP averages over ranks -> global-batch mean
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step}: loss {loss.item()} (lower --lr?)")
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -383,6 +385,8 @@ def train(corpus_dir, weights, cfg):
                   f"{tokens_done / dt:,.0f} tok/s", file=sys.stderr)
         if step + 1 in eval_at:
             losses = evaluate(raw_model, val, ctx, device)
+            if not all(math.isfinite(v) for v in losses.values()):   # checked here, not every step: no GPU sync
+                raise FloatingPointError(f"training diverged by step {step + 1}: val losses {losses} (lower --lr?)")
             checkpoints.append({"steps": step + 1, "loss": objective_value(losses, cfg.objective),
                                 "domain_losses": losses})
             if cfg.ckpt and rank == 0:                              # atomic save: write, then rename
@@ -448,7 +452,8 @@ def parse_weights(text):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train a byte-level GPT on a data mixture; print per-domain val loss (JSON).")
+    ap = argparse.ArgumentParser(description="Train a byte-level GPT on a data mixture; "
+                                 "print per-domain val loss (JSON).")
     ap.add_argument("--corpus", default="data/corpus", help="folder made by data/build_corpus.py")
     ap.add_argument("--weights", required=True, help="domain=weight,... or one weight per domain in corpus order")
     ap.add_argument("--size", default="0.1M", help=f"model size: {', '.join(SIZES)}")
