@@ -344,7 +344,8 @@ def test_table_renormalizes_with_a_warning(tmp_path):
 def malformed(case):
     """(rows, header, row, column) of a broken table; row = CSV line number named in the error."""
     rows, header = twenty_rows(), None
-    full_header = ["run", *[f"w_{d}" for d in DOMAINS], "scale", "tokens", "steps", "loss", *[f"loss_{d}" for d in DOMAINS]]
+    full_header = ["run", *[f"w_{d}" for d in DOMAINS], "scale", "tokens", "steps", "loss",
+                   *[f"loss_{d}" for d in DOMAINS]]
     if case.startswith("missing "):
         column = case.split()[1]
         i = full_header.index(column)
