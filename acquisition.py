@@ -14,7 +14,7 @@ finite candidate sets of mixtures, so every quantity is computed exactly (no inn
    the Bandit Setting"; beta multiplies the variance, as in BoTorch's UpperConfidenceBound).
 4. knowledge_gradient / log_knowledge_gradient: the exact knowledge gradient over a finite set of lines
    (Frazier, Powell & Dayanik 2009, "The Knowledge-Gradient Policy for Correlated Normal Beliefs", INFORMS
-   J. Comput. 21(4), Alg. 1 and eq. 15), vectorized over thousands of candidate measurements at once.
+   J. Comput. 21(4), Alg. 1 and the closed form of h computed from it), vectorized over thousands of candidate measurements at once.
 5. choose_next: the decision of one BO step for the strategies 'mfkg' (cost-normalized multi-fidelity KG
    over mixture x scale x steps: Poloczek, Wang & Frazier 2017 "misoKG"; Wu et al. 2019 "taKG"), 'kg', 'ei'
    and 'ucb' (target fidelity only). recommend: argmin of the posterior mean at the target.
@@ -40,7 +40,7 @@ _HALF_LOG_PI_OVER_2 = 0.5 * np.log(np.pi / 2.0)
 def _dirichlet(rng, alpha):
     """Dirichlet draws, one per row of alpha (n, K) -> (n, K), exact for tiny alpha.
 
-    Marsaglia & Tsang (2000), sec. 6: if G ~ Gamma(alpha + 1) and U ~ U(0,1) then G * U^(1/alpha) ~ Gamma(alpha).
+    Marsaglia & Tsang (2000), "A simple method for generating gamma variables", the case alpha < 1: if G ~ Gamma(alpha + 1) and U ~ U(0,1) then G * U^(1/alpha) ~ Gamma(alpha).
     Working with log G avoids the underflow of Gamma(alpha) to exactly 0 for small alpha (a row of zeros would
     give 0/0); the Dirichlet is the normalized gamma vector, i.e. a softmax of the log-gammas.
     """
@@ -127,7 +127,7 @@ def _log1mexp(x):
 def log_h(u):
     """log h(u) with h(u) = phi(u) + u Phi(u) (= E[max(u + Z, 0)], Z ~ N(0,1)), finite for every finite u.
 
-    Ament et al. 2023, eq. 9 (the same branches as BoTorch's _log_ei_helper):
+    Ament et al. 2023, LogEI (the same branches as BoTorch's _log_ei_helper, notes section 2.1):
       u > -1:        log(phi(u) + u Phi(u)) directly (no cancellation there);
       -1e3 <= u <= -1: h = phi(u) (1 - |u| Phi(u)/phi(u)) and Phi(u)/phi(u) = sqrt(pi/2) erfcx(-u/sqrt 2), so
                      log h = log phi(u) + log1mexp(log(|u| erfcx(-u/sqrt 2)) + log(pi/2)/2);
@@ -136,6 +136,8 @@ def log_h(u):
                      erfcx branch loses digits to 1 - exp(w) with w ~ -1/u^2.
     """
     u = np.asarray(u, dtype=np.float64)
+    if np.isnan(u).any():
+        raise ValueError("log_h got NaN: the posterior mean or sd it was computed from is NaN (check the GP fit)")
     out = np.empty_like(u)
     direct = u > -1.0
     mid = (u <= -1.0) & (u >= -1e3)
@@ -146,8 +148,9 @@ def log_h(u):
     w = np.log(-um * erfcx(-um / np.sqrt(2.0))) + _HALF_LOG_PI_OVER_2  # log(|u| Phi(u)/phi(u)) < 0
     out[mid] = -0.5 * um * um - _LOG_SQRT_2PI + _log1mexp(w)
     ut = u[tail]
-    r = 1.0 / (ut * ut)
-    out[tail] = -0.5 * ut * ut - _LOG_SQRT_2PI + np.log(r) + np.log1p(-3.0 * r + 15.0 * r * r)
+    with np.errstate(over="ignore", divide="ignore"):  # u = -inf (or u^2 overflowing) gives log h = -inf
+        r = 1.0 / (ut * ut)
+        out[tail] = -0.5 * ut * ut - _LOG_SQRT_2PI + np.log(r) + np.log1p(-3.0 * r + 15.0 * r * r)
     return out
 
 
@@ -159,13 +162,15 @@ def log_expected_improvement(mean, sd, best):
     """log EI for MINIMIZATION: log E[max(best - f, 0)], f ~ N(mean, sd^2). (m,), (m,), float -> (m,).
 
     EI = sd h(u) with u = (best - mean)/sd (Jones et al. 1998, eq. 15, sign-flipped for minimization), so
-    log EI = log sd + log h(u) (Ament et al. 2023, eq. 9). best is the incumbent: the best (lowest) posterior
+    log EI = log sd + log h(u) (Ament et al. 2023). best is the incumbent: the best (lowest) posterior
     mean at the TARGET fidelity over the evaluated mixtures (an incumbent taken from small-scale losses, whole
     nats lower, would make EI vanish or explode). sd is clamped at 1e-12 (BoTorch's min_var=1e-12 is on the
     variance; we clamp the sd) so a zero posterior variance gives a finite, very negative value, never NaN.
     """
     mean = np.asarray(mean, dtype=np.float64)
     sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd)) and np.isfinite(best)):
+        raise ValueError("log_expected_improvement needs finite mean, sd and best (check the GP fit)")
     u = (best - mean) / sd  # (m,) standardized improvement
     return np.log(sd) + log_h(u)
 
@@ -173,7 +178,7 @@ def log_expected_improvement(mean, sd, best):
 def lower_confidence_bound(mean, sd, beta):
     """mu - sqrt(beta) sigma: the optimistic loss, to be MINIMIZED. (m,), (m,), float -> (m,).
 
-    Srinivas et al. 2010, eq. 6 (UCB for maximization, sign-flipped). beta multiplies the VARIANCE, as in
+    Srinivas et al. 2010, GP-UCB (for maximization; sign-flipped here). beta multiplies the VARIANCE, as in
     BoTorch's UpperConfidenceBound (many libraries write mu - kappa sigma with kappa = sqrt(beta)).
     """
     if not beta >= 0:
@@ -200,11 +205,11 @@ def log_knowledge_gradient(a, b):
 
     For one candidate measurement z (a column), line i is the posterior mean at x_i of the set A after the
     measurement: a_i + b_i Z with a_i = mu_n(x_i), b_i = Sigma_n(x_i, z) / sqrt(Sigma_n(z, z) + lambda), and
-    Z ~ N(0, 1) (FPD 2009, eq. 5). For a loss the value of information is
+    Z ~ N(0, 1) (FPD 2009: b is their sigma-tilde(Sigma^n, z)). For a loss the value of information is
         KG(z) = min_i a_i - E[min_i (a_i + b_i Z)] = E[max_i (-a_i + b_i Z)] - max_i (-a_i) = h(-a, b)
     (Z and -Z have the same law), h being FPD's max-form. h is computed exactly from the upper envelope of the
     lines a'_i + b_i z (a' = -a):
-        h(a', b) = sum_k (b_{j_k+1} - b_{j_k}) f(-|c_k|),  f(s) = s Phi(s) + phi(s)     (FPD 2009, eq. 15)
+        h(a', b) = sum_k (b_{j_k+1} - b_{j_k}) f(-|c_k|),  f(s) = s Phi(s) + phi(s)     (FPD 2009, closed form of h)
     over consecutive envelope lines j_1, j_2, ... (increasing slope) meeting at breakpoints c_1 < c_2 < ...,
     and returned as logsumexp_k [log(b_{j_k+1} - b_{j_k}) + log h(-|c_k|)] (f is log_h's h), so values far
     below 1e-300 keep their digits. Columns with one envelope line (e.g. all b equal) give -inf (KG = 0).
@@ -240,7 +245,7 @@ def log_knowledge_gradient(a, b):
     active = r  # (Za,) columns still walking; row k of A, B belongs to column active[k]
     while active.size:
         db = B - b_j[:, None]  # (Za, M) slope gain of each line over the current one
-        with np.errstate(divide="ignore", invalid="ignore"):  # lines with db <= 0 are masked to +inf
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # db <= 0 is masked to +inf
             c = np.where(db > 0, (a_j[:, None] - A) / db, np.inf)  # (Za, M) crossing points with line j
         i = np.argmin(c, axis=1)  # (Za,) the next envelope line
         r = np.arange(active.size)
@@ -248,7 +253,7 @@ def log_knowledge_gradient(a, b):
         go = c_next < np.inf  # a column with no steeper line (or a crossing at +inf) has finished
         if not go.all():
             r, i, c_next, active = r[go], i[go], c_next[go], active[go]
-        term = np.log(db[r, i]) + log_h(-np.abs(c_next))  # (Za,) log[(b_i - b_j) f(-|c|)], FPD eq. 15
+        term = np.log(db[r, i]) + log_h(-np.abs(c_next))  # (Za,) log[(b_i - b_j) f(-|c|)], FPD 2009 closed form
         out[active] = np.logaddexp(out[active], term)
         a_j, b_j = A[r, i], B[r, i]
         if not go.all():
@@ -295,7 +300,7 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
     For the measurement z = (w_c, N_f, T_f) the set A is the E evaluated mixtures at the target plus the
     candidate's own projection (w_c, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP), so
         a = [mu_n(A_E); mu_n(p_c)]                                            (E + 1,)
-        b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, eq. 5)
+        b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, sigma-tilde)
     Candidates go through gp.cross_covariance in blocks of cb candidates x all F fidelities, each block one
     (E + cb, cb F) matrix: rows A_E and the block's cb projections, of which each column needs only its own.
     cb = block // F, at most 64: the projection rows cost cb / n of the block's main work (K(X, Z) with the n
@@ -309,18 +314,17 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
     out = np.empty((C, F))
     cb = min(64, max(1, block // F))  # candidates per block
-    for s in range(0, C, cb):
-        Wb = candidates[s:s + cb]  # (cb, K)
-        n = len(Wb)
-        XA = gp.encode(np.concatenate([evaluated, Wb]), s_t, t_t, bounds)  # (E + cb, K + 2)
-        XZ = gp.encode(np.repeat(Wb, F, axis=0), np.tile(fid_scale, n), np.tile(fid_steps, n), bounds)  # (cb F, K+2)
-        cov, var = gp.cross_covariance(model, XA, XZ)  # (E + cb, cb F), (cb F,) posterior, loss units
-        own = E + np.repeat(np.arange(n), F)  # (cb F,) row of each column's own projection
-        cols = np.arange(n * F)
-        sd_y = np.sqrt(var + model.noise_variance)  # (cb F,) sd of the observed y at z
-        b = np.concatenate([cov[:E], cov[own, cols][None, :]]) / sd_y  # (E + 1, cb F) FPD eq. 5
-        a = np.concatenate([np.broadcast_to(a_E[:, None], (E, n * F)), a_P[s:s + n].repeat(F)[None, :]])
-        out[s:s + n] = log_knowledge_gradient(a, b).reshape(n, F)
+    for start in range(0, C, cb):
+        Wb = candidates[start:start + cb]  # (m, K), m <= cb candidates of this block
+        m = len(Wb)
+        XA = gp.encode(np.concatenate([evaluated, Wb]), s_t, t_t, bounds)  # (E + m, K + 2)
+        XZ = gp.encode(np.repeat(Wb, F, axis=0), np.tile(fid_scale, m), np.tile(fid_steps, m), bounds)  # (m F, K+2)
+        cov, var = gp.cross_covariance(model, XA, XZ)  # (E + m, m F), (m F,) posterior, loss units
+        own = E + np.repeat(np.arange(m), F)  # (m F,) the row of each column's own projection
+        sd_y = np.sqrt(var + model.noise_variance)  # (m F,) sd of the observation y at z (a new run's noise)
+        b = np.concatenate([cov[:E], cov[own, np.arange(m * F)][None, :]]) / sd_y  # (E + 1, m F) sigma-tilde
+        a = np.concatenate([np.broadcast_to(a_E[:, None], (E, m * F)), a_P[start:start + m].repeat(F)[None, :]])
+        out[start:start + m] = log_knowledge_gradient(a, b).reshape(m, F)
     return out
 
 

@@ -4,8 +4,9 @@ Benchmark of one mixbo acquisition step beside BoTorch (a script, not a test).
   1. mixbo 'mfkg' step: simplex candidates, then the exact knowledge gradient of every candidate mixture at
      every (scale, steps) fidelity, divided by its cost, and the argmax (acquisition.choose_next). Also split
      into its two parts: the GP's posterior cross-covariances (gp.cross_covariance) and the envelopes (KG).
-  2. BoTorch qKnowledgeGradient (one-shot KG, Monte Carlo fantasies) optimized by optimize_acqf on a GP of
-     the same size, with sum(w) = 1 as an equality constraint, small num_fantasies / restarts so it finishes.
+  2. BoTorch qKnowledgeGradient (one-shot KG, Monte Carlo fantasies) optimized by optimize_acqf on a
+     SingleTaskGP on the same data (its initial hyperparameters: fitting it is not part of the step), with
+     sum(w) = 1 as an equality constraint, small num_fantasies / restarts so it finishes.
   3. log-EI over 10,000 points at n = 500: mixbo's (gp.predict + log_expected_improvement) beside BoTorch's
      analytic LogExpectedImprovement on a SingleTaskGP of the same size.
 
@@ -95,7 +96,7 @@ def main():
     def step():
         return acq.choose_next("mfkg", model, candidates(), W_runs, SCALES, STEPS, TARGET, BOUNDS, cost=cost)
 
-    spent = {"gp.cross_covariance": 0.0, "acquisition.log_knowledge_gradient": 0.0}  # time inside each, per step
+    spent = {"gp.cross_covariance": 0.0, "acquisition.log_knowledge_gradient": 0.0}  # time inside each
 
     def timed(fn, key):
         def wrapper(*a, **kw):
@@ -106,13 +107,21 @@ def main():
         return wrapper
 
     # choose_next looks both functions up at call time, so these wrappers see every call of the step
-    gp.cross_covariance = timed(gp.cross_covariance, "gp.cross_covariance")
-    acq.log_knowledge_gradient = timed(acq.log_knowledge_gradient, "acquisition.log_knowledge_gradient")
-    t_step, d = best_of(step, args.repeat)
+    cross_covariance, log_kg = gp.cross_covariance, acq.log_knowledge_gradient
+    gp.cross_covariance = timed(cross_covariance, "gp.cross_covariance")
+    acq.log_knowledge_gradient = timed(log_kg, "acquisition.log_knowledge_gradient")
+    best = None  # (seconds, decision, split) of the fastest repeat
+    for _ in range(args.repeat):
+        spent.update({key: 0.0 for key in spent})
+        t_step, d = best_of(step, 1)
+        if best is None or t_step < best[0]:
+            best = (t_step, d, dict(spent))
+    gp.cross_covariance, acq.log_knowledge_gradient = cross_covariance, log_kg
+    t_step, d, split = best
     rows.append((f"mixbo mfkg step: {len(C)} mixtures x {F} fidelities = {len(C) * F} KGs, |A| = {E}+1", t_step,
                  f"chose scale {d.scale:.3g}, steps {d.steps}, KG {d.kg:.3g}, cost {d.cost:.3g}"))
-    for key, sec in spent.items():
-        rows.append((f"  of which {key} (mean per step)", sec / args.repeat, ""))
+    for key, sec in split.items():
+        rows.append((f"  of which {key}", sec, "same step"))
     t_kg1, _ = best_of(lambda: acq.choose_next("kg", model, C, W_runs, SCALES, STEPS, TARGET, BOUNDS), args.repeat)
     rows.append((f"mixbo kg step (target only, {len(C)} KGs)", t_kg1, ""))
 
@@ -130,17 +139,13 @@ def main():
     if not args.no_botorch:
         import torch
         from botorch.acquisition import LogExpectedImprovement, qKnowledgeGradient
-        from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
         from botorch.optim import optimize_acqf
-        from gpytorch.mlls import ExactMarginalLogLikelihood
 
         torch.manual_seed(0)
         # ---- 2. BoTorch qKG on the same data (BoTorch maximizes: model -y)
         tX, tY = torch.from_numpy(X), torch.from_numpy(-y)[:, None]
-        bt = SingleTaskGP(tX, tY)
-        t_bfit, _ = best_of(lambda: fit_gpytorch_mll(ExactMarginalLogLikelihood(bt.likelihood, bt)), 1)
-        rows.append((f"BoTorch SingleTaskGP fit, n={args.n} (context)", t_bfit, ""))
+        bt = SingleTaskGP(tX, tY)  # BoTorch's default priors and initial hyperparameters: the fit is not timed
         qkg = qKnowledgeGradient(bt, num_fantasies=args.fantasies)
         bounds = torch.tensor([[0.0] * (K + 2), [1.0] * (K + 2)], dtype=torch.float64)
         simplex = [(torch.arange(K), torch.ones(K, dtype=torch.float64), 1.0)]  # sum_k w_k = 1

@@ -12,7 +12,7 @@ import gp
 
 
 def f_direct(s):
-    """f(s) = s Phi(s) + phi(s) (FPD 2009, eq. 14), straight from the definition in 50-digit mpmath (the
+    """f(s) = s Phi(s) + phi(s) (FPD 2009), straight from the definition in 50-digit mpmath (the
     double-precision formula cancels for s < -5)."""
     mpmath.mp.dps = 50
     f = lambda v: float(v * mpmath.ncdf(v) + mpmath.npdf(v))
@@ -58,7 +58,7 @@ def test_two_lines_closed_form():
     b = rng.normal(size=(2, 200))
     got = acq.knowledge_gradient(a, b)
     db = np.abs(b[1] - b[0])
-    want = db * f_direct(-np.abs(a[1] - a[0]) / db)  # FPD 2009 eq. 14 with two alternatives
+    want = db * f_direct(-np.abs(a[1] - a[0]) / db)  # FPD 2009's f, two alternatives
     np.testing.assert_allclose(got, want, rtol=1e-12)
     # independent beliefs: b = (sigma_tilde, 0) gives sigma_tilde f(-|a_x - a_other| / sigma_tilde)
     got = acq.knowledge_gradient(np.array([1.0, 1.3]), np.array([[0.2], [0.0]]))
