@@ -36,8 +36,8 @@ Three kinds of objective live here:
 
 1. Synthetic benchmarks, `make_benchmark(name)`: K domains, scales 20M..1B, 2500..20000 steps of
    2^19 tokens. The per-domain loss is Ye et al.'s data mixing law (Ye et al. 2024, "Data Mixing Laws",
-   Eq. 1: L_i(r) = c_i + k_i exp(sum_j t_ij r_j)) written on top of the Chinchilla scaling law
-   (Hoffmann et al. 2022, Eq. 10 / Approach 3: L(N, D) = E + A/N^alpha + B/D^beta):
+   Sec. 3, multi-domain law: L_i(r) = c_i + k_i exp(sum_j t_ij r_j)) written on top of the Chinchilla
+   scaling law (Hoffmann et al. 2022, Sec. 3.3, parametric fit: L(N, D) = E + A/N^alpha + B/D^beta):
 
        c_i(N, D)      = E_i + A / N^alpha + B / D^beta            Chinchilla, with its A, B, alpha, beta
        L_i(w, N, D)   = c_i(N, D) + k_i exp(-tau_i(p) sum_j S_ij w_j)
@@ -107,7 +107,7 @@ DEFAULT_SCALES = (20e6, 40e6, 80e6, 150e6, 300e6, 600e6, 1e9)
 DEFAULT_STEPS = (2500, 5000, 10000, 20000)
 TOKENS_PER_STEP = 2 ** 19                 # 512 sequences of 1024 tokens per optimizer step
 
-# Hoffmann et al. 2022, Eq. 10 (Approach 3 fit): L(N, D) = E + A/N^alpha + B/D^beta
+# Hoffmann et al. 2022, Sec. 3.3 (Approach 3, parametric fit): L(N, D) = E + A/N^alpha + B/D^beta
 CHINCHILLA_A, CHINCHILLA_B = 406.4, 410.7
 CHINCHILLA_ALPHA, CHINCHILLA_BETA = 0.34, 0.28
 
@@ -165,7 +165,7 @@ def compute_position(law, scale, steps):
 
 
 def reducible_loss(scale, steps, tokens_per_step=TOKENS_PER_STEP):
-    """Chinchilla's A/N^alpha + B/D^beta (Hoffmann et al. 2022, Eq. 10), D = steps * tokens_per_step."""
+    """Chinchilla's A/N^alpha + B/D^beta (Hoffmann et al. 2022, Sec. 3.3), D = steps * tokens_per_step."""
     tokens = steps * tokens_per_step
     return CHINCHILLA_A / scale ** CHINCHILLA_ALPHA + CHINCHILLA_B / tokens ** CHINCHILLA_BETA
 
@@ -174,7 +174,7 @@ def mixing_coefficients(law, scale, steps):
     """(R, t): Chinchilla's reducible loss R (float) and the mixing-law exponents t (K, K) at (scale, steps)."""
     p = compute_position(law, scale, steps)
     tau = law.tau_small ** (1.0 - p) * law.tau_target ** p      # (K,) log-linear in compute
-    t = -tau[:, None] * law.similarity                          # (K, K) Ye et al. 2024 Eq. 1, t_ij
+    t = -tau[:, None] * law.similarity                          # (K, K) t_ij of Ye et al. 2024's mixing law
     return reducible_loss(scale, steps, law.tokens_per_step), t
 
 
@@ -182,7 +182,7 @@ def domain_losses(law, weights, scale, steps):
     """Noise-free per-domain losses; weights (n, K) -> (n, K)."""
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))   # (n, K)
     R, t = mixing_coefficients(law, scale, steps)
-    return law.E + R + law.k * np.exp(w @ t.T)                 # (n, K) c_i + k_i exp(sum_j t_ij w_j), Ye Eq. 1
+    return law.E + R + law.k * np.exp(w @ t.T)                 # (n, K) c_i + k_i exp(sum_j t_ij w_j), Ye et al.
 
 
 def mixture_loss(law, weights, scale, steps):

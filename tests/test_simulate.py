@@ -20,7 +20,7 @@ CASES = [("default", 5, 0), ("sparse", 5, 0), ("shift", 5, 0), ("random", 5, 0),
 # --- benchmarks -------------------------------------------------------------------------------------------
 
 def oracle_loss(law, w, N, T):
-    """The benchmark's formula written out with torch scalars (Hoffmann et al. Eq. 10 + Ye et al. Eq. 1)."""
+    """The benchmark's formula written out with torch scalars (Hoffmann et al. 2022 + Ye et al. 2024)."""
     K = len(law.domains)
     p = (math.log(N * T) - math.log(law.scales[0] * law.steps[0])) / (
         math.log(law.scales[-1] * law.steps[-1]) - math.log(law.scales[0] * law.steps[0]))
