@@ -197,3 +197,12 @@ def test_bad_input_exits_2_with_one_line(corpus, args, message, capsys):
         train_lm.main(argv + ["--steps", "2", "--block-size", "32"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("train_lm: error:") and message in err
+
+
+def test_bench_runs_and_flops_formula():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    n, fpt, tokens_per_s, seconds = bench_train.bench("0.1M", 16, 2, "cpu", steps=1, warmup=1, compile_=False)
+    assert n == 98_624 and tokens_per_s > 0 and seconds > 0
+    assert fpt == 6 * (98_624 + 256 * 64) + 12 * 2 * 64 * 16                      # PaLM App. B / nanoGPT
