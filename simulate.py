@@ -630,10 +630,11 @@ def load_table(path, metric="loss", target_scale=None):
     weights are replicates of one mixture, as are rows that differ only in seed.
 
     Replay: run(weights, scale, steps, seed) returns replicate number seed mod R of that mixture at that
-    (scale, steps) (replicates sorted by run id, then seed) with its checkpoints at that scale up to
+    (scale, steps) (replicates sorted by run id, then seed, as text) with its checkpoints at that scale up to
     `steps`; its cost is that row's cost. true_loss and optimum use the mean over replicates. Candidates
     are the mixtures with a row at the target: `target_scale` (default the largest scale) and the largest
-    steps at that scale. A trial may only ask for a (mixture, scale, steps) in the table: see available().
+    steps at that scale. A trial may only ask for a (mixture, scale, steps) in the table: see available();
+    run() and available() accept every mixture of the table (read_table(path).mixtures), not only candidates.
     cost(scale, steps) is the mean cost of the table's rows there; elsewhere 6 * scale * tokens, with
     tokens = steps * the table's median tokens per step (or tokens = steps without a steps column).
     noise_sd is the pooled sd over replicate groups (at the target when it has any), else None.

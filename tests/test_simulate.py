@@ -294,7 +294,8 @@ def test_table_round_trip(tmp_path):
     assert result["domain_losses"]["github"] == table_loss(RUNS["b"], 1e7, 2000)[1][1]
     assert result["cost"] == 6 * 1e7 * 2000 * 512 == objective.cost(1e7, 2000)
     assert objective.cost(1e8, 1000) == 6 * 1e8 * 1000 * 512   # absent pair: 6 N tokens, median tokens/step
-    assert objective.available(np.array(RUNS["d"]), 1e8, 2000)
+    assert objective.available(np.array(RUNS["d"]), 1e8, 2000)    # not a candidate, but in the table
+    assert [c["steps"] for c in objective.run(np.array(RUNS["d"]), 1e8, 2000, 0)["checkpoints"]] == [1000, 2000]
     assert not objective.available(np.array(RUNS["d"]), 1e8, 4000)
     assert not objective.available(np.array([0.5, 0.5, 0.0]), 1e7, 1000)
     with pytest.raises(ValueError, match="no run of mixture"):
