@@ -159,18 +159,23 @@ def _group_kernel(kind, A, B, P, prefix):
 #               the shared scale/steps effect (k_fid, same kind as k_N) and the mixture effect each get
 #               their own amplitude (issue 8).
 #
-#   noise: y = m(x) + f(x) + e_run + e, e ~ N(0, sigma^2) independent per observation and, with
+#   noise: y = f(x) + e_run + e, e ~ N(0, sigma^2) independent per observation and, with
 #       run_noise=True, e_run ~ N(0, sigma_run^2) shared by every observation of one training run (its
 #       checkpoints): a seed's offset persists through a run, so checkpoints of one run are not independent
 #       repeats. Noise covariance sigma^2 I + sigma_run^2 B, B_ij = 1 when i and j come from the same run.
 #       Without it the GP reads each run's offset as mixture signal (measured in bench/cross_scale.py).
 #
 #   mean "constant"     m = 0 on standardized y (the sample mean, as sklearn's normalize_y)
-#   mean "scaling_law"  m(u_N, u_T) = c + a_N exp(-alpha_N u_N) + a_T exp(-alpha_T u_T)
+#   mean "scaling_law"  m(u_N, u_T) = h(x)^T beta, h(x) = [1, exp(-alpha_N u_N), exp(-alpha_T u_T)]
 #       This is Hoffmann et al. (2022) eq. 10, L(N, D) = E + A / N^alpha + B / D^beta, in the encoded inputs:
 #       A / N^alpha = A exp(-alpha log N) = [A N_min^-alpha] exp(-[alpha log(N_max/N_min)] u_N), so
-#       a_N = A N_min^-alpha / std(y) and alpha_N = alpha log(N_max / N_min) (likewise T for D: tokens are
-#       steps x batch). Its 5 parameters are fitted jointly with the kernel's by the marginal likelihood.
+#       beta = (E, A N_min^-alpha, B D_min^-beta) in standardized units and alpha_N = alpha log(N_max / N_min)
+#       (likewise T for D: tokens are steps x batch). The linear coefficients beta get a Gaussian prior
+#       N(0, s_beta^2 I) and are integrated out exactly (R&W sec. 2.7, eq. 2.39): the model is then the GP
+#       with kernel k(x, x') + s_beta^2 h(x)^T h(x'), so the posterior (eq. 2.41-2.42) carries the
+#       uncertainty of the scaling-law fit into the target-scale predictions. s_beta^2, alpha_N, alpha_T are
+#       hyperparameters, fitted with the kernel's by the marginal likelihood. (Fitting beta as 3 more
+#       hyperparameters instead was measured: 3x the L-BFGS-B evaluations, same ranking.)
 
 @dataclass(frozen=True)
 class Config:
@@ -194,21 +199,24 @@ def _kernel(cfg, P, A, B, K):
     k = P["amplitude"] * kw * kN * kT
     if cfg.structure == "additive":
         k = k + P["fid_amplitude"] * _group_kernel(cfg.kernel_N, A[:, K:], B[:, K:], P, "fid")
+    if cfg.mean == "scaling_law":
+        k = k + P["mean_amplitude"] * _basis(P, A, K) @ _basis(P, B, K).T             # s_beta^2 h(x)^T h(x')
     return k
 
 
-def _prior_var(cfg, P):
-    """k(x, x): every kernel factor is 1 at tau = 0, so the prior variance is the sum of amplitudes."""
-    return P["amplitude"] + (P["fid_amplitude"] if cfg.structure == "additive" else 0.0)
+def _basis(P, X, K):
+    """h(x) = [1, exp(-alpha_N u_N), exp(-alpha_T u_T)] (n, 3): [HO] E + A / N^alpha + B / D^beta."""
+    return torch.stack([torch.ones(X.shape[0], dtype=DTYPE), torch.exp(-P["mean_alpha_N"] * X[:, K]),
+                        torch.exp(-P["mean_alpha_T"] * X[:, K + 1])], dim=1)
 
 
-def _mean(cfg, P, X, K):
-    """Prior mean (n,) in standardized units."""
-    if cfg.mean == "constant":
-        return torch.zeros(X.shape[0], dtype=DTYPE)
-    u_N, u_T = X[:, K], X[:, K + 1]
-    return (P["mean_c"] + P["mean_a_N"] * torch.exp(-P["mean_alpha_N"] * u_N)     # [HO] E + A / N^alpha
-            + P["mean_a_T"] * torch.exp(-P["mean_alpha_T"] * u_T))                #      + B / D^beta
+def _prior_var(cfg, P, X, K):
+    """k(x, x) (m,): every stationary factor is 1 at tau = 0, so the sum of amplitudes, plus the
+    scaling-law term s_beta^2 |h(x)|^2."""
+    v = (P["amplitude"] + (P["fid_amplitude"] if cfg.structure == "additive" else 0.0)) * torch.ones(X.shape[0], dtype=DTYPE)
+    if cfg.mean == "scaling_law":
+        v = v + P["mean_amplitude"] * (_basis(P, X, K) ** 2).sum(1)
+    return v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ def _mean(cfg, P, X, K):
 #    None), bounds in natural units. Priors, as BoTorch >= 0.12 (notes section 1.5):
 #      lengthscales ~ LogNormal(sqrt2 + log(d) / 2, sqrt3)   [HV]; d = number of input columns
 #      noise, run_noise ~ LogNormal(-4, 1)                   (standardized units)
-#    amplitudes, spectral weights/frequencies and mean parameters: no prior (flat within the bounds).
+#    amplitudes, spectral weights/frequencies and scaling-law parameters: no prior (flat within the bounds).
 #    The prior density is that of the natural parameter (as BoTorch), evaluated at exp(theta). With
 #    priors=False the objective is the plain log marginal likelihood (sklearn's), but the priors still
 #    choose the starting points.
@@ -242,8 +250,7 @@ def _specs(cfg, d, K):
     if cfg.structure == "additive":
         specs += [("fid_amplitude", (), True, 1e-6, 1e5, None), ls("fid_lengthscale", 2)]
     if cfg.mean == "scaling_law":
-        specs += [("mean_c", (), False, -1e3, 1e3, None), ("mean_a_N", (), False, -1e3, 1e3, None),
-                  ("mean_a_T", (), False, -1e3, 1e3, None),
+        specs += [("mean_amplitude", (), True, 1e-6, 1e4, None),
                   ("mean_alpha_N", (), True, 1e-2, 1e2, None), ("mean_alpha_T", (), True, 1e-2, 1e2, None)]
     return specs
 
@@ -289,15 +296,12 @@ def _log_prior(P, specs, cfg):
     return lp
 
 
-def _initial_theta(specs, rng, first, y, X, K, cfg):
+def _initial_theta(specs, rng, first, cfg):
     """Restart 0: the priors' modes (BoTorch's initial lengthscale), amplitudes 1 (additive: 1 and 0.1),
-    spectral means spread over [0, 1]. Later restarts: draws from the priors, log-uniform within the bounds
-    where there is no prior. Mean parameters: alphas 1 (random restarts: log-uniform in [0.1, 10]), then
-    c, a_N, a_T by least squares on y, since they enter linearly."""
+    spectral means spread over [0, 1], scaling-law exponents 1. Later restarts: draws from the priors,
+    log-uniform within the bounds where there is no prior (exponents: log-uniform in [0.1, 10])."""
     P = {}
     for name, shape, is_log, lo, hi, prior in specs:
-        if name in ("mean_c", "mean_a_N", "mean_a_T"):
-            continue
         if first:
             if prior is not None:
                 v = np.full(shape, math.exp(prior[0] - prior[1] ** 2))            # LogNormal mode
@@ -318,11 +322,6 @@ def _initial_theta(specs, rng, first, y, X, K, cfg):
         else:
             v = rng.uniform(lo, hi, size=shape)
         P[name] = np.clip(v, lo, hi)
-    if cfg.mean == "scaling_law":
-        H = np.column_stack([np.ones(len(y)), np.exp(-P["mean_alpha_N"] * X[:, K]),
-                             np.exp(-P["mean_alpha_T"] * X[:, K + 1])])              # (n, 3) basis
-        coef = np.linalg.lstsq(H, y, rcond=None)[0]
-        P["mean_c"], P["mean_a_N"], P["mean_a_T"] = np.clip(coef, -1e3, 1e3)
     return _pack(P, specs)
 
 
@@ -354,7 +353,7 @@ def _lml_terms(cfg, P, X, y, K, B):
     L, jitter = _cholesky(Kmat)                                                         # Alg. 2.1 line 2
     if L is None:
         return None
-    r = (y - _mean(cfg, P, X, K).detach())[:, None]                                      # (n,1) y - m(X)
+    r = y[:, None]                                                                      # (n, 1)
     alpha = torch.cholesky_solve(r, L)                                                  # Alg. 2.1 line 3
     lml = (-0.5 * (r * alpha).sum() - torch.log(L.diagonal()).sum()                    # Alg. 2.1 line 7,
            - 0.5 * X.shape[0] * math.log(2 * math.pi))                                   # eq. 2.30
@@ -363,10 +362,9 @@ def _lml_terms(cfg, P, X, y, K, B):
 
 def _objective(theta_np, cfg, specs, X, y, K, B):
     """Negative log posterior -(log p(y | theta) + log p(theta)) and its exact gradient.
-    R&W eq. 5.9: d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j), and for the mean
-    d lml / d theta_j = alpha^T dm/dtheta_j. We form G = 1/2 (alpha alpha^T - K^-1) once (K^-1 from the
+    R&W eq. 5.9: d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j). We form G = 1/2 (alpha alpha^T - K^-1) once (K^-1 from the
     Cholesky factor, LAPACK potri) and let autograd contract it with dK/dtheta through the kernel's
-    elementwise formulas: backward of sum(G * K) + alpha . m + log p(theta). Measured 2-3x faster than
+    elementwise formulas: backward of sum(G * K) + log p(theta). Measured 2-3x faster than
     autograd through the Cholesky itself (bench/bench_gp.py prints both). A failed factorization returns
     PENALTY with a zero gradient (L-BFGS-B then backtracks)."""
     theta = torch.tensor(theta_np, dtype=DTYPE, requires_grad=True)
@@ -378,7 +376,7 @@ def _objective(theta_np, cfg, specs, X, y, K, B):
     G = 0.5 * (torch.outer(alpha, alpha) - torch.cholesky_inverse(L))                   # (n, n) eq. 5.9
     log_prior = _log_prior(P, specs, cfg)
     surrogate = ((G * Kf).sum() + P["noise"] * G.diagonal().sum()                       # d(K + sigma^2 I) = dK_f + dsigma^2 I
-                 + alpha @ _mean(cfg, P, X, K) + log_prior)                             # gradient = that of lml + log p
+                 + log_prior)                                                           # gradient = that of lml + log p
     if cfg.run_noise:
         surrogate = surrogate + P["run_noise"] * (G * B).sum()                          # d sigma_run^2 B
     surrogate.backward()
@@ -402,7 +400,7 @@ class GP:
     y_scale: float
     hyperparameters: dict         # natural units (standardized y), numpy
     L: torch.Tensor               # (n, n) lower Cholesky factor of K + noise I + run_noise B (+ jitter I), standardized
-    alpha: torch.Tensor           # (n,) (K + noise I + run_noise B)^-1 (y - m(X)), standardized
+    alpha: torch.Tensor           # (n,) (K + noise I + run_noise B)^-1 y, standardized
     jitter: float                 # jitter that the final factorization needed (0.0 usually)
     noise_variance: float         # noise variance of one new observation (noise + run_noise), ORIGINAL y units
     run_noise_variance: float     # the part of it shared by all checkpoints of one run, ORIGINAL y units
@@ -467,7 +465,7 @@ def fit_gp(X, y, n_weights, seed=0, restarts=4, structure="product", kernel_w="m
         bounds = _bounds(specs)
         best = None
         for r in range(max(1, restarts)):
-            theta0 = _initial_theta(specs, rng, r == 0, ys_np, X, K, cfg)
+            theta0 = _initial_theta(specs, rng, r == 0, cfg)
             res = scipy.optimize.minimize(_objective, theta0, args=(cfg, specs, Xt, ys, K, B), jac=True,
                                           method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
             if best is None or res.fun < best.fun:
@@ -498,18 +496,18 @@ def _params(gp):
 
 def predict(gp, Xs, full_cov=False):
     """Latent posterior at Xs (m, d): mean (m,) and variance (m,) or covariance (m, m), ORIGINAL y units.
-    R&W Alg. 2.1 lines 4-6 / eq. 2.23-2.24 (plus the prior mean m(x))."""
+    R&W Alg. 2.1 lines 4-6 / eq. 2.23-2.24 (with the scaling-law basis inside k: eq. 2.41-2.42)."""
     Xs = torch.from_numpy(_check_inputs(Xs, gp.n_weights, "Xs"))
     X, K, P = torch.from_numpy(gp.X), gp.n_weights, _params(gp)
     with torch.no_grad():
         Ks = _kernel(gp.config, P, X, Xs, K)                                     # (n, m) K(X, Xs)
-        mean = _mean(gp.config, P, Xs, K) + Ks.T @ gp.alpha                       # Alg. 2.1 line 4
+        mean = Ks.T @ gp.alpha                                                    # Alg. 2.1 line 4
         V = torch.linalg.solve_triangular(gp.L, Ks, upper=False)                 # (n, m) line 5: v = L \ k*
         mean = (gp.y_mean + gp.y_scale * mean).numpy()
         if full_cov:
             cov = _kernel(gp.config, P, Xs, Xs, K) - V.T @ V                     # eq. 2.24
             return mean, (gp.y_scale ** 2 * cov).numpy()
-        var = (_prior_var(gp.config, P) - (V * V).sum(0)).clamp_min(0.0)        # line 6, >= 0 against round-off
+        var = (_prior_var(gp.config, P, Xs, K) - (V * V).sum(0)).clamp_min(0.0)        # line 6, >= 0 against round-off
         return mean, (gp.y_scale ** 2 * var).numpy()
 
 
@@ -529,5 +527,5 @@ def cross_covariance(gp, XA, XZ, chunk=4096):
             Zc = XZ[s:s + chunk]
             VZ = torch.linalg.solve_triangular(gp.L, _kernel(cfg, P, X, Zc, K), upper=False)  # (n, c)
             cov[:, s:s + chunk] = _kernel(cfg, P, XA, Zc, K) - VA.T @ VZ
-            var[s:s + chunk] = (_prior_var(cfg, P) - (VZ * VZ).sum(0)).clamp_min(0.0)
+            var[s:s + chunk] = (_prior_var(cfg, P, Zc, K) - (VZ * VZ).sum(0)).clamp_min(0.0)
     return (gp.y_scale ** 2 * cov).numpy(), (gp.y_scale ** 2 * var).numpy()

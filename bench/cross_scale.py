@@ -17,7 +17,8 @@ Data: a synthetic benchmark of simulate.py (make_benchmark(name), `--benchmark`,
 its candidate mixtures, every (scale < target) run the table holds.
 
 Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default] [--table PATH] [--mixtures 48]
-     [--small-scales 2] [--target-runs 2] [--restarts 2] [--seed 0]
+     [--small-scales 2] [--target-runs 2] [--restarts 2] [--seed 0] [--repeats 3]
+Each of `--repeats` splits draws its own mixtures, seen target runs and run seeds; the table is the mean.
 """
 
 import argparse
@@ -68,6 +69,58 @@ def coverage(y, mean, sd, level):
     return float(np.mean(np.abs(y - mean) <= z * sd))
 
 
+def one_split(obj, args, seed, table):
+    """One experiment: mixtures, runs, the GP fits. Returns (header line, ceilings, {model: metrics})."""
+    rng = np.random.default_rng(seed)
+    if table:
+        mixtures = np.asarray(obj.candidates, dtype=float)
+        small = [s for s in obj.scales if s < obj.target[0]]
+    else:
+        K = len(obj.domains)
+        half = args.mixtures // 2
+        mixtures = np.concatenate([rng.dirichlet(np.ones(K), args.mixtures - half),
+                                   rng.dirichlet(np.full(K, 0.3), half)])
+        small = list(obj.scales[:args.small_scales])
+    K = mixtures.shape[1]
+    bounds = (obj.scales[0], obj.scales[-1], obj.steps[0], obj.steps[-1])
+
+    # small-scale runs of every mixture; target runs of a few (seen by the GP) and of the rest (held back)
+    Ws, Ns, Ts, ys, final_small = observations(obj, mixtures, small, seed)
+    Wt, Nt, Tt, yt, final_target = observations(obj, mixtures, [obj.target[0]], seed)
+    has_target = np.flatnonzero(np.isfinite(final_target[:, 0]))
+    seen = rng.choice(has_target, size=min(args.target_runs, len(has_target) - 3), replace=False)
+    held = np.setdiff1d(has_target, seen)
+    seen_rows = (Wt[:, None, :] == mixtures[seen][None, :, :]).all(-1).any(-1)   # target rows of seen mixtures
+    X = gp.encode(np.concatenate([Ws, Wt[seen_rows]]), np.concatenate([Ns, Nt[seen_rows]]),
+                  np.concatenate([Ts, Tt[seen_rows]]), bounds)                     # (n, K+2)
+    y = np.concatenate([ys, yt[seen_rows]])
+    y_held = final_target[held, 0]                                                 # (h,) noisy target losses
+    X_held = gp.encode(mixtures[held], obj.target[0], obj.target[1], bounds)
+    truth = None if table or obj.true_loss is None else obj.true_loss(mixtures[held])
+    last_small = final_small[held, -1]                                             # largest small scale
+    ok = np.isfinite(last_small)
+    ceilings = [spearmanr(last_small[ok], y_held[ok])[0]]
+    if truth is not None:
+        ceilings.append(spearmanr(last_small[ok], truth[ok])[0])
+    header = (f"{len(mixtures)} mixtures at scales {[f'{s:.3g}' for s in small]} (all checkpoints), {len(seen)} at "
+              f"the target {obj.target}; n = {len(y)} observations, {len(held)} held back")
+    results = {}
+    for m in args.models:
+        t = time.perf_counter()
+        g = gp.fit_gp(X, y, K, seed=seed, restarts=args.restarts, **MODELS[m])
+        t = time.perf_counter() - t
+        mean, var = gp.predict(g, X_held)
+        sd_y = np.sqrt(var + g.noise_variance)                                     # predictive sd of a new run
+        row = [spearmanr(mean, y_held)[0], np.sqrt(np.mean((mean - y_held) ** 2)),
+               coverage(y_held, mean, sd_y, 0.68), coverage(y_held, mean, sd_y, 0.95), t]
+        if truth is not None:
+            sd_f = np.sqrt(var)                                                    # latent f: noise-free truth
+            row += [spearmanr(mean, truth)[0], np.sqrt(np.mean((mean - truth) ** 2)),
+                    coverage(truth, mean, sd_f, 0.68), coverage(truth, mean, sd_f, 0.95)]
+        results[m] = row
+    return header, ceilings, results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
@@ -77,65 +130,28 @@ def main():
     ap.add_argument("--target-runs", type=int, default=2)
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="independent splits (seeds seed, seed+1, ...); means printed")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
-    rng = np.random.default_rng(args.seed)
-
-    if args.table:
-        obj = simulate.load_table(args.table)
-        mixtures = np.asarray(obj.candidates, dtype=float)
-        small = [s for s in obj.scales if s < obj.target[0]]
-    else:
-        obj = simulate.make_benchmark(args.benchmark)
-        K = len(obj.domains)
-        half = args.mixtures // 2
-        mixtures = np.concatenate([rng.dirichlet(np.ones(K), args.mixtures - half),
-                                   rng.dirichlet(np.full(K, 0.3), half)])
-        small = list(obj.scales[:args.small_scales])
-    K = mixtures.shape[1]
-    bounds = (obj.scales[0], obj.scales[-1], obj.steps[0], obj.steps[-1])
-
-    # small-scale runs of every mixture; target runs of a few (seen) and of the rest (held back)
-    Ws, Ns, Ts, ys, final_small = observations(obj, mixtures, small, args.seed)
-    Wt, Nt, Tt, yt, final_target = observations(obj, mixtures, [obj.target[0]], args.seed)
-    at_target = (Nt == obj.target[0]) & (Tt == obj.target[1])           # target-fidelity checkpoints
-    has_target = np.isfinite(final_target[:, 0]) & (final_target[:, 0] == final_target[:, 0])
-    seen = rng.choice(np.flatnonzero(has_target), size=min(args.target_runs, has_target.sum() - 3), replace=False)
-    held = np.setdiff1d(np.flatnonzero(has_target), seen)
-    seen_rows = np.isin(np.arange(len(Wt)), [r for r in range(len(Wt))
-                                             if any(np.array_equal(Wt[r], mixtures[i]) for i in seen)])
-    W = np.concatenate([Ws, Wt[seen_rows]])
-    X = gp.encode(W, np.concatenate([Ns, Nt[seen_rows]]), np.concatenate([Ts, Tt[seen_rows]]), bounds)
-    y = np.concatenate([ys, yt[seen_rows]])
-    y_held = final_target[held, 0]                                        # (h,) held-back noisy target losses
-    X_held = gp.encode(mixtures[held], obj.target[0], obj.target[1], bounds)
-    truth = obj.true_loss(mixtures[held]) if obj.true_loss is not None and not args.table else None
-    last_small = final_small[held, -1]
-    ok = np.isfinite(last_small)
-    ceiling = spearmanr(last_small[ok], y_held[ok])[0]
-
-    name = args.table or f"benchmark {args.benchmark}"
-    print(f"{name}: {len(mixtures)} mixtures at scales {[f'{s:.3g}' for s in small]} (all checkpoints), "
-          f"{len(seen)} at the target {obj.target}; n = {len(y)} observations, {len(held)} held back")
-    print(f"ceiling: spearman(loss at {small[-1]:.3g} final step, target loss) = {ceiling:.3f}"
-          + (f"; vs noise-free target {spearmanr(last_small[ok], truth[ok])[0]:.3f}" if truth is not None else ""))
+    obj = simulate.load_table(args.table) if args.table else simulate.make_benchmark(args.benchmark)
+    runs = [one_split(obj, args, args.seed + r, args.table) for r in range(args.repeats)]
+    print(f"{args.table or 'benchmark ' + args.benchmark}: {runs[0][0]}; mean over {args.repeats} splits")
+    ceil = np.mean([c for _, c, _ in runs], axis=0)
+    print(f"ceiling: spearman(loss at the largest small scale, target loss) = {ceil[0]:.3f}"
+          + (f"; vs noise-free target {ceil[1]:.3f}" if len(ceil) > 1 else ""))
     head = f"{'model':<14} {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6} {'fit s':>6}"
-    if truth is not None:
+    if len(ceil) > 1:
         head += f" | vs truth: {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6}"
     print(head)
+    for r, (_, c, res) in enumerate(runs):
+        print(f"  split seed {args.seed + r}: ceiling {c[0]:.3f}; spearman "
+              + ", ".join(f"{m} {res[m][0]:.3f}" for m in args.models))
     for m in args.models:
-        t = time.perf_counter()
-        g = gp.fit_gp(X, y, K, seed=args.seed, restarts=args.restarts, **MODELS[m])
-        t = time.perf_counter() - t
-        mean, var = gp.predict(g, X_held)
-        sd_y = np.sqrt(var + g.noise_variance)                              # predictive sd of a new run
-        row = (f"{m:<14} {spearmanr(mean, y_held)[0]:>8.3f} {np.sqrt(np.mean((mean - y_held) ** 2)):>8.4f} "
-               f"{coverage(y_held, mean, sd_y, 0.68):>6.2f} {coverage(y_held, mean, sd_y, 0.95):>6.2f} {t:>6.1f}")
-        if truth is not None:
-            sd_f = np.sqrt(var)
-            row += (f" | {'':>9} {spearmanr(mean, truth)[0]:>8.3f} {np.sqrt(np.mean((mean - truth) ** 2)):>8.4f} "
-                    f"{coverage(truth, mean, sd_f, 0.68):>6.2f} {coverage(truth, mean, sd_f, 0.95):>6.2f}")
-        print(row, flush=True)
+        r = np.mean([res[m] for _, _, res in runs], axis=0)
+        row = f"{m:<14} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} {r[4]:>6.1f}"
+        if len(r) > 5:
+            row += f" | {'':>9} {r[5]:>8.3f} {r[6]:>8.4f} {r[7]:>6.2f} {r[8]:>6.2f}"
+        print(row)
 
 
 if __name__ == "__main__":
