@@ -175,6 +175,9 @@ def fetch(stage):
                 cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{pkg}=={ver}", "-d", "."]
                 if fname.endswith(".tar.gz"):
                     cmd[5:5] = ["--no-binary", ":all:"]
+            if shutil.which(cmd[0]) is None:
+                die(f"{cmd[0]} not found: the package route needs Debian/Ubuntu tools (apt-get, dpkg-deb); "
+                    "or build from your own text with --from-folder")
             subprocess.run(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not path.exists():
             problems.append(f"{pkg}={ver} (not served; run `apt-get update` or re-pin)")
@@ -183,6 +186,10 @@ def fetch(stage):
     if problems:
         die("sources missing or changed: " + ", ".join(problems)
             + "; update SOURCES in data/build_corpus.py or build from your own folder with --from-folder")
+    missing = [tool for tool in ("dpkg-deb", "tar", "groff") if shutil.which(tool) is None]
+    if missing:
+        die(f"missing tool(s) {', '.join(missing)}; install them (apt-get install dpkg tar groff-base) "
+            "or build from your own text with --from-folder")
     for kind, pkg, ver, fname, digest, _ in SOURCES:
         dest = stage / "x" / pkg
         if (dest / ".done").exists():
@@ -406,8 +413,9 @@ def write_corpus(domains, out, sources, command):
             path.write_bytes(data)
             entry[split] = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         manifest["domains"][domain] = entry
+        kept_mb = ", ".join(f"{s} {v['bytes'] / 1e6:.2f} MB" for s, v in per_source.items())
         print(f"{domain:10s} train {entry['train']['bytes'] / 1e6:7.2f} MB  val {entry['val']['bytes'] / 1e6:6.2f} MB"
-              f"  docs {len(train)}+{len(val)}  " + ", ".join(f"{s} {v['bytes'] / 1e6:.2f} MB" for s, v in per_source.items()))
+              f"  docs {len(train)}+{len(val)}  {kept_mb}")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
