@@ -124,23 +124,23 @@ def _gp_problem(seed=0, K=3):
     return model, W, scales, steps, bounds, X, y
 
 
-def _refit_with(model, X, y, x_new, y_new):
-    """The posterior after observing y_new at x_new, hyperparameters fixed: gp.fit_gp with `hyperparameters`.
-    fit_gp standardizes y again (new mean m', scale s'), so the natural-unit model is kept the same by
-    rescaling the standardized-unit hyperparameters: amplitude and noise by (s/s')^2, the scaling-law mean
-    m + s (c + a_N e^.. + a_T e^..) = m' + s' (c' + ...) by c' = (m + s c - m')/s', a' = a s/s'. The noise
-    of the fantasy is noise + run noise (gp's model.noise_variance): a new run at a new (w, scale)."""
-    X2, y2 = np.vstack([X, x_new]), np.append(y, y_new)
-    m2, s2 = y2.mean(), y2.std()
-    h = dict(model.hyperparameters)
-    r = model.y_scale / s2
-    h["amplitude"] = h["amplitude"] * r ** 2
-    h["noise"] = h["noise"] * r ** 2
-    h["run_noise"] = h["run_noise"] * r ** 2  # the new point is a new run (its own (w, scale)): independent
-    h["mean_c"] = (model.y_mean + model.y_scale * h["mean_c"] - m2) / s2
-    h["mean_a_N"] = h["mean_a_N"] * r
-    h["mean_a_T"] = h["mean_a_T"] * r
-    return gp.fit_gp(X2, y2, model.n_weights, hyperparameters=h, mean="scaling_law")
+def _refit_at_data_mean(model, X, x_new):
+    """The posterior after observing y_new = mean(y) at x_new, hyperparameters fixed: gp.fit_gp with
+    `hyperparameters` on the data plus the fantasy. fit_gp standardizes y again; at y_new = mean(y) the new
+    mean is unchanged (the GP's prior mean, the data mean, stays the same) and the new scale is s' =
+    s sqrt(n / (n + 1)), so the natural-unit model is kept by multiplying every variance hyperparameter
+    (standardized units) by (s / s')^2. Returns the refitted GP and y_new."""
+    y_new = model.y_mean
+    y2 = np.append(model.y, y_new)
+    r2 = (model.y_scale / y2.std()) ** 2
+    variances = ("amplitude", "noise", "run_noise", "fid_amplitude", "mean_amplitude")
+    h = {k: (v * r2 if k in variances else v) for k, v in model.hyperparameters.items()}
+    cfg = model.config
+    refit = gp.fit_gp(np.vstack([X, x_new]), y2, model.n_weights, hyperparameters=h, structure=cfg.structure,
+                      kernel_w=cfg.kernel_w, kernel_N=cfg.kernel_N, kernel_T=cfg.kernel_T, mean=cfg.mean,
+                      run_noise=cfg.run_noise)
+    assert abs(refit.y_mean - model.y_mean) < 1e-12 * abs(model.y_mean)
+    return refit, y_new
 
 
 def test_kg_agrees_with_monte_carlo_fantasies_on_a_fitted_gp():
@@ -148,21 +148,24 @@ def test_kg_agrees_with_monte_carlo_fantasies_on_a_fitted_gp():
     target = (scales[-1], steps[-1])
     A = np.vstack([W, [[0.45, 0.35, 0.2]]])  # evaluated mixtures + the candidate's mixture
     XA = gp.encode(A, *target, bounds)  # (|A|, d) at the target
-    z = gp.encode(A[-1:], scales[0], steps[0], bounds)  # (1, d) the measurement: the cheap fidelity
+    z = gp.encode(A[-1:], scales[0], steps[0], bounds)  # (1, d) the measurement: a new run at the cheap fidelity
     log_kg = acq._log_kg_grid(model, A[-1:], W, [(scales[0], steps[0])], target, bounds, 4096)[0, 0]
-    # fantasy refits at three values of y: the posterior mean at A is affine in y (checked), so 10^6 fantasies
-    # need no 10^6 refits: mu_{n+1}(A) = alpha + beta y exactly
+    # Bayes' rule makes the fantasy posterior mean affine in y: mu_{n+1}(A) = mu_n(A) + beta (y - mu_n(z)).
+    # One explicit refit with the fantasized point (y = the data mean, hyperparameters fixed) gives beta
+    # exactly, and then 10^6 fantasies need no 10^6 refits.
     mu_A, _ = gp.predict(model, XA)
     mu_z, var_z = gp.predict(model, z)
+    refit, y_new = _refit_at_data_mean(model, X, z)
+    assert abs(y_new - mu_z[0]) > 0.1 * np.sqrt(var_z[0])  # the refit moves the posterior: beta is well defined
+    beta = (gp.predict(refit, XA)[0] - mu_A) / (y_new - mu_z[0])  # (|A|,)
+    # the refit agrees with the posterior covariance the acquisition uses (lambda = noise + run noise)
+    cov, _ = gp.cross_covariance(model, XA, z)
+    np.testing.assert_allclose(beta, cov[:, 0] / (var_z[0] + model.noise_variance), rtol=1e-6, atol=1e-9)
     sd_y = np.sqrt(var_z[0] + model.noise_variance)  # predictive sd of the observation
-    ys = mu_z[0] + sd_y * np.array([-1.0, 1.0, 0.37])
-    means = np.array([gp.predict(_refit_with(model, X, y, z, v), XA)[0] for v in ys])  # (3, |A|)
-    beta = (means[1] - means[0]) / (ys[1] - ys[0])
-    alpha = means[0] - beta * ys[0]
-    np.testing.assert_allclose(means[2], alpha + beta * ys[2], rtol=1e-9)  # affine in y: the refit is exact
     rng = np.random.default_rng(0)
     fantasies = mu_z[0] + sd_y * rng.standard_normal(10 ** 6)  # (10^6,) y ~ predictive distribution
-    gain = mu_A.min() - np.min(alpha[:, None] + beta[:, None] * fantasies[None, :], axis=0)  # (10^6,)
+    means = mu_A[:, None] + beta[:, None] * (fantasies[None, :] - mu_z[0])  # (|A|, 10^6) fantasy posterior means
+    gain = mu_A.min() - means.min(axis=0)  # (10^6,)
     se = gain.std() / np.sqrt(gain.size)
     assert gain.mean() > 10 * se  # the check is informative: KG is clearly > 0 here
     assert abs(np.exp(log_kg) - gain.mean()) < 3 * se
