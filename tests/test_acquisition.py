@@ -319,3 +319,17 @@ def test_mfkg_runs_at_the_target_when_no_measurement_is_informative():
     d = acq.choose_next("mfkg", model, W[:1], W[:1], scales, steps, (1e8, 1000), bounds, cost=lambda s, t: s / 1e8,
                         available=only_cheap)
     assert d.kg == 0.0 and d.scale == 1e6
+
+
+def test_fixed_cost_stops_weakly_informative_cheap_runs():
+    # N_lengthscale 0.5: the cheap scale's best KG is ~6% of the target's. At 1% of the cost it still wins
+    # KG/cost when runs are free to start; an overhead of 0.2 target runs per run makes the target win.
+    model, W, scales, steps, bounds = _two_fidelity_gp(0.5)
+    cand = acq.simplex_candidates(3, 200, 4, incumbents=W[:2])
+    grid = acq._log_kg_grid(model, cand, W, [(1e6, 1000), (1e8, 1000)], (1e8, 1000), bounds, 64)  # (C, 2)
+    assert 0.01 < np.exp(grid[:, 0].max() - grid[:, 1].max()) < 0.2
+    cost = lambda s, t: s / 1e8
+    d = acq.choose_next("mfkg", model, cand, W, scales, steps, (1e8, 1000), bounds, cost=cost)
+    assert d.scale == 1e6
+    d = acq.choose_next("mfkg", model, cand, W, scales, steps, (1e8, 1000), bounds, cost=cost, fixed_cost=0.2)
+    assert d.scale == 1e8 and d.cost == pytest.approx(1.2)
