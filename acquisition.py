@@ -342,8 +342,9 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
     evaluated   (n, K) mixtures already run, at any fidelity, repeats allowed (at least one row): they form
                 the set A of the knowledge gradient and give EI's incumbent, both at the TARGET fidelity.
     scales, steps  the fidelity grid (ascending tuples); target = (scale, steps); bounds as in gp.encode.
-    cost        cost(scale, steps) -> float > 0 (the objective's; required for 'mfkg'). A run to T steps
-                yields every checkpoint <= T for free, so the cost of a run is the cost of its last step.
+    cost        cost(scale, steps) -> float > 0 (the objective's; required for 'mfkg', otherwise only
+                reported in Decision.cost, which is 1 + fixed_cost without it). A run to T steps yields
+                every checkpoint <= T for free, so the cost of a run is the cost of its last step.
     fixed_cost  overhead added to the cost of every run (same units as cost), as BoTorch's fixed_cost.
     beta        'ucb' only: None -> the Srinivas et al. 2010 schedule srinivas_beta(C, t), t = number of
                 distinct evaluated mixtures + 1, delta = 0.1; a float -> that fixed beta.
