@@ -14,7 +14,7 @@ and the "ceiling": the rank correlation of the held-back mixtures' own losses at
 Data: a synthetic benchmark of simulate.py (make_benchmark(name), `--benchmark`, default "default"):
 `--mixtures` Dirichlet(1) mixtures (half of them Dirichlet(0.3), to reach the faces), run at the
 `--small-scales` smallest scales to the last steps; or a run table (`--table runs.csv`, simulate.load_table):
-its candidate mixtures, every (scale < target) run the table holds.
+every run of every mixture below the target scale, and the target-fidelity runs of its candidates.
 
 Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default] [--table PATH] [--mixtures 48]
      [--small-scales 2] [--target-runs 2] [--restarts 2] [--seed 0] [--repeats 3]
@@ -41,20 +41,21 @@ MODELS = {   # name -> gp.fit_gp options; "product" is the plain product kernel 
 }
 
 
-def largest_available_steps(obj, w, scale):
-    """The longest run of mixture w at this scale that the objective can make, or None."""
-    ok = [s for s in obj.steps if obj.available is None or obj.available(w, scale, s)]
+def largest_available_steps(obj, w, scale, only=None):
+    """The longest run of mixture w at this scale that the objective can make (or `only`, if it can), or None."""
+    ok = [s for s in obj.steps if (only is None or s == only) and (obj.available is None or obj.available(w, scale, s))]
     return max(ok) if ok else None
 
 
-def observations(obj, mixtures, scales, seed):
-    """Run every mixture at every scale in `scales` (to its largest available steps); each checkpoint is one
-    observation. Returns W (n, K), N (n,), T (n,), y (n,) and final[i, j] = final loss of mixture i at scale j."""
+def observations(obj, mixtures, scales, seed, only_steps=None):
+    """Run every mixture at every scale in `scales` (to its largest available steps, or to `only_steps`);
+    each checkpoint is one observation. Returns W (n, K), N (n,), T (n,), y (n,) and final[i, j] = final
+    loss of mixture i at scale j (NaN where there is no such run)."""
     W, N, T, y = [], [], [], []
     final = np.full((len(mixtures), len(scales)), np.nan)
     for i, w in enumerate(mixtures):
         for j, scale in enumerate(scales):
-            steps = largest_available_steps(obj, w, scale)
+            steps = largest_available_steps(obj, w, scale, only_steps)
             if steps is None:
                 continue
             out = obj.run(w, scale, steps, seed)
@@ -73,7 +74,7 @@ def one_split(obj, args, seed, table):
     """One experiment: mixtures, runs, the GP fits. Returns (header line, ceilings, {model: metrics})."""
     rng = np.random.default_rng(seed)
     if table:
-        mixtures = np.asarray(obj.candidates, dtype=float)
+        mixtures = np.asarray(simulate.read_table(table).mixtures, dtype=float)    # every mixture of the table
         small = [s for s in obj.scales if s < obj.target[0]]
     else:
         K = len(obj.domains)
@@ -86,7 +87,7 @@ def one_split(obj, args, seed, table):
 
     # small-scale runs of every mixture; target runs of a few (seen by the GP) and of the rest (held back)
     Ws, Ns, Ts, ys, final_small = observations(obj, mixtures, small, seed)
-    Wt, Nt, Tt, yt, final_target = observations(obj, mixtures, [obj.target[0]], seed)
+    Wt, Nt, Tt, yt, final_target = observations(obj, mixtures, [obj.target[0]], seed, only_steps=obj.target[1])
     has_target = np.flatnonzero(np.isfinite(final_target[:, 0]))
     seen = rng.choice(has_target, size=min(args.target_runs, len(has_target) - 3), replace=False)
     held = np.setdiff1d(has_target, seen)

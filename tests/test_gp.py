@@ -42,7 +42,7 @@ def test_posterior_and_lml_equal_sklearn(kind):
     X, y = make_data(40)
     Xs, _ = make_data(15, seed=1)
     hyp = {"amplitude": 1.7, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8]), "noise": 0.01}
-    g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, hyperparameters=hyp)
+    g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, mean="constant", hyperparameters=hyp)
     sk = sklearn_gpr(kind, hyp["amplitude"], hyp["w_lengthscale"], hyp["noise"], X, y)
     mean, var = gp.predict(g, Xs)
     sk_mean, sk_std = sk.predict(Xs, return_std=True)
@@ -58,8 +58,8 @@ def test_posterior_and_lml_equal_sklearn(kind):
 def test_rbf_product_over_groups_equals_joint_rbf():
     X, y = make_data(30)
     ls = np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8])
-    joint = gp.fit_gp(X, y, K, structure="joint", kernel_w="rbf", run_noise=False, hyperparameters={"amplitude": 2.0, "w_lengthscale": ls, "noise": 0.02})
-    prod = gp.fit_gp(X, y, K, structure="product", kernel_w="rbf", kernel_N="rbf", kernel_T="rbf", run_noise=False,
+    joint = gp.fit_gp(X, y, K, structure="joint", kernel_w="rbf", run_noise=False, mean="constant", hyperparameters={"amplitude": 2.0, "w_lengthscale": ls, "noise": 0.02})
+    prod = gp.fit_gp(X, y, K, structure="product", kernel_w="rbf", kernel_N="rbf", kernel_T="rbf", run_noise=False, mean="constant",
                      hyperparameters={"amplitude": 2.0, "w_lengthscale": ls[:K], "N_lengthscale": ls[K:K + 1],
                                       "T_lengthscale": ls[K + 1:], "noise": 0.02})
     Xs, _ = make_data(10, seed=3)
@@ -72,7 +72,7 @@ def test_fitted_lml_at_least_sklearn():
     X, y = make_data(80, seed=2)
     for kind in ["rbf", "matern52"]:
         sk = sklearn_gpr(kind, 1.0, np.ones(7), 1e-2, X, y, restarts=2)
-        g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, restarts=2, seed=0)
+        g = gp.fit_gp(X, y, K, structure="joint", kernel_w=kind, priors=False, run_noise=False, mean="constant", restarts=2, seed=0)
         assert g.log_marginal_likelihood >= sk.log_marginal_likelihood_value_ - 1e-6 * abs(sk.log_marginal_likelihood_value_)
 
 
@@ -179,9 +179,35 @@ def test_cross_covariance_equals_full_covariance_and_units():
     assert abs(g.noise_variance - 100.0 * g1.noise_variance) < 1e-10 * g.noise_variance
 
 
+def test_scaling_law_mean_equals_explicit_basis_formulas():
+    """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + s_beta^2 h h^T."""
+    X, y = make_data(30)
+    Xs = make_data(6, seed=7)[0]
+    hyp = {"amplitude": 0.8, "w_lengthscale": np.full(K, 0.6), "N_lengthscale": [0.7], "T_lengthscale": [1.1],
+           "noise": 0.02, "mean_amplitude": 3.0, "mean_alpha_N": 1.4, "mean_alpha_T": 0.6}
+    g = gp.fit_gp(X, y, K, run_noise=False, hyperparameters=hyp)
+    ys = (y - g.y_mean) / g.y_scale
+    P = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in hyp.items()}
+    cfg0 = gp.Config(mean="constant", run_noise=False)
+    k0 = lambda A, B: gp._kernel(cfg0, P, torch.from_numpy(A), torch.from_numpy(B), K).numpy()
+    h = lambda A: np.column_stack([np.ones(len(A)), np.exp(-1.4 * A[:, K]), np.exp(-0.6 * A[:, K + 1])]).T  # (3, n)
+    Ky = k0(X, X) + 0.02 * np.eye(30)
+    Ks, Kss, H, Hs = k0(X, Xs), k0(Xs, Xs), h(X), h(Xs)
+    Kinv = np.linalg.inv(Ky)
+    A = np.eye(3) / 3.0 + H @ Kinv @ H.T                                  # B^-1 + H K^-1 H^T
+    beta = np.linalg.solve(A, H @ Kinv @ ys)                             # eq. 2.42, b = 0
+    R = Hs - H @ Kinv @ Ks                                               # (3, m)
+    mean = Ks.T @ Kinv @ ys + R.T @ beta                                 # eq. 2.41/2.42
+    cov = Kss - Ks.T @ Kinv @ Ks + R.T @ np.linalg.solve(A, R)
+    m_ours, c_ours = gp.predict(g, Xs, full_cov=True)
+    np.testing.assert_allclose(m_ours, g.y_mean + g.y_scale * mean, rtol=1e-9)
+    np.testing.assert_allclose(c_ours, g.y_scale ** 2 * cov, rtol=1e-7, atol=1e-12)
+
+
 def test_run_noise():
     X, y = make_data(30)
-    hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9]}
+    hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9],
+           "mean_amplitude": 2.0, "mean_alpha_N": 1.5, "mean_alpha_T": 0.7}
     # one observation per run: sigma^2 I + sigma_run^2 B is white noise of variance sigma^2 + sigma_run^2
     a = gp.fit_gp(X, y, K, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
     b = gp.fit_gp(X, y, K, run_noise=False, hyperparameters={**hyp, "noise": 0.03})
