@@ -58,9 +58,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import qmc
 
-import acquisition
-import gp
 import simulate
+# gp.py and acquisition.py (which import torch, ~1.5 s) are imported where a GP strategy first needs
+# them (fit_model, propose_gp, recommend), so the baselines and every input check start fast.
 
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
@@ -94,6 +94,8 @@ class Settings:
             raise ValueError(f"budget must be a number > 0 (target-run equivalents); got {self.budget}")
         if self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2 or not self.fixed_cost >= 0:
             raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2 and fixed_cost >= 0")
+        if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
+            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and sobol; strategy {self.strategy} has no design to start")
         if not 0.0 < self.regression_share < 1.0:
             raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
 
@@ -147,15 +149,18 @@ def sobol_simplex(K, n, seed):
     return e / e.sum(1, keepdims=True)
 
 
-def _nearest_unused(pool, points, used):
-    """For each point, the index of the nearest pool row (Euclidean) not in `used` (a set, updated)."""
-    out = []
-    for p in points:
-        order = np.argsort(((pool - p) ** 2).sum(1), kind="stable")
-        i = next((int(j) for j in order if int(j) not in used), int(order[0]))
-        used.add(i)
-        out.append(i)
-    return out
+def pool_choice(ctx, point, scale, steps, history, rng=None):
+    """Table replay: a mixture of the table's pool that it holds at (scale, steps) and the history has not
+    run there yet -- the nearest to `point` (Euclidean), or with point None a uniform draw by rng. None if
+    none is left."""
+    pool = np.asarray(ctx.objective.candidates)                                # (M, K)
+    done = {tuple(r["weights"]) for r in history if (r["scale"], r["steps"]) == (scale, steps)}
+    free = [i for i in range(len(pool)) if tuple(pool[i].tolist()) not in done and ctx.available(pool[i], scale, steps)]
+    if not free:
+        return None
+    if point is None:
+        return pool[free[int(rng.integers(len(free)))]]
+    return pool[min(free, key=lambda i: float(((pool[i] - point) ** 2).sum()))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,22 +211,21 @@ def _target(ctx):
 def _n_init(ctx):
     """Initial design size: n_init, else 3 target runs for single-fidelity strategies and 2K cheap runs
     for mfkg (cheap runs at the smaller scales cost a few percent of a target run each)."""
-    if ctx.settings.n_init:
-        return ctx.settings.n_init
-    return 2 * ctx.K if ctx.settings.strategy == "mfkg" else 3
+    n = ctx.settings.n_init or (2 * ctx.K if ctx.settings.strategy == "mfkg" else 3)
+    return max(n, len(ctx.settings.mixture))
 
 
-def _init_mixtures(ctx, n):
-    """n initial mixtures: the user's --mixture ones first, then scrambled Sobol points (or, on a table
-    pool, the nearest unused pool mixtures)."""
-    user = [np.asarray(m, dtype=np.float64) for m in ctx.settings.mixture]
-    sob = list(sobol_simplex(ctx.K, max(n, 1), trial_seed(ctx.settings.seed, 0, STRATEGY)))
-    points = (user + sob)[:max(n, len(user))]
-    pool = ctx.objective.candidates
-    if pool is None:
-        return points
-    idx = _nearest_unused(np.asarray(pool), points, set())
-    return [np.asarray(pool)[i] for i in idx]
+def design_point(ctx, history, t, scale, steps):
+    """Mixture t of the space-filling design at (scale, steps): the user's --mixture ones first, then the
+    scrambled Sobol sequence (seeded by `seed`); on a table, the nearest pool mixture it holds there."""
+    user = ctx.settings.mixture
+    if t < len(user):
+        w = np.asarray(user[t], dtype=np.float64)
+    else:
+        w = sobol_simplex(ctx.K, t + 1 - len(user), trial_seed(ctx.settings.seed, 0, STRATEGY))[t - len(user)]
+    if ctx.objective.candidates is not None:
+        w = pool_choice(ctx, w, scale, steps, history)
+    return w
 
 
 def _init_fidelity(ctx, i):
@@ -237,33 +241,27 @@ def _init_fidelity(ctx, i):
     return N_t, int(min(ctx.objective.steps))
 
 
-def _random_mixture(ctx, rng, history=()):
-    """Dirichlet(1) on the simplex, or a uniform draw from a table's pool of mixtures not yet run at the target."""
-    pool = ctx.objective.candidates
-    if pool is None:
-        return rng.dirichlet(np.ones(ctx.K))
-    pool = np.asarray(pool)
-    done = {tuple(r["weights"]) for r in history if (r["scale"], r["steps"]) == _target(ctx)}
-    free = [i for i in range(len(pool)) if tuple(pool[i].tolist()) not in done] or list(range(len(pool)))
-    return pool[free[int(rng.integers(len(free)))]]
-
-
 def propose_random(ctx, history, t):
-    w = _random_mixture(ctx, np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY)), history)
-    return w, *_target(ctx), "random"
+    """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run yet)."""
+    rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
+    if ctx.objective.candidates is None:
+        return rng.dirichlet(np.ones(ctx.K)), *_target(ctx), "random"
+    w = pool_choice(ctx, None, *_target(ctx), history, rng)
+    return None if w is None else (w, *_target(ctx), "random")
 
 
 def propose_sobol(ctx, history, t):
-    w = _init_mixtures(ctx, t + 1)[t] if t >= len(ctx.settings.mixture) else ctx.settings.mixture[t]
-    return np.asarray(w), *_target(ctx), "sobol"
+    """Point t of the scrambled Sobol sequence on the simplex, at the target."""
+    w = design_point(ctx, history, t, *_target(ctx))
+    return None if w is None else (w, *_target(ctx), "sobol")
 
 
 def propose_uniform(ctx, history, t):
-    """Equal weights at the target; every later trial repeats it with a new seed (a replicate that
-    measures the seed noise; the recommendation never changes)."""
+    """Equal weights at the target (on a table: the nearest pool mixture); every later trial repeats it
+    with a new seed (a replicate that measures the seed noise; the recommendation never changes)."""
     w = np.full(ctx.K, 1.0 / ctx.K)
     if ctx.objective.candidates is not None:
-        w = np.asarray(ctx.objective.candidates)[_nearest_unused(np.asarray(ctx.objective.candidates), [w], set())[0]]
+        w = pool_choice(ctx, w, *_target(ctx), history=())
     return w, *_target(ctx), "uniform" if t == 0 else "uniform (replicate)"
 
 
@@ -292,9 +290,17 @@ def propose_hyperband(ctx, history, t):
         s = s_max - bracket % (s_max + 1)
         n = math.ceil((s_max + 1) / (s + 1) * eta ** s)                     # [HB] Alg. 1 line 3
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, bracket, STRATEGY))
-        configs = [_random_mixture(ctx, rng) for _ in range(n)]
+        if ctx.objective.candidates is None:
+            configs = list(rng.dirichlet(np.ones(ctx.K), n))                  # n random mixtures
+        else:                                                               # table: n pool mixtures held at rung 0
+            pool = np.asarray(ctx.objective.candidates)
+            free = [j for j in range(len(pool)) if ctx.available(pool[j], *rungs[s_max - s])]
+            configs = [pool[j] for j in rng.permutation(free)[:n]]
+        if not configs:
+            return None
         for i in range(s + 1):                                             # successive halving, Alg. 1 lines 5-9
             rung = rungs[s_max - s + i]
+            configs = [c for c in configs if ctx.available(c, *rung)]      # (tables: only rows they hold)
             losses = []
             for c in configs:
                 if k == len(history):
@@ -358,10 +364,14 @@ def propose_regression(ctx, history, t):
     proxy_spent = sum(r["cost"] for r in history if (r["scale"], r["steps"]) == proxy)
     if proxy_spent + ctx.cost(*proxy) <= ctx.settings.regression_share * ctx.settings.budget and proxy != _target(ctx):
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
-        return _random_mixture(ctx, rng), *proxy, "regression proxy"
+        if ctx.objective.candidates is None:
+            return rng.dirichlet(np.ones(ctx.K)), *proxy, "regression proxy"
+        w = pool_choice(ctx, None, *proxy, history, rng)
+        if w is not None:
+            return w, *proxy, "regression proxy"
     ranking = _regression_ranking(ctx, history)
-    if ranking is None:
-        return propose_random(ctx, history, t)[:3] + ("regression (too few proxies: random)",)
+    if ranking is None:                                                   # too few proxy runs to fit: random
+        return propose_random(ctx, history, t)
     done = [r["weights"] for r in history if (r["scale"], r["steps"]) == _target(ctx)]
     for w, p in zip(*ranking):
         if not any(np.allclose(w, d) for d in done):
@@ -382,6 +392,7 @@ def fit_model(ctx, history):
     the number of trials c is a multiple of refit_every; in between, the GP is conditioned on all data
     with the hyperparameters of the last refit r = c - c % refit_every (fitted on the first r trials;
     cached in ctx.refit). So the model is a function of the history only, and a resumed run rebuilds it."""
+    import gp
     if not any(x["status"] == "ok" for x in history):
         return None
     c = len(history)
@@ -409,6 +420,7 @@ def _evaluated_mixtures(history):
 def propose_gp(ctx, history, t):
     """mfkg / kg / ei / ucb: one decision of acquisition.choose_next on the GP of the history, over
     simplex candidates (or the table's pool) and the fidelities the strategy may use and can afford."""
+    import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
     if not any(ctx.affordable(*f) for f in fids):
@@ -440,10 +452,14 @@ def propose(ctx, history, t):
     """Trial t: the initial design first (GP strategies), then the strategy; None ends the loop. A
     proposal the budget cannot pay for ends the loop too."""
     if ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx):
-        w = _init_mixtures(ctx, _n_init(ctx))[t]
-        p = (w, *_init_fidelity(ctx, t), "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)")
+        N, T = _init_fidelity(ctx, t)
+        w = design_point(ctx, history, t, N, T)
+        if w is None:                                                   # a table without that row: at the target
+            N, T = _target(ctx)
+            w = design_point(ctx, history, t, N, T)
+        p = None if w is None else (w, N, T, "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)")
     elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # every run so far failed: keep exploring
-        p = propose_sobol(ctx, history, t)[:3] + ("init (sobol, earlier runs failed)",)
+        p = propose_sobol(ctx, history, t)
     else:
         p = PROPOSE[ctx.settings.strategy](ctx, history, t)
     if p is None or not ctx.affordable(p[1], p[2]):
@@ -453,7 +469,7 @@ def propose(ctx, history, t):
 
 def _domain_losses_of(ctx, history, w):
     """Observed per-domain losses of mixture w at the highest fidelity it ran at, and where."""
-    runs = [r for r in history if r["status"] == "ok" and np.allclose(r["weights"], w, atol=1e-15)]
+    runs = [r for r in history if r["status"] == "ok" and list(r["weights"]) == list(w)]
     if not runs:
         return {}, "not run"
     r = max(runs, key=lambda r: (r["scale"], r["steps"]))
@@ -471,6 +487,7 @@ def recommend(ctx, history):
     rec = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
            "domain_losses": {}, "domain_losses_source": "not run"}
     if s in GP_STRATEGIES and ctx.model is not None:
+        import acquisition
         mixtures = _evaluated_mixtures(history)
         i, mean, sd = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
         rec.update(weights=mixtures[i].tolist(), loss=float(mean), sd=float(sd),
@@ -598,17 +615,21 @@ def run_trial(ctx, t, weights, scale, steps, decision):
 
 
 def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=None, resume=False,
-             out=print, progress=False, on_trial=None, **settings):
+             out=print, verbose=True, progress=False, on_trial=None, **settings):
     """Run the loop on `objective` (simulate.Objective or anything with its fields) and return a Result.
     settings: the other Settings fields (n_init, refit_every, candidates, mixture, eta, regression_share).
     ledger: a path to write (refused if it exists, unless resume=True, which continues it); None keeps
-    the trials in memory only. out: a print-like function for the report (None: silent).
+    the trials in memory only. out: a print-like function for the report (None: silent); verbose=False
+    prints the final recommendation only; progress: a line before each trial starts (long trials).
     on_trial(record, recommendation): called after each new trial (the benchmark scores it there)."""
+    if "mixture" in settings:
+        settings["mixture"] = tuple(tuple(float(x) for x in m) for m in settings["mixture"])
     settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **settings)
     K = len(objective.domains)
     for i, m in enumerate(settings.mixture):
         check_mixture(m, K, f"mixture {i}")
-    say = out or (lambda *a, **k: None)
+    summary = out or (lambda *a, **k: None)
+    say = summary if verbose else (lambda *a, **k: None)
     N_t, T_t = objective.target
     ctx = Context(objective, settings, unit=float(objective.cost(N_t, T_t)),
                   bounds=(min(objective.scales), max(objective.scales), min(objective.steps), max(objective.steps)))
@@ -621,11 +642,14 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
         os.makedirs(os.path.dirname(os.path.abspath(ledger)), exist_ok=True)
         if os.path.exists(ledger) and not resume:
             raise ValueError(f"ledger {ledger} already exists; pass --resume to continue it, or choose another --ledger path")
-        old = read_ledger(ledger, header, warn=say) if os.path.exists(ledger) else None
+        old = read_ledger(ledger, header, warn=summary) if os.path.exists(ledger) else None
         f = open(ledger, "a")
         if old is None:
             f.truncate(0)
             _append(f, header)
+            dir_fd = os.open(os.path.dirname(os.path.abspath(ledger)), os.O_RDONLY)
+            os.fsync(dir_fd)                                  # the new file's directory entry is on disk too
+            os.close(dir_fd)
         else:
             trials, recs = old
     _print_header(say, settings, objective, ledger, len(trials))
@@ -650,7 +674,8 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
                 break
             w, scale, steps, decision = p
             if progress:
-                say(f"trial {t}: {decision}: training scale {fmt_scale(scale)} for {steps} steps ...", flush=True)
+                say(f"trial {t}: {decision}: training scale {fmt_scale(scale)} for {steps} steps ...")
+                sys.stdout.flush()
             r = run_trial(ctx, t, w, scale, steps, decision)
             if f:
                 _append(f, r)
@@ -667,7 +692,7 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
         if f:
             f.close()
     result = Result(settings, trials, recs, ctx.spent, ledger)
-    _print_summary(say, ctx, result)
+    _print_summary(summary, ctx, result)
     return result
 
 
@@ -724,10 +749,10 @@ def _print_summary(say, ctx, result):
 # 6. bench: strategies x seeds on a benchmark whose true loss is known
 
 def _quartiles(x):
-    """(median, q25, q75) of a list that may hold inf (not reached); inf stays inf."""
-    x = np.asarray(x, dtype=float)
-    return tuple(float(np.percentile(x, q, method="linear")) if np.all(np.isfinite(np.sort(x)[:math.ceil(len(x) * q / 100) + 1]))
-                 else math.inf for q in (50, 25, 75))
+    """(median, q25, q75) of values that may be inf ("not reached"): a quantile that falls on or
+    interpolates towards an inf is inf."""
+    x = np.where(np.isfinite(x), np.asarray(x, dtype=float), 1e300)
+    return tuple(float(v) if v < 1e250 else math.inf for v in np.percentile(x, [50, 25, 75]))
 
 
 def _cost_to_reach(curve, q):
@@ -755,10 +780,7 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, out=print, **
                 (r["spent"], float(objective.true_loss(np.asarray(rec["weights"]))) if rec["weights"] is not None else math.inf))
             res = optimize(objective, s, budget, seed, out=None, on_trial=score, **settings)
             curves[s].append(curve)
-            by_scale = {}
-            for r in res.trials:
-                by_scale[fmt_scale(r["scale"])] = by_scale.get(fmt_scale(r["scale"]), 0.0) + r["cost"]
-            shares[s].append({k: v / max(res.spent, 1e-300) for k, v in by_scale.items()})
+            shares[s].append([sum(r["cost"] for r in res.trials if r["scale"] == N) / res.spent for N in objective.scales])
         walls[s] = time.perf_counter() - t0
         say(f"  {s}: {seeds} seeds in {walls[s]:.1f} s")
     final = {s: [c[-1][1] if c else math.inf for c in curves[s]] for s in strategies}
@@ -772,9 +794,8 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, out=print, **
             c = _quartiles([_cost_to_reach(curve, q) for curve in curves[s]])
             row[f"cost_to_reach_{ref}"] = c
             row[f"speedup_vs_{ref}"] = budget / c[0] if math.isfinite(c[0]) else None
-        scales = sorted({k for sh in shares[s] for k in sh}, key=lambda k: float(next(
-            r for r in objective.scales if fmt_scale(r) == k)))
-        row["cost_share_by_scale"] = {k: float(np.mean([sh.get(k, 0.0) for sh in shares[s]])) for k in scales}
+        mean_share = np.mean(shares[s], axis=0)                    # (scales,) mean over seeds
+        row["cost_share_by_scale"] = {fmt_scale(N): float(v) for N, v in zip(objective.scales, mean_share) if v > 0}
         table[s] = row
     return {"objective": objective.name, "budget": budget, "seeds": seeds, "strategies": list(strategies),
             "optimum_loss": best, "reference_quality": refs, "settings": settings,
@@ -899,7 +920,7 @@ def main(argv=None):
             raise ValueError(f"--strategy takes one name unless --bench; got {args.strategy}")
         settings = Settings(strategy=strategies[0], budget=args.budget, seed=args.seed, **kw)
         ledger = args.ledger or default_ledger_path(settings, objective)
-        optimize(objective, ledger=ledger, resume=args.resume, out=None if args.quiet else say,
+        optimize(objective, ledger=ledger, resume=args.resume, out=say, verbose=not args.quiet,
                  progress=args.train, **dataclasses.asdict(settings))
         return 0
     except (ValueError, OSError) as e:

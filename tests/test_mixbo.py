@@ -64,12 +64,12 @@ def run_cli(*args, timeout=120):
 def test_same_seed_same_ledger_and_budget_respected(tmp_path):
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     a, b, c = (str(tmp_path / f"{x}.jsonl") for x in "abc")
-    ra = mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 1.5, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
+    ra = mixbo.optimize(obj, "mfkg", 2.0, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 2.0, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 2.0, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
     assert strip_wall(read_lines(a)) == strip_wall(read_lines(b))
     assert strip_wall(read_lines(a)) != strip_wall(read_lines(c))
-    assert len(ra.trials) > 3 and ra.spent <= 1.5
+    assert len(ra.trials) > 5 and ra.spent <= 2.0
     assert sum(r["scale"] < 16e6 for r in ra.trials) >= 3        # mfkg's initial design is at cheap scales
     assert ra.recommendation["weights"] is not None and ra.recommendation["sd"] is not None
 
@@ -128,46 +128,47 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
 def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
     """SIGKILL the loop at random moments >= 10 times, --resume each time: no finished trial is lost or
     repeated, and the final ledger equals an uninterrupted run's (wall times aside)."""
-    path = write_objective(tmp_path / "obj.py", sleep=0.03)
-    args = ["--objective", path, "--strategy", "mfkg", "--budget", "1.2", "--seed", "5", "--candidates", "64",
+    path = write_objective(tmp_path / "obj.py", sleep=0.02)
+    args = ["--objective", path, "--strategy", "mfkg", "--budget", "3", "--seed", "5", "--candidates", "64",
             "--n-init", "3", "--refit-every", "2", "--quiet"]
     ref = str(tmp_path / "ref.jsonl")
     assert run_cli(*args, "--ledger", ref).returncode == 0
     ref_lines = strip_wall(read_lines(ref))
-    n_ref = sum(r["kind"] == "trial" for r in ref_lines)
-    assert n_ref >= 8
+    assert sum(r["kind"] == "trial" for r in ref_lines) >= 8
 
-    crash = str(tmp_path / "crash.jsonl")
     rng = np.random.default_rng(0)
-    kills, finished_before = 0, 0
-    t_start = time.perf_counter()
+    kills, series, crash = 0, 0, None
     while True:
+        if crash is None:                     # a fresh ledger (again, if one finished before 10 kills)
+            series += 1
+            crash, finished_before = str(tmp_path / f"crash{series}.jsonl"), 0
         p = subprocess.Popen([sys.executable, "mixbo.py", *args, "--ledger", crash, "--resume"], cwd=REPO, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kills < 10:
-            # wait until the process has imported and started (the ledger grows), then kill at a random moment
-            size0 = os.path.getsize(crash) if os.path.exists(crash) else -1
-            while p.poll() is None and (os.path.getsize(crash) if os.path.exists(crash) else -1) == size0:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.4))
+            # wait until the process is running the loop (the ledger changes), then kill it at a random moment
+            size = lambda: os.path.getsize(crash) if os.path.exists(crash) else -1
+            size0 = size()
+            while p.poll() is None and size() == size0:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
         if p.poll() is None and kills < 10:
             p.send_signal(signal.SIGKILL)
             p.wait()
             kills += 1
         else:
-            _, err = p.communicate(timeout=120)
+            _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
-            if kills >= 10:
-                break
         lines = strip_wall(read_lines_tolerant(crash))
         trials = [r for r in lines if r["kind"] == "trial"]
         assert [r["trial"] for r in trials] == list(range(len(trials)))        # none repeated
         assert len(trials) >= finished_before                                  # none lost
-        assert lines == ref_lines[:len(lines)]                                  # the same trials as uninterrupted
+        assert lines == ref_lines[:len(lines)]                                  # the same as uninterrupted
         finished_before = len(trials)
-        assert time.perf_counter() - t_start < 80
-    assert kills >= 10
-    assert strip_wall(read_lines(crash)) == ref_lines
+        if p.returncode == 0:
+            assert strip_wall(read_lines(crash)) == ref_lines                   # finished: identical ledgers
+            if kills >= 10:
+                break
+            crash = None
 
 
 def read_lines_tolerant(path):
