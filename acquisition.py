@@ -200,46 +200,36 @@ def srinivas_beta(n_candidates, t, delta=0.1):
 # Exact discrete knowledge gradient
 
 
-def log_knowledge_gradient(a, b):
-    """log of the exact knowledge gradient for MINIMIZATION, one value per column. a (M,) or (M, Z), b (M, Z) -> (Z,).
+def _prefilter(A, B):
+    """Lines that can be on the upper envelope: (Z, M) intercepts A, slopes B -> (Z, M) bool, one row per column.
 
-    For one candidate measurement z (a column), line i is the posterior mean at x_i of the set A after the
-    measurement: a_i + b_i Z with a_i = mu_n(x_i), b_i = Sigma_n(x_i, z) / sqrt(Sigma_n(z, z) + lambda), and
-    Z ~ N(0, 1) (FPD 2009: b is their sigma-tilde(Sigma^n, z)). For a loss the value of information is
-        KG(z) = min_i a_i - E[min_i (a_i + b_i Z)] = E[max_i (-a_i + b_i Z)] - max_i (-a_i) = h(-a, b)
-    (Z and -Z have the same law), h being FPD's max-form. h is computed exactly from the upper envelope of the
-    lines a'_i + b_i z (a' = -a):
-        h(a', b) = sum_k (b_{j_k+1} - b_{j_k}) f(-|c_k|),  f(s) = s Phi(s) + phi(s)     (FPD 2009, closed form of h)
-    over consecutive envelope lines j_1, j_2, ... (increasing slope) meeting at breakpoints c_1 < c_2 < ...,
-    and returned as logsumexp_k [log(b_{j_k+1} - b_{j_k}) + log h(-|c_k|)] (f is log_h's h), so values far
-    below 1e-300 keep their digits. Columns with one envelope line (e.g. all b equal) give -inf (KG = 0).
-
-    FPD's Alg. 1 builds the envelope with a sort and a stack, sequentially per column. Here every column walks
-    its envelope from the left at the same time (vectorized over columns): start at the line of smallest slope
-    (largest intercept among ties: the maximum at z -> -inf); from the current line j the next envelope line is
-    the line i with b_i > b_j whose crossing c_i = (a'_j - a'_i)/(b_i - b_j) with line j comes first, and c_i
-    is the breakpoint. A column stops at the line of largest slope. The cost is O(M) per envelope line per
-    column; columns that are done are dropped from the arrays. Equal breakpoints (three lines through one point)
-    need no special care: their terms telescope to the same sum.
+    Frazier's AffineBreakpointsPrep.m filter, made exact: with L, K0, R the lines that are the maximum at
+    z -> -inf, z = 0 and z -> +inf, the envelope is above g(z) = max(L, K0, R), which is max(L, K0) for z <= 0
+    (R <= K0 there) and max(K0, R) for z >= 0, with kinks p1 <= 0 where K0 overtakes L and p2 >= 0 where R
+    overtakes K0. A line minus g is concave and piecewise linear with kinks p1, p2, rising before p1 and
+    falling after p2, so it is largest at p1 or p2: a line below g at both kinks is never on the envelope.
+    Comparisons that meet NaN (inf * 0 after an overflow) are False, so such lines are kept, never dropped;
+    L, K0 and R themselves are always kept. A line that round-off puts just below g at a kink touches the
+    envelope over an interval of round-off length at most, so dropping it changes h at round-off level.
     """
-    b = np.asarray(b, dtype=np.float64)
-    if b.ndim != 2:
-        raise ValueError(f"b must be an (M, Z) array (lines x candidate measurements), got shape {b.shape}")
-    M, Z = b.shape
-    a = np.asarray(a, dtype=np.float64)
-    if a.shape == (M,):
-        a = a[:, None]  # (M, 1), the same intercepts for every column
-    elif a.shape != (M, Z):
-        raise ValueError(f"a must have shape ({M},) or ({M}, {Z}) to match b, got {a.shape}")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("a and b must be finite (a posterior mean or covariance is NaN/inf: check the GP fit)")
-    # one ROW per column z (Z, M): the reductions below then run over contiguous memory
-    A = np.ascontiguousarray(np.broadcast_to(-a, (M, Z)).T)  # (Z, M) max-form intercepts a' = -a
-    B = np.ascontiguousarray(b.T)  # (Z, M) slopes
-    out = np.full(Z, -np.inf)  # (Z,) log KG, -inf until a term is added
-    if M < 2 or Z == 0:
-        return out
-    r = np.arange(Z)
+    r = np.arange(len(A))
+    L = np.argmax(np.where(B == B.min(axis=1, keepdims=True), A, -np.inf), axis=1)  # (Z,) max at z -> -inf
+    R = np.argmax(np.where(B == B.max(axis=1, keepdims=True), A, -np.inf), axis=1)  # (Z,) max at z -> +inf
+    K0 = np.argmax(A, axis=1)  # (Z,) max at z = 0
+    a_L, b_L, a_K, b_K, a_R, b_R = A[r, L], B[r, L], A[r, K0], B[r, K0], A[r, R], B[r, R]  # (Z,) each
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        p1 = np.where(b_K > b_L, (a_L - a_K) / (b_K - b_L), 0.0)[:, None]  # (Z, 1) kink of g left of 0
+        p2 = np.where(b_R > b_K, (a_K - a_R) / (b_R - b_K), 0.0)[:, None]  # (Z, 1) kink of g right of 0
+        below = (A + B * p1 < a_K[:, None] + b_K[:, None] * p1) & (A + B * p2 < a_K[:, None] + b_K[:, None] * p2)
+    below[r, L] = below[r, K0] = below[r, R] = False  # the lines that define g (round-off could drop them)
+    return ~below
+
+
+def _walk(A, B):
+    """log h of each row's lines by walking its upper envelope from the left: (Z, M), (Z, M) -> (Z,).
+    Rows may be padded with lines (intercept -inf, slope = the row's smallest slope) that never take part."""
+    out = np.full(len(A), -np.inf)  # (Z,) log KG, -inf until a term is added
+    r = np.arange(len(A))
     j = np.argmax(np.where(B == B.min(axis=1, keepdims=True), A, -np.inf), axis=1)  # (Z,) max at z -> -inf
     a_j, b_j = A[r, j], B[r, j]  # (Z,), (Z,) the current envelope line of each column
     active = r  # (Za,) columns still walking; row k of A, B belongs to column active[k]
@@ -258,6 +248,63 @@ def log_knowledge_gradient(a, b):
         a_j, b_j = A[r, i], B[r, i]
         if not go.all():
             A, B = A[r], B[r]  # drop the finished columns
+    return out
+
+
+def log_knowledge_gradient(a, b, groups=8):
+    """log of the exact knowledge gradient for MINIMIZATION, one value per column. a (M,) or (M, Z), b (M, Z) -> (Z,).
+
+    For one candidate measurement z (a column), line i is the posterior mean at x_i of the set A after the
+    measurement: a_i + b_i Z with a_i = mu_n(x_i), b_i = Sigma_n(x_i, z) / sqrt(Sigma_n(z, z) + lambda), and
+    Z ~ N(0, 1) (FPD 2009: b is their sigma-tilde(Sigma^n, z)). For a loss the value of information is
+        KG(z) = min_i a_i - E[min_i (a_i + b_i Z)] = E[max_i (-a_i + b_i Z)] - max_i (-a_i) = h(-a, b)
+    (Z and -Z have the same law), h being FPD's max-form. h is computed exactly from the upper envelope of the
+    lines a'_i + b_i z (a' = -a):
+        h(a', b) = sum_k (b_{j_k+1} - b_{j_k}) f(-|c_k|),  f(s) = s Phi(s) + phi(s)     (FPD 2009, closed form of h)
+    over consecutive envelope lines j_1, j_2, ... (increasing slope) meeting at breakpoints c_1 < c_2 < ...,
+    and returned as logsumexp_k [log(b_{j_k+1} - b_{j_k}) + log h(-|c_k|)] (f is log_h's h), so values far
+    below 1e-300 keep their digits. Columns with one envelope line (e.g. all b equal) give -inf (KG = 0).
+
+    FPD's Alg. 1 builds the envelope with a sort and a stack, sequentially per column. Here every column walks
+    its envelope from the left at the same time (vectorized over columns, _walk): start at the line of smallest
+    slope (largest intercept among ties: the maximum at z -> -inf); from the current line j the next envelope
+    line is the line i with b_i > b_j whose crossing c_i = (a'_j - a'_i)/(b_i - b_j) with line j comes first,
+    and c_i is the breakpoint. A column stops at the line of largest slope. The cost is O(M) per envelope line
+    per column, so lines that cannot be on the envelope are dropped first (_prefilter; typically 2/3 to 7/8 of
+    them), and the columns are walked in `groups` groups of similar kept counts, each packed to its widest
+    column. Equal breakpoints (three lines through one point) need no special care: their terms telescope.
+    """
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim != 2:
+        raise ValueError(f"b must be an (M, Z) array (lines x candidate measurements), got shape {b.shape}")
+    M, Z = b.shape
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape == (M,):
+        a = a[:, None]  # (M, 1), the same intercepts for every column
+    elif a.shape != (M, Z):
+        raise ValueError(f"a must have shape ({M},) or ({M}, {Z}) to match b, got {a.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("a and b must be finite (a posterior mean or covariance is NaN/inf: check the GP fit)")
+    out = np.full(Z, -np.inf)  # (Z,)
+    if M < 2 or Z == 0:
+        return out
+    # one ROW per column z (Z, M): the reductions below then run over contiguous memory
+    A = np.ascontiguousarray(np.broadcast_to(-a, (M, Z)).T)  # (Z, M) max-form intercepts a' = -a
+    B = np.ascontiguousarray(b.T)  # (Z, M) slopes
+    keep = _prefilter(A, B)  # (Z, M)
+    kept = keep.sum(axis=1)  # (Z,) lines left per column
+    for cols in np.array_split(np.argsort(kept, kind="stable"), groups):  # columns with similar counts
+        if cols.size == 0:
+            continue
+        k = keep[cols]  # (Zg, M)
+        width = int(kept[cols].max())
+        rows, lines = np.nonzero(k)  # kept (column, line) pairs, row-major
+        slot = np.cumsum(k, axis=1)[rows, lines] - 1  # position of each kept line in its packed row
+        Ap = np.full((cols.size, width), -np.inf)  # (Zg, width) padding: intercept -inf ...
+        Bp = np.repeat(B[cols].min(axis=1, keepdims=True), width, axis=1)  # ... and the row's smallest slope
+        Ap[rows, slot] = A[cols[rows], lines]
+        Bp[rows, slot] = B[cols[rows], lines]
+        out[cols] = _walk(Ap, Bp)
     return out
 
 
@@ -294,7 +341,7 @@ def _unique_rows(W):
     return W[np.sort(first)]
 
 
-def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block):
+def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     """log KG of measuring each candidate mixture at each fidelity: (C, K), (E, K), F pairs -> (C, F).
 
     For the measurement z = (w_c, N_f, T_f) the set A is the E evaluated mixtures at the target plus the
@@ -303,10 +350,10 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
         b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, sigma-tilde)
     Candidates go through gp.cross_covariance in blocks of cb candidates x all F fidelities, each block one
     (E + cb, cb F) matrix: rows A_E and the block's cb projections, of which each column needs only its own.
-    cb = block // F, at most 32: the projection rows add cb / n to the block's main work (K(X, Z) and its
-    triangular solve with the n training rows), and each block solves for A's E rows again (n^2 (E + cb)),
-    so blocks should be neither large nor tiny (on the loaded dev box, 16 and 32 were fastest of 4..128 at
-    n = 300, E = 75, F = 28, without a clear winner between them).
+    Each call costs a fixed ~0.6 ms and the projection rows cost ~50 ns per entry, cb x cb F per block
+    (measured on the 2-core dev box, n = 60): C/cb calls + C F cb entries is smallest at
+    cb = sqrt(0.6 ms / (F 50 ns)) ~ 110 / sqrt(F). The envelopes are then computed for many blocks at once
+    (log_knowledge_gradient has a per-call cost of its own), up to ~2^21 numbers per (E + 1, columns) array.
     """
     C, F, E = len(candidates), len(fidelities), len(evaluated)
     s_t, t_t = target
@@ -314,8 +361,9 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
     a_P = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))[0]  # (C,) same, at the projections
     fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
-    out = np.empty((C, F))
-    cb = min(32, max(1, block // F))  # candidates per block
+    cb = max(1, int(110 / np.sqrt(F)))  # candidates per cross_covariance call
+    flush = max(cb * F, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
+    out, a_parts, b_parts = [], [], []  # (C F,) log KG in candidate-major order, and the pending columns
     for start in range(0, C, cb):
         Wb = candidates[start:start + cb]  # (m, K), m <= cb candidates of this block
         m = len(Wb)
@@ -324,14 +372,18 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block
         cov, var = gp.cross_covariance(model, XA, XZ)  # (E + m, m F), (m F,) posterior, loss units
         own = E + np.repeat(np.arange(m), F)  # (m F,) the row of each column's own projection
         sd_y = np.sqrt(var + model.noise_variance)  # (m F,) sd of the observation y at z (a new run's noise)
-        b = np.concatenate([cov[:E], cov[own, np.arange(m * F)][None, :]]) / sd_y  # (E + 1, m F) sigma-tilde
-        a = np.concatenate([np.broadcast_to(a_E[:, None], (E, m * F)), a_P[start:start + m].repeat(F)[None, :]])
-        out[start:start + m] = log_knowledge_gradient(a, b).reshape(m, F)
-    return out
+        b_parts.append(np.concatenate([cov[:E], cov[own, np.arange(m * F)][None, :]]) / sd_y)  # (E + 1, m F)
+        a_parts.append(a_P[start:start + m].repeat(F))  # (m F,) the last line's intercept; A_E's are shared
+        if sum(len(p) for p in a_parts) >= flush or start + cb >= C:
+            a_last = np.concatenate(a_parts)  # (Zc,)
+            a = np.concatenate([np.broadcast_to(a_E[:, None], (E, len(a_last))), a_last[None, :]])  # (E + 1, Zc)
+            out.append(log_knowledge_gradient(a, np.concatenate(b_parts, axis=1)))  # (Zc,)
+            a_parts, b_parts = [], []
+    return np.concatenate(out).reshape(C, F)
 
 
 def choose_next(strategy, model, candidates, evaluated, scales, steps, target, bounds, cost=None,
-                fixed_cost=0.0, beta=None, available=None, block=4096):
+                fixed_cost=0.0, beta=None, available=None):
     """The next run: which mixture, at which scale, for how many steps. Returns a Decision.
 
     strategy    'mfkg': argmax over candidates x scales x steps of KG(z) / (cost(scale, steps) + fixed_cost);
@@ -387,7 +439,7 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
 
     kg = None
     if strategy in ("mfkg", "kg"):
-        log_kg = _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds, block)  # (C, F)
+        log_kg = _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds)  # (C, F)
         score = np.where(allowed, log_kg - np.log(run_cost)[None, :], -np.inf)  # (C, F) log(KG / cost)
         if np.isfinite(score).any():
             c, f = np.unravel_index(np.argmax(score), score.shape)
