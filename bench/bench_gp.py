@@ -76,7 +76,7 @@ def main():
                                                           n_restarts_optimizer=args.restarts - 1).fit(X, y))
         _, p_sk = timed(lambda: sk.predict(Xs, return_std=True))
         print(f"{n:>5} {'sklearn':<14} {t_sk:>8.3f} {sk.log_marginal_likelihood_value_ / n:>9.4f} {p_sk:>15.3f} {1.0:>15.2f}")
-        for name, opts in [("mixbo joint", dict(structure="joint", priors=False, run_noise=False)), ("mixbo default", {})]:
+        for name, opts in [("mixbo joint", dict(structure="joint", mean="constant", priors=False, run_noise=False)), ("mixbo default", {})]:
             g, t = timed(lambda: gp.fit_gp(X, y, K, restarts=args.restarts, seed=0, **opts))
             _, p = timed(lambda: gp.predict(g, Xs))
             print(f"{n:>5} {name:<14} {t:>8.3f} {g.log_marginal_likelihood / n:>9.4f} {p:>15.3f} {t / t_sk:>15.2f}")
@@ -84,7 +84,7 @@ def main():
     # one objective + gradient evaluation, n = 500, joint Matern-5/2: eq. 5.9 (gp.py) vs autograd through chol
     X, y = make_data(500, seed=500)
     ys = torch.from_numpy((y - y.mean()) / y.std())
-    cfg = gp.Config(structure="joint", priors=False, run_noise=False)
+    cfg = gp.Config(structure="joint", mean="constant", priors=False, run_noise=False)
     specs = gp._specs(cfg, 7, K)
     theta = gp._initial_theta(specs, np.random.default_rng(0), True, cfg)
     Xt = torch.from_numpy(X)

@@ -118,7 +118,7 @@ def test_spectral_mixture_product_equals_gpytorch():
 
 # ------------------------------------------------------------------ gradients, PSD, recovery
 
-MODELS = [dict(structure="joint", kernel_w="matern52"), dict(structure="product"),
+MODELS = [dict(structure="joint", kernel_w="matern52", mean="constant", run_noise=False), dict(structure="product"),
           dict(structure="product", kernel_w="sm"), dict(structure="product", kernel_w="sm_product", kernel_N="rbf"),
           dict(structure="additive", mean="scaling_law"), dict(structure="product", mean="scaling_law")]
 
