@@ -350,10 +350,13 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
         b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, sigma-tilde)
     Candidates go through gp.cross_covariance in blocks of cb candidates x all F fidelities, each block one
     (E + cb, cb F) matrix: rows A_E and the block's cb projections, of which each column needs only its own.
-    Each call costs a fixed ~0.6 ms and the projection rows cost ~50 ns per entry, cb x cb F per block
-    (measured on the 2-core dev box, n = 60): C/cb calls + C F cb entries is smallest at
-    cb = sqrt(0.6 ms / (F 50 ns)) ~ 110 / sqrt(F). The envelopes are then computed for many blocks at once
-    (log_knowledge_gradient has a per-call cost of its own), up to ~2^21 numbers per (E + 1, columns) array.
+    The C / cb calls each have a fixed cost T0 (at least ~0.6 ms; it grows with the solve for A's rows) and
+    the projection rows add cb x cb F kernel entries per block (~50 ns each), so the total C T0 / cb +
+    C F cb 50 ns is smallest near cb = sqrt(T0 / (50 ns F)) ~ c / sqrt(F). Measured on the dev box (1 thread,
+    n = 60 and 300): for F = 28, cb = 16..64 within 10% (32 best), for F = 1, cb = 110..400 within 5%
+    (32: 1.6x slower, 2000: 2.3x slower); cb = 170 / sqrt(F) gives 32 and 170. The envelopes are then
+    computed for many blocks at once (log_knowledge_gradient has a per-call cost of its own), up to ~2^21
+    numbers per (E + 1, columns) array.
     """
     C, F, E = len(candidates), len(fidelities), len(evaluated)
     s_t, t_t = target
@@ -361,7 +364,7 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     a_P = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))[0]  # (C,) same, at the projections
     fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
-    cb = max(1, int(110 / np.sqrt(F)))  # candidates per cross_covariance call
+    cb = max(1, int(170 / np.sqrt(F)))  # candidates per cross_covariance call
     flush = max(cb * F, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
     out, a_parts, b_parts = [], [], []  # (C F,) log KG in candidate-major order, and the pending columns
     for start in range(0, C, cb):
