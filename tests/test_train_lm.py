@@ -80,12 +80,16 @@ def test_loss_falls(corpus):
 
 
 def test_mixture_counts_match_weights():
-    w = np.array([0.5, 0.3, 0.15, 0.05, 0.0])
-    counts = train_lm.domain_counts(w, batch_size=16, steps=200)                   # (200, 5)
-    assert np.all(counts.sum(1) == 16)
-    cum = np.cumsum(counts, axis=0)                                                  # (200, 5)
-    assert np.all(np.abs(cum - np.outer(np.arange(1, 201) * 16, w)) < 1)             # within one sequence
-    assert counts[:, 4].sum() == 0                                                   # zero weight, no data
+    rng = np.random.default_rng(0)
+    cases = [np.array([0.5, 0.3, 0.15, 0.05, 0.0]), np.array([0.02, 0.0, 0.98])]  # tiny and zero weights
+    cases += [rng.dirichlet(np.full(k, a)) for k, a in ((6, 0.1), (6, 1.0), (3, 5.0), (8, 0.3))]
+    for w in cases:
+        for B in (1, 3, 8):
+            counts = train_lm.domain_counts(w, batch_size=B, steps=100)                # (100, K)
+            assert np.all(counts >= 0) and np.all(counts.sum(1) == B)
+            cum = np.cumsum(counts, axis=0)                                            # (100, K)
+            assert np.all(np.abs(cum - np.outer(np.arange(1, 101) * B, w)) < 1)        # within one sequence
+            assert np.all(counts[:, w == 0] == 0)                                      # zero weight, no data
 
 
 def test_batch_rows_follow_weights_chi_square(corpus):
