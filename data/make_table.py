@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=4, help="first this many mixtures retrained with seed 1")
     ap.add_argument("--seed", type=int, default=0, help="seed of the mixture draws")
     ap.add_argument("--workers", type=int, default=2, help="parallel single-threaded training processes")
-    ap.add_argument("--minutes", type=float, default=56, help="start no run after this many minutes")
+    ap.add_argument("--minutes", type=float, default=42, help="start no run after this many minutes")
     args = ap.parse_args()
     domains, _ = train_lm.load_corpus(args.corpus)
     sizes = args.sizes.split(",")
