@@ -111,7 +111,8 @@ def check_mixture(w, K, what="mixture"):
 
 
 def parse_mixture(text, domains):
-    """'Wikipedia=0.5,Github=0.5' -> weights (K,) in `domains` order (missing domains are 0)."""
+    """'Wikipedia=0.5,Github=0.5' -> weights (K,) in `domains` order (missing domains are 0). Typed
+    weights summing to 1 within 1e-3 (e.g. three times 0.333) are renormalized; beyond that, an error."""
     w = np.zeros(len(domains))
     for part in text.split(","):
         name, sep, value = part.partition("=")
@@ -123,6 +124,8 @@ def parse_mixture(text, domains):
             w[domains.index(name)] = float(value)
         except ValueError:
             raise ValueError(f"--mixture {text!r}: weight of {name} is not a number: {value!r}") from None
+    if abs(w.sum() - 1.0) <= 1e-3 and np.all(w >= 0):
+        w = w / w.sum()
     return tuple(check_mixture(w, len(domains), f"--mixture {text!r}").tolist())
 
 

@@ -64,12 +64,12 @@ def run_cli(*args, timeout=120):
 def test_same_seed_same_ledger_and_budget_respected(tmp_path):
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     a, b, c = (str(tmp_path / f"{x}.jsonl") for x in "abc")
-    ra = mixbo.optimize(obj, "mfkg", 2.0, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 2.0, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 2.0, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
+    ra = mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
     assert strip_wall(read_lines(a)) == strip_wall(read_lines(b))
     assert strip_wall(read_lines(a)) != strip_wall(read_lines(c))
-    assert len(ra.trials) > 5 and ra.spent <= 2.0
+    assert len(ra.trials) > 5 and ra.spent <= 1.5
     assert sum(r["scale"] < 16e6 for r in ra.trials) >= 3        # mfkg's initial design is at cheap scales
     assert ra.recommendation["weights"] is not None and ra.recommendation["sd"] is not None
 
@@ -125,50 +125,60 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
     assert open(torn).read() == before and len(again.trials) == 4
 
 
+def _child(argv):
+    """A forked copy of this process running the CLI (mixbo and torch are imported already, so a kill
+    cycle costs no interpreter start-up); exits with main's code."""
+    os._exit(mixbo.main(argv))
+
+
 def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
     """SIGKILL the loop at random moments >= 10 times, --resume each time: no finished trial is lost or
-    repeated, and the final ledger equals an uninterrupted run's (wall times aside)."""
-    path = write_objective(tmp_path / "obj.py", sleep=0.02)
-    args = ["--objective", path, "--strategy", "mfkg", "--budget", "3", "--seed", "5", "--candidates", "64",
+    repeated, and the final ledger equals an uninterrupted run's (wall times aside). The uninterrupted
+    run is a fresh interpreter (the CLI end to end); the killed ones are forked processes."""
+    import multiprocessing
+    path = write_objective(tmp_path / "obj.py", sleep=0.01)
+    args = ["--objective", path, "--strategy", "mfkg", "--budget", "2", "--seed", "5", "--candidates", "64",
             "--n-init", "3", "--refit-every", "2", "--quiet"]
     ref = str(tmp_path / "ref.jsonl")
     assert run_cli(*args, "--ledger", ref).returncode == 0
     ref_lines = strip_wall(read_lines(ref))
     assert sum(r["kind"] == "trial" for r in ref_lines) >= 8
 
+    fork = multiprocessing.get_context("fork")
     rng = np.random.default_rng(0)
     kills, series, crash = 0, 0, None
     while True:
         if crash is None:                     # a fresh ledger (again, if one finished before 10 kills)
             series += 1
             crash, finished_before = str(tmp_path / f"crash{series}.jsonl"), 0
-        p = subprocess.Popen([sys.executable, "mixbo.py", *args, "--ledger", crash, "--resume"], cwd=REPO, env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = fork.Process(target=_child, args=(args + ["--ledger", crash, "--resume"],))
+        p.start()
         if kills < 10:
-            # wait until the process is running the loop (the ledger changes), then kill it at a random moment
+            # wait until the loop runs (the ledger changes), then kill it at a random moment
             size = lambda: os.path.getsize(crash) if os.path.exists(crash) else -1
             size0 = size()
-            while p.poll() is None and size() == size0:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.3))
-        if p.poll() is None and kills < 10:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+            while p.is_alive() and size() == size0:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.2))
+        if p.is_alive() and kills < 10:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join()
             kills += 1
         else:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err
+            p.join(timeout=300)
+            assert p.exitcode == 0
         lines = strip_wall(read_lines_tolerant(crash))
         trials = [r for r in lines if r["kind"] == "trial"]
         assert [r["trial"] for r in trials] == list(range(len(trials)))        # none repeated
         assert len(trials) >= finished_before                                  # none lost
         assert lines == ref_lines[:len(lines)]                                  # the same as uninterrupted
         finished_before = len(trials)
-        if p.returncode == 0:
+        if p.exitcode == 0:
             assert strip_wall(read_lines(crash)) == ref_lines                   # finished: identical ledgers
             if kills >= 10:
                 break
             crash = None
+    print(f"{kills} kills over {series} ledger(s)")
 
 
 def read_lines_tolerant(path):
@@ -222,7 +232,7 @@ def test_python_entry_point_rejects_bad_settings():
     with pytest.raises(ValueError, match="budget"):
         mixbo.optimize(obj, "random", budget=0, out=None)
     with pytest.raises(ValueError, match="off the simplex"):
-        mixbo.optimize(obj, "random", mixture=((0.5, 0.5, 0.5, 0.0, 0.0),), out=None)
+        mixbo.optimize(obj, "sobol", mixture=((0.5, 0.5, 0.5, 0.0, 0.0),), out=None)
     with pytest.raises(ValueError, match="unknown domain"):
         mixbo.parse_mixture("nope=1", obj.domains)
 
