@@ -176,7 +176,7 @@ def main():
     print(f"| {'what':<78} | {'seconds':>8} | note |")
     print(f"|{'-' * 80}|{'-' * 10}|------|")
     for what, sec, note in rows:
-        print(f"| {what:<78} | {sec:8.3f} | {note} |")
+        print(f"| {what:<78} | {sec:8.4f} | {note} |")
     print(f"whole script {time.perf_counter() - t_all:.0f} s")
 
 
