@@ -763,41 +763,59 @@ def _cost_to_reach(curve, q):
     return next((spent for spent, loss in curve if loss <= q), math.inf)
 
 
-def bench(objective, strategies, seeds=10, budget=Settings.budget, out=print, **settings):
-    """Run every strategy with seeds 0..seeds-1 and score the recommendation after every trial through
-    objective.true_loss -- UNCHARGED: the benchmark peeks at the noise-free target loss, which a real
-    search cannot. Returns a JSON-ready dict (see the README for the fields)."""
+_BENCH_OBJECTIVE = None      # the benchmark's objective, inherited by forked --jobs workers (closures do not pickle)
+
+
+def _bench_run(task):
+    """One (strategy, seed, budget, settings) run of the benchmark: the curve [(spent, true target loss of
+    the recommendation)] after every trial, the share of cost per scale, and the wall time."""
+    s, seed, budget, settings = task
+    objective, curve, t0 = _BENCH_OBJECTIVE, [], time.perf_counter()
+    score = lambda r, rec: curve.append(
+        (r["spent"], float(objective.true_loss(np.asarray(rec["weights"]))) if rec["weights"] is not None else math.inf))
+    res = optimize(objective, s, budget, seed, out=None, on_trial=score, **settings)
+    share = [sum(r["cost"] for r in res.trials if r["scale"] == N) / res.spent for N in objective.scales]
+    return curve, share, time.perf_counter() - t0
+
+
+def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=1, out=print, **settings):
+    """Run every strategy with seeds 0..seeds-1 (in `jobs` forked processes) and score the recommendation
+    after every trial through objective.true_loss -- UNCHARGED: the benchmark peeks at the noise-free
+    target loss, which a real search cannot. Returns a JSON-ready dict (fields in the README)."""
+    global _BENCH_OBJECTIVE
     say = out or (lambda *a, **k: None)
     if objective.true_loss is None:
         raise ValueError(f"--bench needs an objective with a known true loss (a simulator or a table); {objective.name} has none")
     for s in strategies:
-        Settings(strategy=s, budget=budget)                       # unknown strategy -> one-line error before any run
+        Settings(strategy=s, budget=budget, **settings)           # bad settings -> one-line error before any run
+    _BENCH_OBJECTIVE = objective
+    tasks = [(s, seed, budget, settings) for s in strategies for seed in range(seeds)]
+    if jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            runs = pool.map(_bench_run, tasks, chunksize=1)
+    else:
+        runs = [_bench_run(task) for task in tasks]
+    runs = {s: runs[i * seeds:(i + 1) * seeds] for i, s in enumerate(strategies)}
     best = objective.optimum[1] if objective.optimum is not None else None
-    curves, shares, walls = {}, {}, {}
-    for s in strategies:
-        curves[s], shares[s] = [], []
-        t0 = time.perf_counter()
-        for seed in range(seeds):
-            curve = []
-            score = lambda r, rec: curve.append(
-                (r["spent"], float(objective.true_loss(np.asarray(rec["weights"]))) if rec["weights"] is not None else math.inf))
-            res = optimize(objective, s, budget, seed, out=None, on_trial=score, **settings)
-            curves[s].append(curve)
-            shares[s].append([sum(r["cost"] for r in res.trials if r["scale"] == N) / res.spent for N in objective.scales])
-        walls[s] = time.perf_counter() - t0
-        say(f"  {s}: {seeds} seeds in {walls[s]:.1f} s")
-    final = {s: [c[-1][1] if c else math.inf for c in curves[s]] for s in strategies}
+    final = {s: [c[-1][1] if c else math.inf for c, _, _ in runs[s]] for s in strategies}
     refs = {ref: float(np.median(final[ref])) for ref in ("random", "ei") if ref in strategies}
     table = {}
     for s in strategies:
-        row = {"final_true_loss": _quartiles(final[s]), "wall_s": round(walls[s], 2)}
+        curves = [c for c, _, _ in runs[s]]
+        wall = sum(w for _, _, w in runs[s])
+        say(f"  {s}: {seeds} seeds, {wall:.1f} s of runs")
+        row = {"final_true_loss": _quartiles(final[s]), "run_wall_s": round(wall, 2)}
         if best is not None:
             row["final_regret"] = _quartiles([x - best for x in final[s]])
+            # regret of the recommendation when a quarter / half / all of the budget is spent
+            row["regret_at_budget_fraction"] = {f: _quartiles([next((l for c, l in reversed(curve) if c <= f * budget + 1e-12), math.inf) - best
+                                                               for curve in curves]) for f in (0.25, 0.5, 1.0)}
         for ref, q in refs.items():
-            c = _quartiles([_cost_to_reach(curve, q) for curve in curves[s]])
+            c = _quartiles([_cost_to_reach(curve, q) for curve in curves])
             row[f"cost_to_reach_{ref}"] = c
             row[f"speedup_vs_{ref}"] = budget / c[0] if math.isfinite(c[0]) else None
-        mean_share = np.mean(shares[s], axis=0)                    # (scales,) mean over seeds
+        mean_share = np.mean([sh for _, sh, _ in runs[s]], axis=0)    # (scales,) mean over seeds
         row["cost_share_by_scale"] = {fmt_scale(N): float(v) for N, v in zip(objective.scales, mean_share) if v > 0}
         table[s] = row
     return {"objective": objective.name, "budget": budget, "seeds": seeds, "strategies": list(strategies),
@@ -807,20 +825,25 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, out=print, **
 
 
 def print_bench(say, b):
-    q = lambda t, f="{:.4f}": f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]" if math.isfinite(t[0]) else "not reached"
+    """The --bench table: one row per strategy, median [q25, q75] over seeds."""
+    def q(t, f="{:.4f}"):
+        return "not reached" if not math.isfinite(t[0]) else f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
+    refs = list(b["reference_quality"])
     say(f"bench: {b['objective']}, budget {b['budget']:g} target-run equivalents, {b['seeds']} seeds; median [IQR] over seeds")
     say(f"scoring: {b['scoring']}")
     for ref, v in b["reference_quality"].items():
-        say(f"q_{ref} = {ref}'s median true target loss at the budget = {v:.4f}; speed-up vs {ref} = budget / median cost to reach q_{ref}")
-    say(f"{'strategy':<11} {'final regret':<28} " + "".join(f"{'cost to reach q_' + ref:<28} {'x' + ref:>7}  " for ref in b["reference_quality"])
-        + "cost share by scale")
+        say(f"q_{ref} = {ref}'s median true target loss at the budget = {v:.4f}; "
+            f"speed-up vs {ref} = budget / median cost at which the recommendation first reaches <= q_{ref}")
+    say(f"{'strategy':<11} {'final regret':<26} {'regret at 25%/50% budget':<25}"
+        + "".join(f"{'cost to reach q_' + r:<24} {'x' + r:>11}  " for r in refs) + "cost share by scale")
     for s, row in b["results"].items():
         reg = q(row["final_regret"]) if "final_regret" in row else q(row["final_true_loss"])
-        cols = "".join(f"{q(row['cost_to_reach_' + ref], '{:.2f}'):<28} "
-                       f"{(format(row['speedup_vs_' + ref], '.2f') if row['speedup_vs_' + ref] else '-'):>7}  "
-                       for ref in b["reference_quality"])
+        part = row.get("regret_at_budget_fraction", {})
+        early = " / ".join(f"{part[f][0]:.4f}" if math.isfinite(part[f][0]) else "-" for f in (0.25, 0.5)) if part else "-"
+        cols = "".join(f"{q(row['cost_to_reach_' + r], '{:.2f}'):<24} "
+                       f"{format(row['speedup_vs_' + r], '.2f') if row['speedup_vs_' + r] else 'not reached':>11}  " for r in refs)
         share = " ".join(f"{k}:{v:.2f}" for k, v in row["cost_share_by_scale"].items())
-        say(f"{s:<11} {reg:<28} {cols}{share}")
+        say(f"{s:<11} {reg:<26} {early:<25}{cols}{share}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -866,6 +889,7 @@ def build_parser():
     b.add_argument("--bench", action="store_true", help="strategies x seeds, scored through the true loss (uncharged)")
     b.add_argument("--seeds", type=int, default=10, help="--bench: seeds 0..N-1 (default %(default)s)")
     b.add_argument("--json", metavar="PATH", help="--bench: write the table as JSON")
+    b.add_argument("--jobs", type=int, default=1, help="--bench: runs in parallel (forked processes; default %(default)s)")
     return p
 
 
@@ -911,7 +935,7 @@ def main(argv=None):
             if args.seeds < 1:
                 raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
             say(f"mixbo --bench: {', '.join(strategies)} x {args.seeds} seeds on {objective.name}, budget {args.budget:g}")
-            b = bench(objective, strategies, args.seeds, args.budget, out=say, **kw)
+            b = bench(objective, strategies, args.seeds, args.budget, jobs=args.jobs, out=say, **kw)
             b["command"] = "python mixbo.py " + " ".join(sys.argv[1:] if argv is None else argv)
             print_bench(say, b)
             if args.json:
