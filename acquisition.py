@@ -293,15 +293,16 @@ def log_knowledge_gradient(a, b, groups=8):
     B = np.ascontiguousarray(b.T)  # (Z, M) slopes
     keep = _prefilter(A, B)  # (Z, M)
     kept = keep.sum(axis=1)  # (Z,) lines left per column
+    b_min = B.min(axis=1)  # (Z,)
     for cols in np.array_split(np.argsort(kept, kind="stable"), groups):  # columns with similar counts
         if cols.size == 0:
             continue
-        k = keep[cols]  # (Zg, M)
-        width = int(kept[cols].max())
-        rows, lines = np.nonzero(k)  # kept (column, line) pairs, row-major
-        slot = np.cumsum(k, axis=1)[rows, lines] - 1  # position of each kept line in its packed row
+        counts = kept[cols]  # (Zg,)
+        width = int(counts.max())
+        rows, lines = np.nonzero(keep[cols])  # kept (column, line) pairs, row by row
+        slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)  # place in its packed row
         Ap = np.full((cols.size, width), -np.inf)  # (Zg, width) padding: intercept -inf ...
-        Bp = np.repeat(B[cols].min(axis=1, keepdims=True), width, axis=1)  # ... and the row's smallest slope
+        Bp = np.repeat(b_min[cols, None], width, axis=1)  # ... and the row's smallest slope
         Ap[rows, slot] = A[cols[rows], lines]
         Bp[rows, slot] = B[cols[rows], lines]
         out[cols] = _walk(Ap, Bp)
