@@ -324,7 +324,8 @@ def _scheffe_features(W):
 
 def _fit_regression(W, y):
     """Ridge regression of loss on _scheffe_features, the ridge chosen by leave-one-out error
-    (closed form e_i / (1 - H_ii), Hastie et al. ESL eq. 7.52 style) over a grid. Returns coefficients."""
+    (closed form e_i / (1 - H_ii) for linear smoothers, Hastie, Tibshirani & Friedman, ESL 2nd ed.,
+    Sec. 7.10.1) over a grid of ridges. Returns (coefficients, y_mean)."""
     F = _scheffe_features(W)                                               # (n, p)
     y_mean = y.mean()
     best = None
@@ -569,8 +570,14 @@ def read_ledger(path, header, warn=print):
     return trials, recs
 
 
-def default_ledger_path(settings, objective):
-    return os.path.join("runs", f"{objective.name}-{settings.strategy}-seed{settings.seed}.jsonl")
+def default_ledger_path(settings, objective, resume=False):
+    """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the first free
+    runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (a default path never overwrites or refuses)."""
+    base = os.path.join("runs", f"{objective.name}-{settings.strategy}-seed{settings.seed}".replace(os.sep, "_"))
+    path, i = base + ".jsonl", 1
+    while os.path.exists(path) and not resume:
+        path, i = f"{base}-{i}.jsonl", i + 1
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -946,7 +953,7 @@ def main(argv=None):
         if len(strategies) != 1:
             raise ValueError(f"--strategy takes one name unless --bench; got {args.strategy}")
         settings = Settings(strategy=strategies[0], budget=args.budget, seed=args.seed, **kw)
-        ledger = args.ledger or default_ledger_path(settings, objective)
+        ledger = args.ledger or default_ledger_path(settings, objective, args.resume)
         optimize(objective, ledger=ledger, resume=args.resume, out=say, verbose=not args.quiet,
                  progress=args.train, **dataclasses.asdict(settings))
         return 0
