@@ -11,7 +11,8 @@ Benchmark of one mixbo acquisition step beside BoTorch (a script, not a test).
      analytic LogExpectedImprovement on a SingleTaskGP of the same size.
 
 Run from the repository root:  OMP_NUM_THREADS=2 python bench/bench_acquisition.py
-(--quick: smaller BoTorch settings; --no-botorch: mixbo only). Timings are wall-clock, best of --repeat.
+(--no-botorch: mixbo only; --fantasies, --restarts, --raw-samples: BoTorch qKG settings). Wall-clock,
+best of --repeat for mixbo (one run for BoTorch qKG). The machine is shared: note its load beside the table.
 """
 
 import argparse
