@@ -10,7 +10,8 @@ Benchmark of one mixbo acquisition step beside BoTorch (a script, not a test).
   3. log-EI over 10,000 points at n = 500: mixbo's (gp.predict + log_expected_improvement) beside BoTorch's
      analytic LogExpectedImprovement on a SingleTaskGP of the same size.
 
-Run from the repository root:  OMP_NUM_THREADS=2 python bench/bench_acquisition.py
+Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.py --repeat 3
+(1 thread on a shared box: 2 torch threads on 2 busy cores oversubscribe them and run many times slower)
 (--no-botorch: mixbo only; --fantasies, --restarts, --raw-samples: BoTorch qKG settings). Wall-clock,
 best of --repeat for mixbo (one run for BoTorch qKG). The machine is shared: note its load beside the table.
 """
