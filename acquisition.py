@@ -14,7 +14,8 @@ finite candidate sets of mixtures, so every quantity is computed exactly (no inn
    the Bandit Setting"; beta multiplies the variance, as in BoTorch's UpperConfidenceBound).
 4. knowledge_gradient / log_knowledge_gradient: the exact knowledge gradient over a finite set of lines
    (Frazier, Powell & Dayanik 2009, "The Knowledge-Gradient Policy for Correlated Normal Beliefs", INFORMS
-   J. Comput. 21(4), Alg. 1 and the closed form of h computed from it), vectorized over thousands of candidate measurements at once.
+   J. Comput. 21(4), Alg. 1 and the closed form of h computed from it), vectorized over thousands of
+   candidate measurements at once.
 5. choose_next: the decision of one BO step for the strategies 'mfkg' (cost-normalized multi-fidelity KG
    over mixture x scale x steps: Poloczek, Wang & Frazier 2017 "misoKG"; Wu et al. 2019 "taKG"), 'kg', 'ei'
    and 'ucb' (target fidelity only). recommend: argmin of the posterior mean at the target.
@@ -40,7 +41,8 @@ _HALF_LOG_PI_OVER_2 = 0.5 * np.log(np.pi / 2.0)
 def _dirichlet(rng, alpha):
     """Dirichlet draws, one per row of alpha (n, K) -> (n, K), exact for tiny alpha.
 
-    Marsaglia & Tsang (2000), "A simple method for generating gamma variables", the case alpha < 1: if G ~ Gamma(alpha + 1) and U ~ U(0,1) then G * U^(1/alpha) ~ Gamma(alpha).
+    Marsaglia & Tsang (2000), "A simple method for generating gamma variables", the case alpha < 1:
+    if G ~ Gamma(alpha + 1) and U ~ U(0,1) then G * U^(1/alpha) ~ Gamma(alpha).
     Working with log G avoids the underflow of Gamma(alpha) to exactly 0 for small alpha (a row of zeros would
     give 0/0); the Dirichlet is the normalized gamma vector, i.e. a softmax of the log-gammas.
     """
@@ -192,7 +194,8 @@ def srinivas_beta(n_candidates, t, delta=0.1):
     n_candidates = |D|, t >= 1 the iteration number; with probability >= 1 - delta the regret bound holds.
     """
     if n_candidates < 1 or t < 1 or not 0.0 < delta < 1.0:
-        raise ValueError(f"srinivas_beta needs n_candidates >= 1, t >= 1, 0 < delta < 1; got {n_candidates}, {t}, {delta}")
+        raise ValueError(f"srinivas_beta needs n_candidates >= 1, t >= 1, 0 < delta < 1; "
+                         f"got {n_candidates}, {t}, {delta}")
     return 2.0 * np.log(n_candidates * t * t * np.pi ** 2 / (6.0 * delta))
 
 
@@ -310,7 +313,8 @@ def log_knowledge_gradient(a, b, groups=8):
 
 
 def knowledge_gradient(a, b):
-    """Exact knowledge gradient for minimization, exp(log_knowledge_gradient(a, b)) >= 0. (M,) or (M, Z), (M, Z) -> (Z,)."""
+    """Exact knowledge gradient for minimization, exp(log_knowledge_gradient(a, b)) >= 0.
+    a (M,) or (M, Z), b (M, Z) -> (Z,)."""
     return np.exp(log_knowledge_gradient(a, b))
 
 

@@ -174,7 +174,8 @@ def main():
         rows.append((f"BoTorch LogExpectedImprovement, {args.ei_points} points, n={args.n_ei}", t_blei,
                      "posterior + log-EI, caches warm"))
 
-    print(f"torch threads {sys.modules['torch'].get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, best of {args.repeat}")
+    threads = sys.modules["torch"].get_num_threads()
+    print(f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, best of {args.repeat}")
     print(f"| {'what':<78} | {'seconds':>8} | note |")
     print(f"|{'-' * 80}|{'-' * 10}|------|")
     for what, sec, note in rows:
