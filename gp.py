@@ -55,7 +55,8 @@ def _unit_log(v, lo, hi, name):
     """(log v - log lo) / (log hi - log lo), or 0 when hi == lo."""
     v = np.asarray(v, dtype=np.float64)
     if not np.all(np.isfinite(v)) or np.any(v <= 0) or lo <= 0 or hi < lo:
-        raise ValueError(f"encode: {name} values and bounds must be finite and > 0 with min <= max; got bounds ({lo}, {hi})")
+        raise ValueError(f"encode: {name} values and bounds must be finite and > 0 with min <= max; "
+                         f"got bounds ({lo}, {hi})")
     if hi == lo:
         return np.zeros_like(v)
     return (np.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
@@ -241,7 +242,8 @@ def _basis(P, X, K):
 def _prior_var(cfg, P, X, K):
     """k(x, x) (m,): every stationary factor is 1 at tau = 0, so the sum of amplitudes, plus the
     scaling-law term s_beta^2 |h(x)|^2."""
-    v = (P["amplitude"] + (P["fid_amplitude"] if cfg.structure == "additive" else 0.0)) * torch.ones(X.shape[0], dtype=DTYPE)
+    amplitudes = P["amplitude"] + (P["fid_amplitude"] if cfg.structure == "additive" else 0.0)
+    v = amplitudes * torch.ones(X.shape[0], dtype=DTYPE)
     if cfg.mean == "scaling_law":
         v = v + P["mean_amplitude"] * (_basis(P, X, K) ** 2).sum(1)
     return v
@@ -404,7 +406,7 @@ def _objective(theta_np, cfg, specs, X, y, K, B):
     lml, L, alpha, _, Kf = terms
     G = 0.5 * (torch.outer(alpha, alpha) - torch.cholesky_inverse(L))                   # (n, n) eq. 5.9
     log_prior = _log_prior(P, specs, cfg)
-    surrogate = ((G * Kf).sum() + P["noise"] * G.diagonal().sum()                       # d(K + sigma^2 I) = dK_f + dsigma^2 I
+    surrogate = ((G * Kf).sum() + P["noise"] * G.diagonal().sum()                       # dK_f + dsigma^2 I
                  + log_prior)                                                           # gradient = that of lml + log p
     if cfg.run_noise:
         surrogate = surrogate + P["run_noise"] * (G * B).sum()                          # d sigma_run^2 B
@@ -439,13 +441,15 @@ class GP:
 def _check_inputs(X, n_weights, what):
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != n_weights + 2:
-        raise ValueError(f"{what} must have shape (n, n_weights + 2) = (n, {n_weights + 2}) as built by gp.encode; got {X.shape}")
+        raise ValueError(f"{what} must have shape (n, n_weights + 2) = (n, {n_weights + 2}) as built by gp.encode; "
+                         f"got {X.shape}")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{what} contains NaN or inf; drop or repair those rows before fitting/predicting")
     w = X[:, :n_weights]
     if np.any(w < -1e-9) or np.any(np.abs(w.sum(1) - 1.0) > 1e-6):
         bad = int(np.flatnonzero((w < -1e-9).any(1) | (np.abs(w.sum(1) - 1.0) > 1e-6))[0])
-        raise ValueError(f"{what} row {bad}: the first {n_weights} columns (mixture weights) must be >= 0 and sum to 1; renormalize with w / w.sum()")
+        raise ValueError(f"{what} row {bad}: the first {n_weights} columns (mixture weights) must be >= 0 and sum "
+                         f"to 1; renormalize with w / w.sum()")
     return X
 
 
@@ -473,7 +477,8 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
     if structure == "joint" and kernel_w not in ("rbf", "matern52"):
         raise ValueError("structure='joint' needs kernel_w 'rbf' or 'matern52'")
     if kernel_N.startswith("sm") or kernel_T.startswith("sm"):
-        raise ValueError("spectral mixture kernels are offered on the weights only: set kernel_N, kernel_T to 'rbf' or 'matern52'")
+        raise ValueError("spectral mixture kernels are offered on the weights only: "
+                         "set kernel_N, kernel_T to 'rbf' or 'matern52'")
     X = _check_inputs(X, n_weights, "X")
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (X.shape[0],):
@@ -518,7 +523,8 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
             P["noise"] = torch.clamp(P["noise"], min=100 * NOISE_FLOOR)
             terms = _lml_terms(cfg, P, Xt, ys, K, B)
         if terms is None:
-            raise ValueError("the kernel matrix is not positive definite even with jitter; increase the 'noise' hyperparameter")
+            raise ValueError("the kernel matrix is not positive definite even with jitter; "
+                             "increase the 'noise' hyperparameter")
     lml, L, alpha, jitter, _ = terms
     run_var = float(P["run_noise"]) if run_noise else 0.0
     hyp = {k: v.numpy().copy() if v.ndim else float(v) for k, v in P.items()}

@@ -75,8 +75,10 @@ def main():
         sk, t_sk = timed(lambda: GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True, random_state=0,
                                                           n_restarts_optimizer=args.restarts - 1).fit(X, y))
         _, p_sk = timed(lambda: sk.predict(Xs, return_std=True))
-        print(f"{n:>5} {'sklearn':<14} {t_sk:>8.3f} {sk.log_marginal_likelihood_value_ / n:>9.4f} {p_sk:>15.3f} {1.0:>15.2f}")
-        for name, opts in [("mixbo joint", dict(structure="joint", mean="constant", priors=False, run_noise=False)), ("mixbo default", {})]:
+        sk_mll = sk.log_marginal_likelihood_value_ / n
+        print(f"{n:>5} {'sklearn':<14} {t_sk:>8.3f} {sk_mll:>9.4f} {p_sk:>15.3f} {1.0:>15.2f}")
+        joint = dict(structure="joint", mean="constant", priors=False, run_noise=False)   # sklearn's model
+        for name, opts in [("mixbo joint", joint), ("mixbo default", {})]:
             g, t = timed(lambda: gp.fit_gp(X, y, K, restarts=args.restarts, seed=0, **opts))
             _, p = timed(lambda: gp.predict(g, Xs))
             print(f"{n:>5} {name:<14} {t:>8.3f} {g.log_marginal_likelihood / n:>9.4f} {p:>15.3f} {t / t_sk:>15.2f}")
@@ -94,7 +96,8 @@ def main():
     best = lambda fn: min(timed(fn)[1] for _ in range(10))
     t59 = best(lambda: gp._objective(theta, cfg, specs, Xt, ys, K, None))
     tac = best(lambda: autograd_through_cholesky(theta, cfg, specs, Xt, ys))
-    print(f"gradient, n=500 (best of 10): eq. 5.9 as in gp.py {1e3 * t59:.1f} ms, autograd through Cholesky {1e3 * tac:.1f} ms")
+    print(f"gradient, n=500 (best of 10): eq. 5.9 as in gp.py {1e3 * t59:.1f} ms, "
+          f"autograd through Cholesky {1e3 * tac:.1f} ms")
 
 
 if __name__ == "__main__":

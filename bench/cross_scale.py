@@ -131,7 +131,8 @@ def main():
     ap.add_argument("--target-runs", type=int, default=2)
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="independent splits (seeds seed, seed+1, ...); means printed")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="independent splits (seeds seed, seed+1, ...); means printed")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
     obj = simulate.load_table(args.table) if args.table else simulate.make_benchmark(args.benchmark)
