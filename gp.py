@@ -464,7 +464,8 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
     observation comes from (for run_noise); None: rows with the same weights and scale are one run.
 
     Defaults, chosen by bench/cross_scale.py (simulate.py's benchmarks; fit on 48 mixtures at the two
-    smallest scales plus 2 target runs, predicting 46 held-back target runs; means over 3 splits):
+    smallest scales plus 2 target runs, predicting 46 held-back target runs; means over 5 splits of
+    "default", 3 of "sparse" and "shift"):
       structure="product", mean="scaling_law": k = s_beta^2 h(x)^T h(x') + s^2 k_w k_N k_T, i.e. the shared
       scale/steps effect (the Chinchilla basis) and the mixture effect have their own amplitudes. Spearman
       on "default" 0.899 vs 0.869 for the plain product kernel (5 splits; ceiling 0.930), "sparse" 0.934 vs
@@ -503,6 +504,10 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
     specs = _specs(cfg, d, K)
 
     if hyperparameters is not None:
+        missing = [name for name, *_ in specs if name not in hyperparameters]
+        if missing:
+            raise ValueError(f"hyperparameters lack {missing}; pass GP.hyperparameters of a fit with the same "
+                             f"model options")
         theta = _pack(hyperparameters, specs)
     else:
         rng = np.random.default_rng(seed)

@@ -280,6 +280,8 @@ def test_bad_input_raises_one_line():
         gp.predict(g, Xo)
     with pytest.raises(ValueError):
         gp.fit_gp(X, y, K, structure="nope")
+    with pytest.raises(ValueError):
+        gp.fit_gp(X, y, K, hyperparameters={"noise": 0.1})
 
 
 def test_encode():
