@@ -353,40 +353,32 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     candidate's own projection (w_c, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP), so
         a = [mu_n(A_E); mu_n(p_c)]                                            (E + 1,)
         b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, sigma-tilde)
-    Candidates go through gp.cross_covariance in blocks of cb candidates x all F fidelities, each block one
-    (E + cb, cb F) matrix: rows A_E and the block's cb projections, of which each column needs only its own.
-    The C / cb calls each have a fixed cost T0 (at least ~0.6 ms; it grows with the solve for A's rows) and
-    the projection rows add cb x cb F kernel entries per block (~50 ns each), so the total C T0 / cb +
-    C F cb 50 ns is smallest near cb = sqrt(T0 / (50 ns F)) ~ c / sqrt(F). Measured on the dev box (1 thread,
-    n = 60 and 300): for F = 28, cb = 16..64 within 10% (32 best), for F = 1, cb = 110..400 within 5%
-    (32: 1.6x slower, 2000: 2.3x slower); cb = 170 / sqrt(F) gives 32 and 170. The envelopes are then
-    computed for many blocks at once (log_knowledge_gradient has a per-call cost of its own), up to ~2^21
-    numbers per (E + 1, columns) array.
+    All C F measurements form one grid (mixtures x fidelities), so gp.cross_covariance_grid gives every
+    Sigma_n at once, each projection paired with its own mixture's F columns only. The envelopes are computed
+    ~2^21 numbers per (E + 1, columns) array at a time (log_knowledge_gradient has a per-call cost of its own;
+    its columns are independent, so the split changes nothing). a and b are built measurement-major, (C F, E + 1),
+    and passed transposed: log_knowledge_gradient works on rows per measurement, so it needs no copy.
     """
     C, F, E = len(candidates), len(fidelities), len(evaluated)
     s_t, t_t = target
-    a_E = gp.predict(model, gp.encode(evaluated, s_t, t_t, bounds))[0]  # (E,) posterior mean at the target
-    a_P = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))[0]  # (C,) same, at the projections
+    XA = gp.encode(evaluated, s_t, t_t, bounds)  # (E, K + 2) A_E at the target
+    XP = gp.encode(candidates, s_t, t_t, bounds)  # (C, K + 2) the projections p_c
+    a_E = gp.predict(model, XA)[0]  # (E,) posterior mean at the target
+    a_P = gp.predict(model, XP)[0]  # (C,) same, at the projections
     fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
-    cb = max(1, int(170 / np.sqrt(F)))  # candidates per cross_covariance call
-    flush = max(cb * F, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
-    out, a_parts, b_parts = [], [], []  # (C F,) log KG in candidate-major order, and the pending columns
-    for start in range(0, C, cb):
-        Wb = candidates[start:start + cb]  # (m, K), m <= cb candidates of this block
-        m = len(Wb)
-        XA = gp.encode(np.concatenate([evaluated, Wb]), s_t, t_t, bounds)  # (E + m, K + 2)
-        XZ = gp.encode(np.repeat(Wb, F, axis=0), np.tile(fid_scale, m), np.tile(fid_steps, m), bounds)  # (m F, K+2)
-        cov, var = gp.cross_covariance(model, XA, XZ)  # (E + m, m F), (m F,) posterior, loss units
-        own = E + np.repeat(np.arange(m), F)  # (m F,) the row of each column's own projection
-        sd_y = np.sqrt(var + model.noise_variance)  # (m F,) sd of the observation y at z (a new run's noise)
-        b_parts.append(np.concatenate([cov[:E], cov[own, np.arange(m * F)][None, :]]) / sd_y)  # (E + 1, m F)
-        a_parts.append(a_P[start:start + m].repeat(F))  # (m F,) the last line's intercept; A_E's are shared
-        if sum(len(p) for p in a_parts) >= flush or start + cb >= C:
-            a_last = np.concatenate(a_parts)  # (Zc,)
-            a = np.concatenate([np.broadcast_to(a_E[:, None], (E, len(a_last))), a_last[None, :]])  # (E + 1, Zc)
-            out.append(log_knowledge_gradient(a, np.concatenate(b_parts, axis=1)))  # (Zc,)
-            a_parts, b_parts = [], []
+    U = gp.encode(candidates[:1].repeat(F, axis=0), fid_scale, fid_steps, bounds)[:, -2:]  # (F, 2) [u_N, u_T]
+    cov, own, var = gp.cross_covariance_grid(model, XA, candidates, U, XP[0, -2:])  # (C, F, E), (C, F), (C, F)
+    # a candidate that was evaluated has its projection in A_E already: copy that line so the two are equal
+    # bit for bit (own and cov are summed in different orders; a 1e-17 difference in slope would give a
+    # spurious KG of ~1e-17 where the exact value is 0, and choose_next's all-zero fallback would not fire)
+    c_dup, e_dup = np.nonzero((candidates[:, None, :] == evaluated[None, :, :]).all(axis=2))  # (D,), (D,)
+    own[c_dup] = cov[c_dup, :, e_dup]
+    sd_y = np.sqrt(var + model.noise_variance).reshape(C * F, 1)  # sd of the observation y at z (a new run's noise)
+    b = (np.concatenate([cov.reshape(C * F, E), own.reshape(C * F, 1)], axis=1) / sd_y).T  # (E + 1, C F) view
+    a = np.concatenate([np.broadcast_to(a_E, (C * F, E)), a_P.repeat(F)[:, None]], axis=1).T  # (E + 1, C F) view
+    flush = max(1, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
+    out = [log_knowledge_gradient(a[:, s:s + flush], b[:, s:s + flush]) for s in range(0, C * F, flush)]
     return np.concatenate(out).reshape(C, F)
 
 

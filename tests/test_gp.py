@@ -185,6 +185,29 @@ def test_cross_covariance_equals_full_covariance_and_units():
     assert abs(g.noise_variance - 100.0 * g1.noise_variance) < 1e-10 * g.noise_variance
 
 
+@pytest.mark.parametrize("opts", MODELS)
+@pytest.mark.parametrize("block", [1, 1024])   # one mixture per block; all in one block
+def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
+    """The grid form (kernel factors per mixture and per fidelity, paired projection rows) against
+    cross_covariance on the same M F full rows z_mf = [w_m, u_f], mixture-major, to 1e-10."""
+    X, y = make_data(40)
+    g = gp.fit_gp(X, 3.0 + 10.0 * y, K, restarts=1, maxiter=15, **opts)
+    rng = np.random.default_rng(7)
+    W = np.vstack([np.eye(K)[:1], rng.dirichlet(np.full(K, 0.3), 4)])          # (M, K) = (5, K), a vertex first
+    U = rng.uniform(size=(3, 2))                                                 # (F, 2) [u_N, u_T]
+    XA = make_data(4, seed=8)[0]                                                 # (|A|, d)
+    XP = np.column_stack([W, np.ones((5, 2))])                                   # (M, d) each mixture at u = (1, 1)
+    M, F = len(W), len(U)
+    Z = np.column_stack([W.repeat(F, axis=0), np.tile(U, (M, 1))])              # (M F, d) mixture-major
+    cov_plain, var_plain = gp.cross_covariance(g, np.vstack([XA, XP]), Z)       # (|A| + M, M F), (M F,)
+    cov, own, var = gp.cross_covariance_grid(g, XA, W, U, XP[0, -2:], block=block)      # (M, F, |A|), (M, F), (M, F)
+    tol = 1e-10 * np.abs(cov_plain).max()
+    np.testing.assert_allclose(cov, cov_plain[:4].T.reshape(M, F, 4), rtol=0, atol=tol)
+    np.testing.assert_allclose(own, cov_plain[4 + np.arange(M).repeat(F), np.arange(M * F)].reshape(M, F), rtol=0,
+                               atol=tol)
+    np.testing.assert_allclose(var, var_plain.reshape(M, F), rtol=0, atol=tol)
+
+
 def test_scaling_law_mean_equals_explicit_basis_formulas():
     """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + s_beta^2 h h^T."""
     X, y = make_data(30)
