@@ -382,6 +382,33 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     return np.concatenate(out).reshape(C, F)
 
 
+def _allowed(candidates, fidelities, available):
+    """(C, F) bool: available(w, scale, steps) at every candidate x fidelity (all True without `available`)."""
+    if available is None:
+        return np.ones((len(candidates), len(fidelities)), dtype=bool)
+    allowed = np.array([[bool(available(w, s, t)) for s, t in fidelities] for w in candidates])  # (C, F)
+    if not allowed.any():
+        raise ValueError("available(...) rejects every candidate at every fidelity: nothing can be run")
+    return allowed
+
+
+def _argmax_allowed(score, candidates, fidelities, available):
+    """(c, f) of the largest finite score (C, F) at a pair that available(...) allows, ties to the first pair in
+    row-major order (as np.argmax over the allowed pairs); None if there is none. available is a Python call
+    per pair (mixbo's: a budget check, plus a lookup for tables; calling it on every pair took 1.7 s over 21,605
+    calls in a profiled `python mixbo.py --sim`), so the pairs are tried from the best score down (a stable sort
+    keeps ties in row-major order) and the first allowed one ends the search: usually a few calls, never more
+    than one per pair."""
+    order = np.argsort(-score, axis=None, kind="stable")  # (C F,) flat indices, best first
+    for i in order:
+        c, f = divmod(int(i), score.shape[1])
+        if not np.isfinite(score[c, f]):  # -inf from here on
+            return None
+        if available is None or available(candidates[c], *fidelities[f]):
+            return c, f
+    return None
+
+
 def choose_next(strategy, model, candidates, evaluated, scales, steps, target, bounds, cost=None,
                 fixed_cost=0.0, beta=None, available=None):
     """The next run: which mixture, at which scale, for how many steps. Returns a Decision.
@@ -401,7 +428,8 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
     beta        'ucb' only: None -> the Srinivas et al. 2010 schedule srinivas_beta(C, t), t = number of
                 distinct evaluated mixtures + 1, delta = 0.1; a float -> that fixed beta.
     available   optional available(weights, scale, steps) -> bool; pairs it rejects are never chosen
-                (table replay: only rows of the table can be run).
+                (table replay: only rows of the table can be run). Called from the best score down until a
+                pair is allowed (on every pair only when none with a finite score is).
 
     How 'mfkg' avoids getting stuck at the cheapest fidelity (facebook/Ax#475, notes section 3.7):
       * KG is the value of a measurement for the posterior mean AT THE TARGET (A holds only target-fidelity
@@ -431,21 +459,19 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
     run_cost = np.array([(cost(s, t) if cost is not None else 1.0) + fixed_cost for s, t in fidelities])  # (F,)
     if not np.all(np.isfinite(run_cost)) or np.any(run_cost <= 0):
         raise ValueError(f"cost(scale, steps) + fixed_cost must be finite and > 0 at every fidelity, got {run_cost}")
-    allowed = np.ones((len(candidates), len(fidelities)), dtype=bool)  # (C, F)
-    if available is not None:
-        allowed = np.array([[bool(available(w, s, t)) for s, t in fidelities] for w in candidates])
-        if not allowed.any():
-            raise ValueError("available(...) rejects every candidate at every fidelity: nothing can be run")
 
     kg = None
     if strategy in ("mfkg", "kg"):
         log_kg = _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds)  # (C, F)
-        score = np.where(allowed, log_kg - np.log(run_cost)[None, :], -np.inf)  # (C, F) log(KG / cost)
-        if np.isfinite(score).any():
-            c, f = np.unravel_index(np.argmax(score), score.shape)
+        score = log_kg - np.log(run_cost)[None, :]  # (C, F) log(KG / cost)
+        pick = _argmax_allowed(score, candidates, fidelities, available)
+        if pick is not None:
+            c, f = pick
             kg = float(np.exp(log_kg[c, f]))
-        else:  # every KG is 0: explore where the target is most uncertain, at the target if it is allowed,
-            # else at the most expensive allowed fidelity
+        else:  # every allowed KG is 0: explore where the target is most uncertain, at the target if it is
+            # allowed, else at the most expensive allowed fidelity
+            allowed = _allowed(candidates, fidelities, available)  # (C, F)
+            score = np.where(allowed, score, -np.inf)
             prefer = sorted(range(len(fidelities)), key=lambda g: (fidelities[g] != (s_t, t_t), -run_cost[g]))
             f = next(g for g in prefer if allowed[:, g].any())
             _, var = gp.predict(model, gp.encode(candidates, s_t, t_t, bounds))  # (C,) at the target
@@ -461,8 +487,10 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
         else:
             b = srinivas_beta(len(candidates), len(evaluated) + 1) if beta is None else float(beta)
             score = -lower_confidence_bound(mean, sd, b)  # (C,) maximize -LCB
-        score = np.where(allowed[:, 0], score, -np.inf)
-        c, f = int(np.argmax(score)), 0
+        pick = _argmax_allowed(score[:, None], candidates, fidelities, available)
+        if pick is None:  # no allowed finite score: argmax of the score masked by every pair's availability
+            score = np.where(_allowed(candidates, fidelities, available)[:, 0], score, -np.inf)
+        c, f = (int(np.argmax(score)), 0) if pick is None else pick
         value = float(score[c])
     s, t = fidelities[f]
     return Decision(weights=candidates[c].copy(), scale=float(s), steps=int(t), strategy=strategy,

@@ -326,6 +326,42 @@ def test_choose_next_strategies_and_recommend():
         acq.choose_next("mfkg", model, cand, W, scales, steps, target, bounds)
 
 
+@pytest.mark.parametrize("strategy", ["mfkg", "kg", "ei", "ucb"])
+def test_available_searched_from_the_best_equals_masking_every_pair(strategy):
+    """choose_next calls `available` from the best score down; oracle: mask the score with available() at every
+    pair, argmax (ties to the first pair in row-major order, checked on an all-equal score)."""
+    model, W, scales, steps, bounds, X, y = _gp_problem(seed=1)
+    target = (scales[-1], steps[-1])
+    cand = acq.simplex_candidates(3, 100, 5, incumbents=W[:1])
+    fids = [(s, t) for s in scales for t in steps] if strategy == "mfkg" else [target]
+    cost = lambda s, t: s * t / (scales[-1] * steps[-1])
+    rejected = {i for i in range(len(cand)) if i % 3 != 1}  # 2 of every 3 candidates at every fidelity
+    calls = []
+
+    def available(w, s, t):
+        calls.append(1)
+        i = int(np.flatnonzero((cand == w).all(axis=1))[0])
+        return i not in rejected or (s, t) == fids[-1] and i % 2 == 0  # some rejected rows allowed at one fidelity
+
+    mask = np.array([[available(w, s, t) for s, t in fids] for w in cand])  # (C, F) every pair
+    calls.clear()
+    if strategy in ("mfkg", "kg"):
+        score = acq._log_kg_grid(model, cand, W, fids, target, bounds) - np.log([cost(*f) for f in fids])
+    else:
+        mean, var = gp.predict(model, gp.encode(cand, *target, bounds))
+        best = gp.predict(model, gp.encode(W, *target, bounds))[0].min()
+        score = (acq.log_expected_improvement(mean, np.sqrt(var), best) if strategy == "ei"
+                 else -acq.lower_confidence_bound(mean, np.sqrt(var), 4.0))[:, None]
+    c, f = np.unravel_index(np.argmax(np.where(mask, score, -np.inf)), score.shape)
+    d = acq.choose_next(strategy, model, cand, W, scales, steps, target, bounds, cost=cost, beta=4.0,
+                        available=available)
+    assert (d.index, d.scale, d.steps) == (c, *fids[f]) and d.value == score[c, f]
+    assert 1 <= len(calls) < mask.size  # stopped at the first allowed pair
+    # ties: equal scores everywhere, the first allowed pair in row-major order wins, as argmax over the mask
+    tied = acq._argmax_allowed(np.zeros_like(score), cand, fids, available)
+    assert tied == np.unravel_index(np.argmax(mask), mask.shape)
+
+
 def test_mfkg_runs_at_the_target_when_no_measurement_is_informative():
     # one candidate equal to the only evaluated mixture: both lines of A coincide, so every KG is exactly 0
     model, W, scales, steps, bounds = _two_fidelity_gp(1e5)
