@@ -61,7 +61,8 @@ def bench(size, block_size, batch_size, device, steps, warmup, compile_):
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return train_lm.non_embedding_params(model), train_lm.flops_per_token(model), steps * batch_size * block_size / dt, dt / steps
+    tokens_per_s = steps * batch_size * block_size / dt
+    return train_lm.non_embedding_params(model), train_lm.flops_per_token(model), tokens_per_s, dt / steps
 
 
 def main():
@@ -83,13 +84,17 @@ def main():
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
         if not peak:
             raise SystemExit(f"bench_train: error: no bf16 peak known for {name}; pass --peak-tflops")
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    cuda = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {where}; T={args.block_size}, B={args.batch_size}, {args.steps} timed steps after {args.warmup}")
     print(f"{'size':>6} {'N non-emb':>11} {'ms/step':>9} {'tokens/s':>11} " + ("MFU" if peak else "idle-box reference"))
     for size in args.sizes.split(","):
         n, fpt, tps, sec = bench(size, args.block_size, args.batch_size, args.device, args.steps, args.warmup,
                                  not args.no_compile)
-        extra = f"{100 * fpt * tps / (peak * 1e12):.1f}%" if peak else (f"{CPU_REFERENCE[size]:,.0f}" if size in CPU_REFERENCE else "-")
+        if peak:
+            extra = f"{100 * fpt * tps / (peak * 1e12):.1f}%"                   # MFU
+        else:
+            extra = f"{CPU_REFERENCE[size]:,.0f}" if size in CPU_REFERENCE else "-"
         print(f"{size:>6} {n:>11,} {1000 * sec:>9.1f} {tps:>11,.0f} {extra}", flush=True)
 
 

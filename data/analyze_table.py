@@ -24,7 +24,8 @@ def read(path, seed):
     out = {}
     for r in csv.DictReader(open(path)):
         if int(r.get("seed", 0)) == seed:
-            out[r["run"], float(r["scale"]), int(r["steps"])] = {k: (v if k == "run" else float(v)) for k, v in r.items()}
+            key = (r["run"], float(r["scale"]), int(r["steps"]))
+            out[key] = {k: (v if k == "run" else float(v)) for k, v in r.items()}
     return out
 
 
@@ -41,7 +42,8 @@ def main(path):
           f"{[len(runs_at[s]) for s in scales]}, seed-1 repeats {len({r for r, _, _ in rep})}")
 
     print("\n## spread across mixtures vs seed noise (loss, nats/byte)")
-    print(f"{'scale':>8} {'steps':>6} {'n':>3} {'mean':>7} {'sd':>7} {'range':>7} {'seed sd':>8} {'pairs':>5} {'sd/seed':>8}")
+    print(f"{'scale':>8} {'steps':>6} {'n':>3} {'mean':>7} {'sd':>7} {'range':>7} {'seed sd':>8} {'pairs':>5} "
+          f"{'sd/seed':>8}")
     noise = {}
     for s in scales:
         for t in steps:
