@@ -239,15 +239,38 @@ def test_python_entry_point_rejects_bad_settings():
 
 def test_bench_tiny_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    p = run_cli("--sim", "--bench", "--strategy", "random,ei,sobol", "--seeds", "2", "--budget", "3",
+    p = run_cli("--sim", "--bench", "--strategy", "random,ei,sobol", "--seeds", "2", "--budget", "2",
                 "--candidates", "64", "--json", str(out))
     assert p.returncode == 0, p.stderr
     assert "uncharged" in p.stdout and "speed-up" in p.stdout
     b = json.loads(out.read_text())
-    assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 3
+    assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 2
     for s, row in b["results"].items():
         for key in ("final_regret", "final_true_loss", "cost_to_reach_random", "speedup_vs_random",
                     "cost_to_reach_ei", "speedup_vs_ei", "cost_share_by_scale"):
             assert key in row, (s, key)
         assert row["final_regret"][0] >= 0
         assert sum(row["cost_share_by_scale"].values()) == pytest.approx(1.0)
+
+
+def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
+    """On a run table every strategy may only ask for (mixture, scale, steps) rows the table holds."""
+    rows = ["run,w_a,w_b,scale,tokens,steps,loss"]
+    mixtures = [(0.1, 0.9), (0.3, 0.7), (0.5, 0.5), (0.7, 0.3), (0.9, 0.1)]
+    for i, (a, b) in enumerate(mixtures):
+        for scale in (1e6, 4e6):
+            for steps in (100, 200):
+                if scale == 4e6 and i == 4:
+                    continue                                  # mixture 4 was never run at the target scale
+                loss = 3.0 + 2e3 / scale ** 0.5 + 3.0 / steps ** 0.5 + (a - 0.3 - 0.05 * (scale == 4e6)) ** 2
+                rows.append(f"m{i},{a},{b},{scale},{steps * 1000},{steps},{loss}")
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join(rows) + "\n")
+    obj = simulate.load_table(str(path))
+    for strategy in ("mfkg", "random", "hyperband", "regression", "sobol"):
+        res = mixbo.optimize(obj, strategy, 3.0, seed=0, out=None, **CHEAP)
+        assert res.trials and res.spent <= 3.0
+        for r in res.trials:
+            assert obj.available(np.array(r["weights"]), r["scale"], r["steps"]), (strategy, r)
+            assert r["status"] == "ok", (strategy, r)
+        assert tuple(res.recommendation["weights"]) in {tuple(map(float, w)) for w in obj.candidates}
