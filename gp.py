@@ -16,7 +16,8 @@ What is in this file, in order:
   5. marginal likelihood         R&W Alg. 2.1 / eq. 2.30 with escalating jitter; exact gradient by eq. 5.9,
                                  the kernel's derivatives by torch autograd in float64.
   6. fit_gp                      MAP hyperparameters by scipy L-BFGS-B, seeded restarts, best kept.
-  7. predict, cross_covariance   the posterior (R&W eq. 2.23-2.24), in ORIGINAL y units.
+  7. predict, cross_covariance   the posterior (R&W eq. 2.23-2.24), in ORIGINAL y units; cross_covariance_grid
+                                 for mixtures x fidelities (the knowledge gradient's), kernel factored per group.
 
 References
   [RW] C. E. Rasmussen & C. K. I. Williams, Gaussian Processes for Machine Learning, MIT Press 2006.

@@ -9,7 +9,9 @@ Models:
   mixbo joint      the same kernel, the same objective (priors=False): structure="joint"
   mixbo default    gp.fit_gp's defaults (what mixbo.py uses), MAP with the LogNormal priors
 Then the gradient's cost: one objective + gradient evaluation at n = 500, by R&W eq. 5.9 as gp.py does it,
-and by autograd through the Cholesky (the alternative, transcribed here only to be timed).
+and by autograd through the Cholesky (the alternative, transcribed here only to be timed). Last, the knowledge
+gradient's posterior covariances at n = 300 (default model): 2000 mixtures x 28 fidelities, |A| = 76, by
+gp.cross_covariance on the 56,000 full rows and by gp.cross_covariance_grid (what acquisition.py calls).
 
 Run: OMP_NUM_THREADS=1 python bench/bench_gp.py [--restarts R] [--sizes 50 200 500 1000]
 """
@@ -98,6 +100,20 @@ def main():
     tac = best(lambda: autograd_through_cholesky(theta, cfg, specs, Xt, ys))
     print(f"gradient, n=500 (best of 10): eq. 5.9 as in gp.py {1e3 * t59:.1f} ms, "
           f"autograd through Cholesky {1e3 * tac:.1f} ms")
+
+    # the knowledge gradient's covariances: A = 75 mixtures + 1 projection, Z = 2000 mixtures x 28 fidelities
+    X, y = make_data(300, seed=300)
+    g = gp.fit_gp(X, y, K, restarts=1, seed=0)
+    rng = np.random.default_rng(1)
+    W = rng.dirichlet(np.ones(K), 2000)                                                     # (M, K)
+    U = np.stack(np.meshgrid(np.linspace(0, 1, 7), np.linspace(0, 1, 4), indexing="ij"), -1).reshape(-1, 2)  # (28, 2)
+    XA = np.column_stack([rng.dirichlet(np.ones(K), 76), np.ones((76, 2))])                # (|A|, d) at the target
+    Z = np.column_stack([W.repeat(len(U), axis=0), np.tile(U, (len(W), 1))])                # (M F, d) full rows
+    best3 = lambda fn: min(timed(fn)[1] for _ in range(3))
+    t_plain = best3(lambda: gp.cross_covariance(g, XA, Z))
+    t_grid = best3(lambda: gp.cross_covariance_grid(g, XA, W, U, np.ones(2)))
+    print(f"KG covariances, n=300, |A|=76, 2000 x 28 (best of 3): cross_covariance {t_plain:.3f} s, "
+          f"cross_covariance_grid {t_grid:.3f} s")
 
 
 if __name__ == "__main__":
