@@ -550,23 +550,14 @@ def read_ledger(path, header, warn=print):
     lines = data.split(b"\n")
     good_end, records = 0, []
     for i, line in enumerate(lines):
-        if i == len(lines) - 1:          # text after the last newline: empty, or a torn line
-            if line:
-                warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(line)} bytes; the run was killed while writing it)")
+        if i == len(lines) - 1:          # text after the last newline: empty, or a torn line (no newline yet)
             break
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"ledger {path} line {i + 1} is not valid JSON; the ledger is damaged beyond its last line") from None
         good_end += len(line) + 1
-    if good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
-    if not records:
-        return None
-    if records[0] != header:
+    if records and records[0] != header:
         got = records[0].get("settings", {}) if isinstance(records[0], dict) else {}
         diff = [k for k in header["settings"] if got.get(k) != header["settings"][k]]
         what = f"settings differ ({', '.join(diff)})" if diff else "its objective or format differs"
@@ -575,6 +566,15 @@ def read_ledger(path, header, warn=print):
     recs = [r for r in records[1:] if r.get("kind") == "recommendation"]
     if [r["trial"] for r in trials] != list(range(len(trials))) or [r["after_trial"] for r in recs] != list(range(len(recs))) or len(recs) > len(trials):
         raise ValueError(f"ledger {path} has trials out of order or repeated; it was not written by this version of mixbo")
+    if good_end < len(data):                 # only now (the ledger is ours): cut the torn line away
+        warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} bytes; "
+             f"the run was killed while writing it)")
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+    if not records:
+        return None
     return trials, recs
 
 
