@@ -376,7 +376,9 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     own[c_dup] = cov[c_dup, :, e_dup]
     sd_y = np.sqrt(var + model.noise_variance).reshape(C * F, 1)  # sd of the observation y at z (a new run's noise)
     b = (np.concatenate([cov.reshape(C * F, E), own.reshape(C * F, 1)], axis=1) / sd_y).T  # (E + 1, C F) view
-    a = np.concatenate([np.broadcast_to(a_E, (C * F, E)), a_P.repeat(F)[:, None]], axis=1).T  # (E + 1, C F) view
+    a = np.empty((C * F, E + 1))  # intercepts, measurement-major as b
+    a[:, :E], a[:, E] = a_E, a_P.repeat(F)  # A_E's shared, then each measurement's own projection
+    a = a.T  # (E + 1, C F) view
     flush = max(1, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
     out = [log_knowledge_gradient(a[:, s:s + flush], b[:, s:s + flush]) for s in range(0, C * F, flush)]
     return np.concatenate(out).reshape(C, F)
