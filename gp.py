@@ -621,10 +621,11 @@ def cross_covariance_grid(gp, XA, W, U, u_P, block=1024):
         measured on this box, 1 thread, n = 300: 23 GFLOP/s at 1024 columns, 15 at 2048 (cache)."""
     XA = torch.from_numpy(_check_inputs(XA, gp.n_weights, "XA"))
     K = gp.n_weights
-    U, u_P = np.asarray(U, dtype=np.float64), np.asarray(u_P, dtype=np.float64)
-    if U.ndim != 2 or U.shape[1] != 2 or u_P.shape != (2,) or not np.isfinite(U).all() or not np.isfinite(u_P).all():
-        raise ValueError(f"U must be (F, 2) and u_P (2,), finite [u_N, u_T] columns of gp.encode; "
-                         f"got U {U.shape}, u_P {u_P.shape}")
+    W, U, u_P = (np.asarray(v, dtype=np.float64) for v in (W, U, u_P))
+    if W.ndim != 2 or W.shape[1] != K or U.ndim != 2 or U.shape[1] != 2 or u_P.shape != (2,) \
+            or not np.isfinite(U).all() or not np.isfinite(u_P).all():
+        raise ValueError(f"W must be (M, {K}) mixtures, U (F, 2) and u_P (2,) finite [u_N, u_T] columns of gp.encode; "
+                         f"got W {W.shape}, U {U.shape}, u_P {u_P.shape}")
     XP = torch.from_numpy(_check_inputs(np.column_stack([W, np.broadcast_to(u_P, (len(W), 2))]), K, "W rows"))
     W, U = XP[:, :K], torch.from_numpy(U)                                                # (M, K), (F, 2)
     X, P, cfg = torch.from_numpy(gp.X), _params(gp), gp.config

@@ -206,6 +206,9 @@ def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
     np.testing.assert_allclose(own, cov_plain[4 + np.arange(M).repeat(F), np.arange(M * F)].reshape(M, F), rtol=0,
                                atol=tol)
     np.testing.assert_allclose(var, var_plain.reshape(M, F), rtol=0, atol=tol)
+    for bad in [(W[:, 1:], U), (W, U[:, :1])]:      # a weight or a fidelity column missing
+        with pytest.raises(ValueError, match="W must be"):
+            gp.cross_covariance_grid(g, XA, *bad, XP[0, -2:])
 
 
 def test_scaling_law_mean_equals_explicit_basis_formulas():
