@@ -103,7 +103,8 @@ class Settings:
         if self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2 or not self.fixed_cost >= 0:
             raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2 and fixed_cost >= 0")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
-            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and sobol; strategy {self.strategy} has no design to start")
+            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and sobol; "
+                             f"strategy {self.strategy} has no design to start")
         if not 0.0 < self.regression_share < 1.0:
             raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
 
@@ -114,7 +115,8 @@ def check_mixture(w, K, what="mixture"):
     if w.shape != (K,) or not np.all(np.isfinite(w)):
         raise ValueError(f"{what} must be {K} finite weights, one per domain; got {np.asarray(w).tolist()}")
     if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-9:
-        raise ValueError(f"{what} {w.tolist()} is off the simplex: weights must be >= 0 and sum to 1 (sum is {w.sum():.12g})")
+        raise ValueError(f"{what} {w.tolist()} is off the simplex: weights must be >= 0 and sum to 1 "
+                         f"(sum is {w.sum():.12g})")
     return w
 
 
@@ -358,7 +360,8 @@ def _regression_ranking(ctx, history):
     coef, y_mean = _fit_regression(W, np.array([r["loss"] for r in runs]))
     pool = ctx.objective.candidates
     if pool is None:                                                       # RegMix scores many random mixtures
-        pool = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL)).dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
+        rng = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL))
+        pool = rng.dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
     pool = np.asarray(pool)
     pred = y_mean + _scheffe_features(pool) @ coef
     order = np.argsort(pred, kind="stable")
@@ -504,14 +507,15 @@ def recommend(ctx, history):
         i, mean, sd = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
         rec.update(weights=mixtures[i].tolist(), loss=float(mean), sd=float(sd),
                    source="GP posterior mean at the target")
-    elif s == "regression" and not any((r["scale"], r["steps"]) == tgt for r in ok) and _regression_ranking(ctx, history):
+    elif (s == "regression" and not any((r["scale"], r["steps"]) == tgt for r in ok)
+          and _regression_ranking(ctx, history)):
         W, pred = _regression_ranking(ctx, history)
         rec.update(weights=W[0].tolist(), loss=float(pred[0]), source="regression prediction at the proxy scale")
     elif ok:
         top = max((r["scale"], r["steps"]) for r in ok) if not any((r["scale"], r["steps"]) == tgt for r in ok) else tgt
         best = min((r for r in ok if (r["scale"], r["steps"]) == top), key=lambda r: r["loss"])
-        rec.update(weights=list(best["weights"]), loss=best["loss"],
-                   source="best observed at the target" if top == tgt else f"best observed at scale {fmt_scale(top[0])}, steps {top[1]} (no target run yet)")
+        where = "the target" if top == tgt else f"scale {fmt_scale(top[0])}, steps {top[1]} (no target run yet)"
+        rec.update(weights=list(best["weights"]), loss=best["loss"], source=f"best observed at {where}")
     if rec["weights"] is not None:
         rec["domain_losses"], rec["domain_losses_source"] = _domain_losses_of(ctx, history, rec["weights"])
     return rec
@@ -555,7 +559,8 @@ def read_ledger(path, header, warn=print):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise ValueError(f"ledger {path} line {i + 1} is not valid JSON; the ledger is damaged beyond its last line") from None
+            raise ValueError(f"ledger {path} line {i + 1} is not valid JSON; "
+                             f"the ledger is damaged beyond its last line") from None
         good_end += len(line) + 1
     if records and records[0] != header:
         got = records[0].get("settings", {}) if isinstance(records[0], dict) else {}
@@ -564,8 +569,10 @@ def read_ledger(path, header, warn=print):
         raise ValueError(f"ledger {path} is from another run: {what}; use another --ledger path or the same settings")
     trials = [r for r in records[1:] if r.get("kind") == "trial"]
     recs = [r for r in records[1:] if r.get("kind") == "recommendation"]
-    if [r["trial"] for r in trials] != list(range(len(trials))) or [r["after_trial"] for r in recs] != list(range(len(recs))) or len(recs) > len(trials):
-        raise ValueError(f"ledger {path} has trials out of order or repeated; it was not written by this version of mixbo")
+    if ([r["trial"] for r in trials] != list(range(len(trials))) or len(recs) > len(trials)
+            or [r["after_trial"] for r in recs] != list(range(len(recs)))):
+        raise ValueError(f"ledger {path} has trials out of order or repeated; "
+                         f"it was not written by this version of mixbo")
     if good_end < len(data):                 # only now (the ledger is ours): cut the torn line away
         warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} bytes; "
              f"the run was killed while writing it)")
@@ -616,14 +623,15 @@ def run_trial(ctx, t, weights, scale, steps, decision):
     try:
         out = obj.run(np.asarray(weights, dtype=np.float64), float(scale), int(steps), seed)
         loss = float(out["loss"])
+        last = {"steps": steps, "loss": loss, "domain_losses": out.get("domain_losses", {})}
         cks = [{"steps": int(c["steps"]), "loss": float(c["loss"]),
                 "domain_losses": {k: float(v) for k, v in c.get("domain_losses", {}).items()}}
-               for c in out.get("checkpoints") or [{"steps": steps, "loss": loss, "domain_losses": out.get("domain_losses", {})}]]
+               for c in out.get("checkpoints") or [last]]
         if not math.isfinite(loss):
             raise ValueError(f"the objective returned a non-finite loss ({loss})")
         cks = [c for c in cks if math.isfinite(c["loss"]) and all(map(math.isfinite, c["domain_losses"].values()))]
-        rec.update(loss=loss, checkpoints=cks,
-                   domain_losses={k: float(v) for k, v in out.get("domain_losses", {}).items() if math.isfinite(float(v))})
+        dl = {k: float(v) for k, v in out.get("domain_losses", {}).items()}
+        rec.update(loss=loss, checkpoints=cks, domain_losses={k: v for k, v in dl.items() if math.isfinite(v)})
     except Exception as e:        # a failed training run must not stop the search: record it and go on
         rec.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
     rec["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -635,7 +643,8 @@ def run_trial(ctx, t, weights, scale, steps, decision):
 def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=None, resume=False,
              out=print, verbose=True, progress=False, on_trial=None, **settings):
     """Run the loop on `objective` (simulate.Objective or anything with its fields) and return a Result.
-    settings: the other Settings fields (n_init, refit_every, candidates, mixture, eta, regression_share).
+    settings: the other Settings fields (n_init, refit_every, candidates, fixed_cost, mixture, eta,
+    regression_share).
     ledger: a path to write (refused if it exists, unless resume=True, which continues it); None keeps
     the trials in memory only. out: a print-like function for the report (None: silent); verbose=False
     prints the final recommendation only; progress: a line before each trial starts (long trials).
@@ -659,7 +668,8 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
     if ledger is not None:
         os.makedirs(os.path.dirname(os.path.abspath(ledger)), exist_ok=True)
         if os.path.exists(ledger) and not resume:
-            raise ValueError(f"ledger {ledger} already exists; pass --resume to continue it, or choose another --ledger path")
+            raise ValueError(f"ledger {ledger} already exists; pass --resume to continue it, "
+                             f"or choose another --ledger path")
         old = read_ledger(ledger, header, warn=summary) if os.path.exists(ledger) else None
         f = open(ledger, "a")
         if old is None:
@@ -670,7 +680,7 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
             os.close(dir_fd)
         else:
             trials, recs = old
-    _print_header(say, settings, objective, ledger, len(trials))
+    _print_header(say, settings, objective, ledger)
     for r in trials:
         ctx.spent += r["cost"]
     if trials:
@@ -728,11 +738,13 @@ def fmt_weights(w):
     return "[" + " ".join(f"{x:.2f}" for x in w) + "]" if w is not None else "-"
 
 
-def _print_header(say, settings, objective, ledger, n_done):
+def _print_header(say, settings, objective, ledger):
     say(f"mixbo: strategy {settings.strategy}, seed {settings.seed}, budget {settings.budget:g} target-run equivalents")
-    say("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items() if k not in ("strategy", "seed", "budget")))
-    say(f"objective {objective.name}: domains {', '.join(objective.domains)}; scales {', '.join(fmt_scale(s) for s in objective.scales)}; "
-        f"steps {', '.join(str(s) for s in objective.steps)}; target scale {fmt_scale(objective.target[0])}, steps {objective.target[1]}")
+    say("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()
+                                 if k not in ("strategy", "seed", "budget")))
+    say(f"objective {objective.name}: domains {', '.join(objective.domains)}; "
+        f"scales {', '.join(fmt_scale(s) for s in objective.scales)}; steps {', '.join(map(str, objective.steps))}; "
+        f"target scale {fmt_scale(objective.target[0])}, steps {objective.target[1]}")
     say(f"ledger: {ledger if ledger else '(none, in memory only)'}")
     say(f"{'trial':>5}  {'decision':<28} {'weights':<{6 + 5 * len(objective.domains)}} {'scale':>6} {'steps':>6} "
         f"{'loss':>8} {'spent/budget':>13}  recommendation (weights, loss +- sd)")
@@ -742,8 +754,9 @@ def _print_trial(say, ctx, r, rec):
     loss = f"{r['loss']:.4f}" if r["status"] == "ok" else "FAILED"
     sd = f" +- {rec['sd']:.4f}" if rec.get("sd") is not None else ""
     rl = f"{rec['loss']:.4f}{sd}" if rec.get("loss") is not None else "-"
-    say(f"{r['trial']:>5}  {r['decision'][:28]:<28} {fmt_weights(r['weights']):<{6 + 5 * ctx.K}} {fmt_scale(r['scale']):>6} "
-        f"{r['steps']:>6} {loss:>8} {r['spent']:>6.3f}/{ctx.settings.budget:<6g}  {fmt_weights(rec['weights'])} {rl}")
+    say(f"{r['trial']:>5}  {r['decision'][:28]:<28} {fmt_weights(r['weights']):<{6 + 5 * ctx.K}} "
+        f"{fmt_scale(r['scale']):>6} {r['steps']:>6} {loss:>8} {r['spent']:>6.3f}/{ctx.settings.budget:<6g}  "
+        f"{fmt_weights(rec['weights'])} {rl}")
     if r["status"] == "failed":
         say(f"       failed: {r['error']} (recorded; its cost counts; the loop goes on)")
 
@@ -751,12 +764,14 @@ def _print_trial(say, ctx, r, rec):
 def _print_summary(say, ctx, result):
     rec = result.recommendation
     n_failed = sum(r["status"] == "failed" for r in result.trials)
-    say(f"done: {len(result.trials)} trials ({n_failed} failed), spent {result.spent:.3f} of {ctx.settings.budget:g} target-run equivalents")
+    say(f"done: {len(result.trials)} trials ({n_failed} failed), "
+        f"spent {result.spent:.3f} of {ctx.settings.budget:g} target-run equivalents")
     if rec is None or rec["weights"] is None:
         say("no recommendation: no trial succeeded")
         return
     sd = f" +- {rec['sd']:.4f}" if rec["sd"] is not None else ""
-    say(f"RECOMMENDED MIXTURE at the target (scale {fmt_scale(ctx.objective.target[0])}, steps {ctx.objective.target[1]}):")
+    N_t, T_t = ctx.objective.target
+    say(f"RECOMMENDED MIXTURE at the target (scale {fmt_scale(N_t)}, steps {T_t}):")
     for d, w in zip(ctx.objective.domains, rec["weights"]):
         dl = rec["domain_losses"].get(d)
         say(f"  {d:<24} {w:.4f}" + (f"   domain loss {dl:.4f}" if dl is not None else ""))
@@ -786,8 +801,9 @@ def _bench_run(task):
     the recommendation)] after every trial, the share of cost per scale, and the wall time."""
     s, seed, budget, settings = task
     objective, curve, t0 = _BENCH_OBJECTIVE, [], time.perf_counter()
-    score = lambda r, rec: curve.append(
-        (r["spent"], float(objective.true_loss(np.asarray(rec["weights"]))) if rec["weights"] is not None else math.inf))
+    def score(r, rec):
+        true = math.inf if rec["weights"] is None else float(objective.true_loss(np.asarray(rec["weights"])))
+        curve.append((r["spent"], true))
     res = optimize(objective, s, budget, seed, out=None, on_trial=score, **settings)
     share = [sum(r["cost"] for r in res.trials if r["scale"] == N) / res.spent for N in objective.scales]
     return curve, share, time.perf_counter() - t0
@@ -800,7 +816,8 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=1, out=p
     global _BENCH_OBJECTIVE
     say = out or (lambda *a, **k: None)
     if objective.true_loss is None:
-        raise ValueError(f"--bench needs an objective with a known true loss (a simulator or a table); {objective.name} has none")
+        raise ValueError(f"--bench needs an objective with a known true loss (a simulator or a table); "
+                         f"{objective.name} has none")
     for s in strategies:
         Settings(strategy=s, budget=budget, **settings)           # bad settings -> one-line error before any run
     _BENCH_OBJECTIVE = objective
@@ -827,8 +844,9 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=1, out=p
         if best is not None:
             row["final_regret"] = _quartiles([x - best for x in final[s]])
             # regret of the recommendation when a quarter / half / all of the budget is spent
-            row["regret_at_budget_fraction"] = {f: _quartiles([next((l for c, l in reversed(curve) if c <= f * budget + 1e-12), math.inf) - best
-                                                               for curve in curves]) for f in (0.25, 0.5, 1.0)}
+            at = lambda curve, f: next((loss for c, loss in reversed(curve) if c <= f * budget + 1e-12), math.inf)
+            row["regret_at_budget_fraction"] = {f: _quartiles([at(curve, f) - best for curve in curves])
+                                                for f in (0.25, 0.5, 1.0)}
         for ref, q in refs.items():
             c = _quartiles([_cost_to_reach(curve, q) for curve in curves])
             row[f"cost_to_reach_{ref}"] = c
@@ -847,7 +865,8 @@ def print_bench(say, b):
     def q(t, f="{:.4f}"):
         return "not reached" if not math.isfinite(t[0]) else f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
     refs = list(b["reference_quality"])
-    say(f"bench: {b['objective']}, budget {b['budget']:g} target-run equivalents, {b['seeds']} seeds; median [IQR] over seeds")
+    say(f"bench: {b['objective']}, budget {b['budget']:g} target-run equivalents, {b['seeds']} seeds; "
+        f"median [IQR] over seeds")
     say(f"scoring: {b['scoring']}")
     for ref, v in b["reference_quality"].items():
         say(f"q_{ref} = {ref}'s median true target loss at the budget = {v:.4f}; "
@@ -857,11 +876,11 @@ def print_bench(say, b):
     for s, row in b["results"].items():
         reg = q(row["final_regret"]) if "final_regret" in row else q(row["final_true_loss"])
         part = row.get("regret_at_budget_fraction", {})
-        early = " / ".join(f"{part[f][0]:.4f}" if math.isfinite(part[f][0]) else "-" for f in (0.25, 0.5)) if part else "-"
-        cols = "".join(f"{q(row['cost_to_reach_' + r], '{:.2f}'):<24} "
-                       f"{format(row['speedup_vs_' + r], '.2f') if row['speedup_vs_' + r] else 'not reached':>11}  " for r in refs)
+        early = " / ".join(f"{part[f][0]:.4f}" if math.isfinite(part[f][0]) else "-" for f in (0.25, 0.5) if part)
+        speed = {r: format(row["speedup_vs_" + r], ".2f") if row["speedup_vs_" + r] else "not reached" for r in refs}
+        cols = "".join(f"{q(row['cost_to_reach_' + r], '{:.2f}'):<24} {speed[r]:>11}  " for r in refs)
         share = " ".join(f"{k}:{v:.2f}" for k, v in row["cost_share_by_scale"].items())
-        say(f"{s:<11} {reg:<26} {early:<25}{cols}{share}")
+        say(f"{s:<11} {reg:<26} {early or '-':<25}{cols}{share}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -874,46 +893,56 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(prog="mixbo.py", description="Choose a pre-training data mixture by multi-fidelity, multi-scale "
-                "Bayesian optimization. Budget in target-run equivalents (1.0 = one run at the target scale and steps).")
+                "Bayesian optimization. Budget in target-run equivalents (1.0 = one run at the target scale "
+                "and steps).")
     src = p.add_argument_group("objective (choose one)")
-    src.add_argument("--sim", nargs="?", const="default", metavar="NAME", help="a synthetic benchmark of simulate.py (default: %(const)s)")
-    src.add_argument("--objective", metavar="PATH.py", help="a Python file defining loss(weights, scale, steps) (see simulate.py)")
-    src.add_argument("--table", metavar="PATH.csv", help="replay a table of real runs (format: see simulate.py / README)")
+    src.add_argument("--sim", nargs="?", const="default", metavar="NAME",
+                     help="a synthetic benchmark of simulate.py (default: %(const)s)")
+    src.add_argument("--objective", metavar="PATH.py",
+                     help="a Python file defining loss(weights, scale, steps) (see simulate.py)")
+    src.add_argument("--table", metavar="PATH.csv", help="replay a table of real runs (format: simulate.load_table)")
     src.add_argument("--metric", default="loss", help="--table: the objective column (default %(default)s)")
     src.add_argument("--target-scale", type=float, help="--table: the target scale (default: the largest)")
     src.add_argument("--train", action="store_true", help="real training runs with train_lm.py")
     src.add_argument("--corpus", default="data/corpus", help="--train: corpus folder (default %(default)s)")
-    src.add_argument("--sizes", help="--train: model sizes by name, comma-separated (train_lm.SIZES; default 0.1M,0.3M,0.8M)")
+    src.add_argument("--sizes", help="--train: model sizes by name, comma-separated (train_lm.SIZES)")
     src.add_argument("--steps", help="--train: checkpoint step counts, comma-separated (default 50,100,200,400)")
     src.add_argument("--device", default="cpu", help="--train: cpu or cuda (default %(default)s)")
     s = p.add_argument_group("search (the ledger header records these)")
-    s.add_argument("--strategy", default=None, help=f"one of {', '.join(STRATEGIES)} (default mfkg); --bench: a comma list")
-    s.add_argument("--budget", type=float, default=Settings.budget, help="in target-run equivalents (default %(default)g)")
+    s.add_argument("--strategy", default=None,
+                   help=f"one of {', '.join(STRATEGIES)} (default mfkg); --bench: a comma list")
+    s.add_argument("--budget", type=float, default=Settings.budget,
+                   help="in target-run equivalents (default %(default)g)")
     s.add_argument("--seed", type=int, default=Settings.seed)
     s.add_argument("--n-init", type=int, default=Settings.n_init, help="initial design size (0: strategy default)")
-    s.add_argument("--refit-every", type=int, default=Settings.refit_every, help="refit GP hyperparameters every N trials")
+    s.add_argument("--refit-every", type=int, default=Settings.refit_every,
+                   help="refit GP hyperparameters every N trials")
     s.add_argument("--candidates", type=int, default=Settings.candidates, help="mixtures scored per acquisition")
     s.add_argument("--fixed-cost", type=float, default=Settings.fixed_cost,
                    help="mfkg: per-run overhead in KG/cost, target-run equivalents (not charged)")
     s.add_argument("--mixture", action="append", default=[], metavar="D=W,...",
-                   help="a mixture to evaluate first, e.g. Wikipedia=0.5,Github=0.5 (repeatable; missing domains are 0)")
+                   help="a mixture to evaluate first, e.g. wikipedia=0.5,github=0.5 (repeatable; missing: 0)")
     s.add_argument("--eta", type=int, default=Settings.eta, help="hyperband: keep 1/eta per rung")
-    s.add_argument("--regression-share", type=float, default=Settings.regression_share, help="regression: budget share for proxies")
+    s.add_argument("--regression-share", type=float, default=Settings.regression_share,
+                   help="regression: budget share for proxies")
     o = p.add_argument_group("output")
     o.add_argument("--ledger", help="JSON-lines ledger (default runs/<objective>-<strategy>-seed<seed>.jsonl)")
-    o.add_argument("--resume", action="store_true", help="continue the ledger: finished trials are reused, never repeated")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the ledger: finished trials are reused, never repeated")
     o.add_argument("--quiet", action="store_true", help="print only the final recommendation")
     b = p.add_argument_group("benchmark")
     b.add_argument("--bench", action="store_true", help="strategies x seeds, scored through the true loss (uncharged)")
     b.add_argument("--seeds", type=int, default=10, help="--bench: seeds 0..N-1 (default %(default)s)")
     b.add_argument("--json", metavar="PATH", help="--bench: write the table as JSON")
-    b.add_argument("--jobs", type=int, default=1, help="--bench: runs in parallel (forked processes; default %(default)s)")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="--bench: runs in parallel (forked processes; default %(default)s)")
     return p
 
 
 def build_objective(args):
     """The objective the flags name (exactly one source)."""
-    chosen = [f for f, v in (("--sim", args.sim), ("--objective", args.objective), ("--table", args.table), ("--train", args.train)) if v]
+    sources = (("--sim", args.sim), ("--objective", args.objective), ("--table", args.table), ("--train", args.train))
+    chosen = [flag for flag, value in sources if value]
     if len(chosen) != 1:
         raise ValueError("choose exactly one objective: --sim, --objective PATH.py, --table PATH.csv or --train"
                          + (f" (got {' '.join(chosen)})" if chosen else ""))
@@ -946,13 +975,15 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         objective = build_objective(args)
         strategies = (args.strategy or ("mfkg,ei,random" if args.bench else "mfkg")).split(",")
-        kw = dict(n_init=args.n_init, refit_every=args.refit_every, candidates=args.candidates, fixed_cost=args.fixed_cost,
+        kw = dict(n_init=args.n_init, refit_every=args.refit_every, candidates=args.candidates,
+                  fixed_cost=args.fixed_cost,
                   mixture=tuple(parse_mixture(m, tuple(objective.domains)) for m in args.mixture),
                   eta=args.eta, regression_share=args.regression_share)
         if args.bench:
             if args.seeds < 1:
                 raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
-            say(f"mixbo --bench: {', '.join(strategies)} x {args.seeds} seeds on {objective.name}, budget {args.budget:g}")
+            say(f"mixbo --bench: {', '.join(strategies)} x {args.seeds} seeds on {objective.name}, "
+                f"budget {args.budget:g}")
             b = bench(objective, strategies, args.seeds, args.budget, jobs=args.jobs, out=say, **kw)
             b["command"] = "python mixbo.py " + " ".join(sys.argv[1:] if argv is None else argv)
             print_bench(say, b)
