@@ -353,11 +353,11 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     candidate's own projection (w_c, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP), so
         a = [mu_n(A_E); mu_n(p_c)]                                            (E + 1,)
         b = [Sigma_n(A_E, z); Sigma_n(p_c, z)] / sqrt(Sigma_n(z, z) + lambda)    (E + 1,)  (FPD 2009, sigma-tilde)
-    All C F measurements form one grid (mixtures x fidelities), so gp.cross_covariance_grid gives every
-    Sigma_n at once, each projection paired with its own mixture's F columns only. The envelopes are computed
-    ~2^21 numbers per (E + 1, columns) array at a time (log_knowledge_gradient has a per-call cost of its own;
-    its columns are independent, so the split changes nothing). a and b are built measurement-major, (C F, E + 1),
-    and passed transposed: log_knowledge_gradient works on rows per measurement, so it needs no copy.
+    The measurements form a grid (mixtures x fidelities): gp.cross_covariance_grid gives every Sigma_n of a
+    chunk of mixtures in one call, each projection paired with its own mixture's F columns only. Chunks of
+    mixtures keep each (E + 1, columns) array near 2^21 numbers (16 MB; log_knowledge_gradient has a per-call
+    cost of its own, so not much smaller). a and b are built measurement-major, (columns, E + 1), and passed
+    transposed: log_knowledge_gradient works on one row per measurement, so it needs no copy.
     """
     C, F, E = len(candidates), len(fidelities), len(evaluated)
     s_t, t_t = target
@@ -368,19 +368,22 @@ def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     fid_scale = np.array([s for s, _ in fidelities], dtype=np.float64)  # (F,)
     fid_steps = np.array([t for _, t in fidelities], dtype=np.float64)  # (F,)
     U = gp.encode(candidates[:1].repeat(F, axis=0), fid_scale, fid_steps, bounds)[:, -2:]  # (F, 2) [u_N, u_T]
-    cov, own, var = gp.cross_covariance_grid(model, XA, candidates, U, XP[0, -2:])  # (C, F, E), (C, F), (C, F)
-    # a candidate that was evaluated has its projection in A_E already: copy that line so the two are equal
-    # bit for bit (own and cov are summed in different orders; a 1e-17 difference in slope would give a
-    # spurious KG of ~1e-17 where the exact value is 0, and choose_next's all-zero fallback would not fire)
-    c_dup, e_dup = np.nonzero((candidates[:, None, :] == evaluated[None, :, :]).all(axis=2))  # (D,), (D,)
-    own[c_dup] = cov[c_dup, :, e_dup]
-    sd_y = np.sqrt(var + model.noise_variance).reshape(C * F, 1)  # sd of the observation y at z (a new run's noise)
-    b = (np.concatenate([cov.reshape(C * F, E), own.reshape(C * F, 1)], axis=1) / sd_y).T  # (E + 1, C F) view
-    a = np.empty((C * F, E + 1))  # intercepts, measurement-major as b
-    a[:, :E], a[:, E] = a_E, a_P.repeat(F)  # A_E's shared, then each measurement's own projection
-    a = a.T  # (E + 1, C F) view
-    flush = max(1, 2 ** 21 // (E + 1))  # columns per log_knowledge_gradient call
-    out = [log_knowledge_gradient(a[:, s:s + flush], b[:, s:s + flush]) for s in range(0, C * F, flush)]
+    chunk = max(1, 2 ** 21 // ((E + 1) * F))  # mixtures per call
+    out = []  # (m F,) log KG per chunk, candidate-major
+    for start in range(0, C, chunk):
+        Wc = candidates[start:start + chunk]  # (m, K)
+        m = len(Wc)
+        cov, own, var = gp.cross_covariance_grid(model, XA, Wc, U, XP[0, -2:])  # (m, F, E), (m, F), (m, F)
+        # a candidate that was evaluated has its projection in A_E already: copy that line so the two are equal
+        # bit for bit (own and cov are summed in different orders; a 1e-17 difference in slope would give a
+        # spurious KG of ~1e-17 where the exact value is 0, and choose_next's all-zero fallback would not fire)
+        c_dup, e_dup = np.nonzero((Wc[:, None, :] == evaluated[None, :, :]).all(axis=2))  # (D,), (D,)
+        own[c_dup] = cov[c_dup, :, e_dup]
+        sd_y = np.sqrt(var + model.noise_variance).reshape(m * F, 1)  # sd of the observation y (a new run's noise)
+        b = np.concatenate([cov.reshape(m * F, E), own.reshape(m * F, 1)], axis=1) / sd_y  # (m F, E + 1)
+        a = np.empty((m * F, E + 1))  # intercepts, measurement-major as b
+        a[:, :E], a[:, E] = a_E, a_P[start:start + m].repeat(F)  # A_E's shared, then each one's own projection
+        out.append(log_knowledge_gradient(a.T, b.T))  # (m F,)
     return np.concatenate(out).reshape(C, F)
 
 
