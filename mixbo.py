@@ -809,7 +809,7 @@ def _bench_run(task):
     return curve, share, time.perf_counter() - t0
 
 
-def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=1, out=print, **settings):
+def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=2, out=print, **settings):
     """Run every strategy with seeds 0..seeds-1 (in `jobs` forked processes) and score the recommendation
     after every trial through objective.true_loss -- UNCHARGED: the benchmark peeks at the noise-free
     target loss, which a real search cannot. Returns a JSON-ready dict (fields in the README)."""
@@ -858,6 +858,15 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=1, out=p
             "optimum_loss": best, "reference_quality": refs, "settings": settings,
             "scoring": "recommendation after every trial scored by objective.true_loss at the target, uncharged",
             "results": table}
+
+
+def _json_ready(x):
+    """x with every non-finite float (a cost that was never reached) as null: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def print_bench(say, b):
@@ -934,8 +943,8 @@ def build_parser():
     b.add_argument("--bench", action="store_true", help="strategies x seeds, scored through the true loss (uncharged)")
     b.add_argument("--seeds", type=int, default=10, help="--bench: seeds 0..N-1 (default %(default)s)")
     b.add_argument("--json", metavar="PATH", help="--bench: write the table as JSON")
-    b.add_argument("--jobs", type=int, default=1,
-                   help="--bench: runs in parallel (forked processes; default %(default)s)")
+    b.add_argument("--jobs", type=int, default=2,
+                   help="--bench: runs in parallel (forked processes; default %(default)s; same results)")
     return p
 
 
@@ -980,8 +989,8 @@ def main(argv=None):
                   mixture=tuple(parse_mixture(m, tuple(objective.domains)) for m in args.mixture),
                   eta=args.eta, regression_share=args.regression_share)
         if args.bench:
-            if args.seeds < 1:
-                raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
+            if args.seeds < 1 or args.jobs < 1:
+                raise ValueError(f"--seeds and --jobs must be >= 1; got {args.seeds} and {args.jobs}")
             say(f"mixbo --bench: {', '.join(strategies)} x {args.seeds} seeds on {objective.name}, "
                 f"budget {args.budget:g}")
             b = bench(objective, strategies, args.seeds, args.budget, jobs=args.jobs, out=say, **kw)
@@ -989,7 +998,7 @@ def main(argv=None):
             print_bench(say, b)
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump(b, f, indent=1)
+                    json.dump(_json_ready(b), f, indent=1, allow_nan=False)
                 say(f"wrote {args.json}")
             return 0
         if len(strategies) != 1:

@@ -243,6 +243,7 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
                 "--candidates", "64", "--json", str(out))
     assert p.returncode == 0, p.stderr
     assert "uncharged" in p.stdout and "speed-up" in p.stdout
+    assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()     # strict JSON ("not reached": null)
     b = json.loads(out.read_text())
     assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 2
     for s, row in b["results"].items():
