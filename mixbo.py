@@ -810,6 +810,13 @@ def _bench_run(task):
     return curve, share, time.perf_counter() - t0
 
 
+def _bench_worker_init():
+    """A forked worker must not use an OpenMP pool its parent started (torch then hangs: seen here when the
+    parent had run torch with two threads); with one thread it never needs the pool."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=2, out=print, **settings):
     """Run every strategy with seeds 0..seeds-1 (in `jobs` forked processes) and score the recommendation
     after every trial through objective.true_loss -- UNCHARGED: the benchmark peeks at the noise-free
@@ -825,7 +832,7 @@ def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=2, out=p
     tasks = [(s, seed, budget, settings) for s in strategies for seed in range(seeds)]
     if jobs > 1:
         import multiprocessing
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_bench_worker_init) as pool:
             runs = pool.map(_bench_run, tasks, chunksize=1)
     else:
         runs = [_bench_run(task) for task in tasks]

@@ -127,7 +127,10 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
 
 def _child(argv):
     """A forked copy of this process running the CLI (mixbo and torch are imported already, so a kill
-    cycle costs no interpreter start-up); exits with main's code."""
+    cycle costs no interpreter start-up); exits with main's code. One torch thread: a forked child that
+    uses an OpenMP pool started by its parent (earlier tests, 2 threads) hangs."""
+    import torch
+    torch.set_num_threads(1)
     os._exit(mixbo.main(argv))
 
 
