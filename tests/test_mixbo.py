@@ -44,6 +44,17 @@ def write_objective(path, sleep=0.0, fail="False"):
 CHEAP = dict(candidates=64, n_init=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The GPs here are tiny: one torch thread, as the CLI uses (two threads spin against each other on a
+    2-core box); restored afterwards for the other test modules."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def strip_wall(lines):
     """Ledger records without wall times (the only field allowed to differ between identical runs)."""
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in lines]
