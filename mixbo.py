@@ -450,6 +450,8 @@ def propose_gp(ctx, history, t):
     allowed = None                                                        # None: every pair may be run
     if ctx.objective.available is not None or not all(ctx.affordable(*f) for f in fids):
         allowed = lambda w, N, T: ctx.affordable(N, T) and ctx.available(w, N, T)
+        if not any(allowed(w, N, T) for w in cands for N, T in fids):   # e.g. a table's rows all too costly
+            return None
     d = acquisition.choose_next(strategy, ctx.model, cands, evaluated,
                                 scales=sorted({N for N, _ in fids}), steps=sorted({T for _, T in fids}),
                                 target=_target(ctx), bounds=ctx.bounds, cost=ctx.cost,
