@@ -925,7 +925,8 @@ def build_parser():
     src.add_argument("--train", action="store_true", help="real training runs with train_lm.py")
     src.add_argument("--corpus", default="data/corpus", help="--train: corpus folder (default %(default)s)")
     src.add_argument("--sizes", help="--train: model sizes by name, comma-separated (train_lm.SIZES)")
-    src.add_argument("--steps", help="--train: checkpoint step counts, comma-separated (default 50,100,200,400)")
+    src.add_argument("--steps", help="--train: checkpoint step counts, comma-separated "
+                                     "(default 30,60,120,240, as data/runs_cpu.csv)")
     src.add_argument("--device", default="cpu", help="--train: cpu or cuda (default %(default)s)")
     s = p.add_argument_group("search (the ledger header records these)")
     s.add_argument("--strategy", default=None,
