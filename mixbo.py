@@ -110,17 +110,6 @@ class Settings:
             raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
 
 
-def check_mixture(w, K, what="mixture"):
-    """w as float64 (K,), or a one-line ValueError if it is not on the simplex."""
-    w = np.asarray(w, dtype=np.float64)
-    if w.shape != (K,) or not np.all(np.isfinite(w)):
-        raise ValueError(f"{what} must be {K} finite weights, one per domain; got {np.asarray(w).tolist()}")
-    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-9:
-        raise ValueError(f"{what} {w.tolist()} is off the simplex: weights must be >= 0 and sum to 1 "
-                         f"(sum is {w.sum():.12g})")
-    return w
-
-
 def parse_mixture(text, domains):
     """'Wikipedia=0.5,Github=0.5' -> weights (K,) in `domains` order (missing domains are 0). Typed
     weights summing to 1 within 1e-3 (e.g. three times 0.333) are renormalized; beyond that, an error."""
@@ -137,7 +126,7 @@ def parse_mixture(text, domains):
             raise ValueError(f"--mixture {text!r}: weight of {name} is not a number: {value!r}") from None
     if abs(w.sum() - 1.0) <= 1e-3 and np.all(w >= 0):
         w = w / w.sum()
-    return tuple(check_mixture(w, len(domains), f"--mixture {text!r}").tolist())
+    return tuple(simulate.check_weights(w, len(domains), tol=1e-9, what=f"--mixture {text!r}").tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -657,7 +646,7 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
     settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **settings)
     K = len(objective.domains)
     for i, m in enumerate(settings.mixture):
-        check_mixture(m, K, f"mixture {i}")
+        simulate.check_weights(m, K, tol=1e-9, what=f"mixture {i}")
     summary = out or (lambda *a, **k: None)
     say = summary if verbose else (lambda *a, **k: None)
     N_t, T_t = objective.target

@@ -117,13 +117,15 @@ def flops_cost(scale, steps, tokens_per_step=TOKENS_PER_STEP):
     return 6.0 * float(scale) * float(steps) * float(tokens_per_step)
 
 
-def check_weights(weights, num_domains, tol=1e-6):
-    """Return weights as a float64 (K,) array on the simplex, or raise a one-line ValueError."""
+def check_weights(weights, num_domains, tol=1e-6, what="weights"):
+    """Return weights as a float64 (K,) array on the simplex, or raise a one-line ValueError naming `what`.
+    The one simplex check of the project: mixbo.py (--mixture, tol 1e-9) and train_lm.py call it too."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (num_domains,):
-        raise ValueError(f"weights must have shape ({num_domains},), got {w.shape}; pass one weight per domain")
+        raise ValueError(f"{what} must have shape ({num_domains},), got {w.shape}; pass one weight per domain")
     if not np.all(np.isfinite(w)) or np.any(w < -1e-12) or abs(w.sum() - 1.0) > tol:
-        raise ValueError(f"weights {np.round(w, 6).tolist()} are not on the simplex; they must be >= 0 and sum to 1")
+        raise ValueError(f"{what} {np.round(w, 6).tolist()} is off the simplex: weights must be >= 0 and sum to 1 "
+                         f"within {tol:g} (sum is {w.sum():.12g})")
     w = np.clip(w, 0.0, None)
     return w / w.sum()
 

@@ -49,6 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import simulate                                      # the Objective signature and the simplex check
+
 VOCAB_SIZE = 256   # byte values; document separator is byte 0x1E (data/build_corpus.py)
 
 
@@ -207,19 +209,14 @@ def load_corpus(corpus_dir):
 
 
 def check_weights(weights, domains, tol=1e-6):
-    """Mixture as a (K,) float64 array in `domains` order; accepts an array or {domain: weight}."""
+    """Mixture as a (K,) float64 array in `domains` order; accepts an array or {domain: weight}. The simplex
+    check itself is simulate.check_weights, the project's one."""
     if isinstance(weights, dict):
         unknown = sorted(set(weights) - set(domains))
         if unknown:
             raise ValueError(f"unknown domain(s) {unknown}; the corpus has {', '.join(domains)}")
         weights = [weights.get(d, 0.0) for d in domains]
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(domains),) or not np.all(np.isfinite(w)):
-        raise ValueError(f"weights must be {len(domains)} finite numbers (one per domain: {', '.join(domains)}), "
-                         f"got {w.tolist()}")
-    if w.min() < 0 or abs(w.sum() - 1) > tol:
-        raise ValueError(f"weights must be >= 0 and sum to 1 (within {tol}); got sum {w.sum():.6g}, min {w.min():.6g}")
-    return w / w.sum()
+    return simulate.check_weights(weights, len(domains), tol, what=f"weights ({', '.join(domains)})")
 
 
 def domain_counts(weights, batch_size, steps):
@@ -414,7 +411,6 @@ def make_objective(corpus_dir, sizes=("0.1M", "0.3M", "0.8M"), steps=(30, 60, 12
     go to TrainConfig (e.g. lr, val_windows). run(weights, scale, steps, seed) trains from scratch; a
     diverged run raises FloatingPointError (mixbo records it as a failed trial). The defaults are the
     settings of the committed run table data/runs_cpu.csv (data/make_table.py), so the two are comparable."""
-    from simulate import Objective                                   # simulate.py owns the dataclass
     domains, _ = load_corpus(corpus_dir)
     steps = tuple(sorted(int(s) for s in steps))
     by_scale = {float(size_params(s, block_size)): s for s in sizes}
@@ -437,8 +433,8 @@ def make_objective(corpus_dir, sizes=("0.1M", "0.3M", "0.8M"), steps=(30, 60, 12
         return {"loss": out["loss"], "domain_losses": out["domain_losses"],
                 "checkpoints": out["checkpoints"], "cost": cost(scale, n_steps)}
 
-    return Objective(name=f"train_lm:{Path(corpus_dir).name}:{objective}", domains=domains, scales=scales,
-                     steps=steps, target=(float(target[0]), int(target[1])), run=run, cost=cost)
+    return simulate.Objective(name=f"train_lm:{Path(corpus_dir).name}:{objective}", domains=domains, scales=scales,
+                              steps=steps, target=(float(target[0]), int(target[1])), run=run, cost=cost)
 
 
 # ----------------------------------------------------------------------------- CLI
