@@ -1,0 +1,142 @@
+"""Calibration of mfkg's target-scale predictions inside the loop: which GP model options give honest sds?
+
+bench/cross_scale.py fits each model on a designed split (many small runs, 2 target runs). Here the data
+are what mixbo's own loop collected: for each seed, `mixbo.optimize(make_benchmark(name), "mfkg",
+budget, seed)` (default model, ledger in memory). The ledger is then cut after `--fractions` of the
+budget, and every candidate model is fitted on the cut history exactly as mixbo.fit_model fits it
+(hyperparameters by gp.fit_gp on the first r = c - c % refit_every trials with seed trial_seed(seed, r,
+MODEL), then conditioned on all c trials). At the target fidelity, for the E mixtures evaluated so far:
+  bias       mean of (posterior mean - noise-free true loss), nats (negative: too optimistic)
+  rmse       root mean squared error of the posterior mean against the true loss
+  sd         mean latent posterior sd
+  |z|<1, <2  share of mixtures with |mean - true| / sd below 1 and 2 (Gaussian: 0.68, 0.95)
+  regret     true loss of the recommendation (argmin posterior mean over the E mixtures, as
+             acquisition.recommend) minus the benchmark's optimum
+Every row is the mean over seeds of the per-ledger numbers; `regret` also shows the median. The ledgers
+come from the default model's decisions, so `regret` compares recommendations on the same runs; the
+loop under another model (different decisions) is measured by `python mixbo.py --sim --bench`.
+
+Run: python bench/calibration.py [--benchmark default] [--seeds 4] [--budget 5] [--fractions 0.5,1]
+     [--jobs 2]   (one BLAS/torch thread per process; seeds run in `--jobs` forked processes)
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")      # small matrices: one thread each (as mixbo's CLI)
+
+import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gp  # noqa: E402
+import mixbo  # noqa: E402
+import simulate  # noqa: E402
+
+# name -> gp.fit_gp options (fit) and, optionally, hyperparameter overrides applied before conditioning
+MODELS = {
+    "default (gp.fit_gp's)": dict(fit={}),                # today: structure="product", mean="scaling_law"
+    "product, mean=constant": dict(fit=dict(mean="constant")),
+    "additive+law": dict(fit=dict(structure="additive", mean="scaling_law")),
+    "additive, mean=constant": dict(fit=dict(structure="additive", mean="constant")),
+    # a 100x wider prior on the scaling-law coefficients beta (s_beta^2 x 100), everything else as fitted:
+    # does more room for the law's coefficients absorb the extrapolation bias?
+    "product+law, s_beta^2 x100": dict(fit=dict(mean="scaling_law"), scale={"mean_amplitude": 100.0}),
+    "product+law, no priors": dict(fit=dict(mean="scaling_law", priors=False)),
+}
+
+
+def fit_like_mixbo(history, bounds, K, seed, refit_every, fit, scale=None):
+    """mixbo.fit_model with model options `fit`: hyperparameters fitted on the first r trials, then the GP
+    conditioned on all of them; `scale` multiplies named hyperparameters before conditioning."""
+    c = len(history)
+    r = c - c % refit_every
+    if not any(x["status"] == "ok" for x in history[:r]):
+        r = c
+    W, N, T, y = mixbo._observations(history[:r])
+    hyp = dict(gp.fit_gp(gp.encode(W, N, T, bounds), y, n_weights=K,
+                         seed=mixbo.trial_seed(seed, r, mixbo.MODEL), **fit).hyperparameters)
+    for name, factor in (scale or {}).items():
+        hyp[name] = hyp[name] * factor
+    W, N, T, y = mixbo._observations(history)
+    return gp.fit_gp(gp.encode(W, N, T, bounds), y, n_weights=K, hyperparameters=hyp, **fit)
+
+
+def evaluate(task):
+    """One seed: run mfkg, then for each budget fraction and model the calibration numbers (dict)."""
+    name, seed, budget, fractions = task
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    obj = simulate.make_benchmark(name)
+    t0 = time.perf_counter()
+    res = mixbo.optimize(obj, "mfkg", budget, seed, ledger=None, out=None)
+    run_s = time.perf_counter() - t0
+    K = len(obj.domains)
+    bounds = (min(obj.scales), max(obj.scales), min(obj.steps), max(obj.steps))
+    refit_every = res.settings.refit_every
+    out = {}
+    for f in fractions:
+        history = [r for r in res.trials if r["spent"] <= f * budget + 1e-12]
+        mixtures = mixbo._evaluated_mixtures(history)                        # (E, K)
+        true = obj.true_loss(mixtures)                                        # (E,) noise-free target loss
+        Xs = gp.encode(mixtures, obj.target[0], obj.target[1], bounds)       # (E, K+2)
+        for model, opts in MODELS.items():
+            t1 = time.perf_counter()
+            g = fit_like_mixbo(history, bounds, K, seed, refit_every, **opts)
+            mean, var = gp.predict(g, Xs)
+            sd = np.sqrt(var)
+            err = mean - true
+            z = np.abs(err) / np.maximum(sd, 1e-12)
+            out[f, model] = dict(bias=err.mean(), rmse=np.sqrt((err ** 2).mean()), sd=sd.mean(),
+                                 z1=(z < 1).mean(), z2=(z < 2).mean(),
+                                 regret=true[np.argmin(mean)] - obj.optimum[1],
+                                 E=len(mixtures), n=len(g.y), fit_s=time.perf_counter() - t1)
+    return out, run_s
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--budget", type=float, default=5.0)
+    p.add_argument("--fractions", default="0.5,1", help="budget fractions at which the ledger is cut")
+    p.add_argument("--jobs", type=int, default=2)
+    a = p.parse_args(argv)
+    fractions = [float(x) for x in a.fractions.split(",")]
+    tasks = [(a.benchmark, s, a.budget, fractions) for s in range(a.seeds)]
+    t0 = time.perf_counter()
+    if a.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(a.jobs) as pool:
+            runs = pool.map(evaluate, tasks, chunksize=1)
+    else:
+        runs = [evaluate(t) for t in tasks]
+    print(f"benchmark {a.benchmark}: mfkg, budget {a.budget:g}, seeds 0..{a.seeds - 1}; ledgers "
+          f"{sum(s for _, s in runs):.0f} s of runs; predictions at the target for the evaluated mixtures vs "
+          f"the noise-free true loss; mean over seeds (regret: mean / median)")
+    for f in fractions:
+        E = np.mean([out[f, next(iter(MODELS))]["E"] for out, _ in runs])
+        n = np.mean([out[f, next(iter(MODELS))]["n"] for out, _ in runs])
+        print(f"\nledger cut at {f:g} of the budget: E = {E:.1f} mixtures, n = {n:.0f} observations (means)")
+        print(f"{'model':28s} {'bias':>8s} {'rmse':>7s} {'sd':>7s} {'|z|<1':>6s} {'|z|<2':>6s}"
+              f" {'regret mean / median':>21s} {'fit s':>6s}")
+        for model in MODELS:
+            rows = [out[f, model] for out, _ in runs]
+            m = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
+            med = np.median([r["regret"] for r in rows])
+            print(f"{model:28s} {m['bias']:8.4f} {m['rmse']:7.4f} {m['sd']:7.4f} {m['z1']:6.2f} {m['z2']:6.2f}"
+                  f" {m['regret']:10.4f} / {med:.4f} {m['fit_s']:6.1f}")
+        print("per seed (bias, |z|<1, regret):")
+        for model in MODELS:
+            cells = "  ".join(f"{out[f, model]['bias']:+.4f} {out[f, model]['z1']:.2f} {out[f, model]['regret']:.4f}"
+                              for out, _ in runs)
+            print(f"  {model:26s} {cells}")
+    print(f"\nwall {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
