@@ -457,9 +457,15 @@ PROPOSE = {"random": propose_random, "sobol": propose_sobol, "uniform": propose_
 
 def propose(ctx, history, t):
     """Trial t: the initial design first (GP strategies), then the strategy; None ends the loop. A
-    proposal the budget cannot pay for ends the loop too."""
-    if ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx):
+    proposal the budget cannot pay for ends the loop too. An initial run the budget cannot pay for ends the
+    initial design instead: the acquisition then chooses among the fidelities still affordable (before this,
+    `--sim --budget 1` stopped after 5 trials with 0.41 of its budget unspent)."""
+    in_init = (ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx)
+               and all(r["decision"].startswith("init") for r in history))    # the design is still unbroken
+    if in_init:
         N, T = _init_fidelity(ctx, t)
+        in_init = ctx.affordable(N, T)
+    if in_init:
         w = design_point(ctx, history, t, N, T)
         if w is None:                                                   # a table without that row: at the target
             N, T = _target(ctx)

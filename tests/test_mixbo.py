@@ -100,6 +100,17 @@ def test_every_strategy_respects_the_budget(tmp_path, strategy):
     assert len(res.recommendations) == len(res.trials)
 
 
+def test_an_unaffordable_initial_run_ends_the_design_and_the_acquisition_spends_the_rest():
+    """Budget 1 on the default benchmark: mfkg's round-robin design (20M..600M at 20k steps) cannot pay for
+    its 600M run after 0.59; the design ends there (no init run after the first acquisition) and mfkg
+    spends the rest on affordable fidelities instead of stopping with 0.41 unspent."""
+    res = mixbo.optimize(simulate.make_benchmark("default"), "mfkg", 1.0, seed=0, out=None, candidates=64)
+    decisions = [r["decision"] for r in res.trials]
+    first = next(i for i, d in enumerate(decisions) if not d.startswith("init"))
+    assert first == 5 and not any(d.startswith("init") for d in decisions[first:])
+    assert 0.99 <= res.spent <= 1.0 + 1e-12
+
+
 def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
     path = write_objective(tmp_path / "obj.py", fail="w[0] > 0.4")
     obj = simulate.load_objective_file(path)
