@@ -1014,6 +1014,13 @@ def main(argv=None):
         optimize(objective, ledger=ledger, resume=args.resume, out=say, verbose=not args.quiet,
                  progress=args.train, **dataclasses.asdict(settings))
         return 0
+    except BrokenPipeError:
+        # The reader closed our stdout (e.g. `| head`): not bad input. Point stdout at devnull so the flush
+        # at exit cannot fail again, and exit 1 (the Python docs' recipe, "Note on SIGPIPE" in `signal`).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("mixbo: output closed (broken pipe); the ledger holds every finished trial; --resume continues",
+              file=sys.stderr)
+        return 1
     except (ValueError, OSError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"mixbo: error: {msg}", file=sys.stderr)

@@ -111,6 +111,21 @@ def test_an_unaffordable_initial_run_ends_the_design_and_the_acquisition_spends_
     assert 0.99 <= res.spent <= 1.0 + 1e-12
 
 
+def test_closed_output_pipe_is_one_line_exit_1_and_keeps_the_ledger(tmp_path):
+    """`python mixbo.py ... | head -1`: the reader closes stdout; mixbo says so in one line (no traceback),
+    exits 1 (not 2: no bad input), and the ledger holds the trials finished so far."""
+    path, ledger = write_objective(tmp_path / "obj.py", sleep=0.01), str(tmp_path / "l.jsonl")
+    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random", "--budget", "20",
+                          "--ledger", ledger], cwd=REPO, env={**ENV, "PYTHONUNBUFFERED": "1"},  # a line per write
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    p.stdout.close()                                              # what `head -1` does after its line
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 1
+    assert err.count("\n") == 1 and "broken pipe" in err and "Traceback" not in err
+    assert read_lines(ledger)[0]["kind"] == "header"
+
+
 def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
     path = write_objective(tmp_path / "obj.py", fail="w[0] > 0.4")
     obj = simulate.load_objective_file(path)
