@@ -339,7 +339,7 @@ class Decision:
     index: int
 
 
-def _unique_rows(W):
+def unique_rows(W):
     """Unique mixtures (rows) of W (n, K) -> (E, K), in first-seen order (a run's checkpoints and repeated
     seeds share one mixture; the knowledge gradient's set A needs each mixture once)."""
     _, first = np.unique(W, axis=0, return_index=True)
@@ -458,7 +458,7 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
         raise ValueError("candidates and evaluated must be non-empty (n, K) arrays with the same K")
     if strategy == "mfkg" and cost is None:
         raise ValueError("strategy 'mfkg' needs cost(scale, steps) -> float (the objective's cost function)")
-    evaluated = _unique_rows(evaluated)  # (E, K)
+    evaluated = unique_rows(evaluated)  # (E, K)
     s_t, t_t = target
     fidelities = [(s, t) for s in scales for t in steps] if strategy == "mfkg" else [(s_t, t_t)]
     run_cost = np.array([(cost(s, t) if cost is not None else 1.0) + fixed_cost for s, t in fidelities])  # (F,)

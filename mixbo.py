@@ -415,11 +415,8 @@ def fit_model(ctx, history):
 
 def _evaluated_mixtures(history):
     """Distinct mixtures with at least one ok run, in first-run order: (m, K)."""
-    seen = []
-    for r in history:
-        if r["status"] == "ok" and not any(np.array_equal(r["weights"], s) for s in seen):
-            seen.append(r["weights"])
-    return np.array(seen)
+    import acquisition
+    return acquisition.unique_rows(np.array([r["weights"] for r in history if r["status"] == "ok"]))
 
 
 def propose_gp(ctx, history, t):
