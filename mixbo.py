@@ -735,12 +735,15 @@ def fmt_weights(w):
 
 def _print_header(say, settings, objective, ledger):
     say(f"mixbo: strategy {settings.strategy}, seed {settings.seed}, budget {settings.budget:g} target-run equivalents")
-    say("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()
+    say("settings: " + ", ".join(f"{k}={v}" + (" (strategy default)" if k == "n_init" and v == 0 else "")
+                                 for k, v in dataclasses.asdict(settings).items()
                                  if k not in ("strategy", "seed", "budget")))
     say(f"objective {objective.name}: domains {', '.join(objective.domains)}; "
         f"scales {', '.join(fmt_scale(s) for s in objective.scales)}; steps {', '.join(map(str, objective.steps))}; "
         f"target scale {fmt_scale(objective.target[0])}, steps {objective.target[1]}")
     say(f"ledger: {ledger if ledger else '(none, in memory only)'}")
+    say("columns: loss = observed at the trial's own scale and steps; recommendation = the mixture to train "
+        "at the target, with its predicted target loss +- sd")
     say(f"{'trial':>5}  {'decision':<28} {'weights':<{6 + 5 * len(objective.domains)}} {'scale':>6} {'steps':>6} "
         f"{'loss':>8} {'spent/budget':>13}  recommendation (weights, loss +- sd)")
 
