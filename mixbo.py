@@ -385,11 +385,14 @@ def propose_regression(ctx, history, t):
 
 
 def _observations(history):
-    """Every checkpoint of every ok trial: W (n, K), N (n,), T (n,), y (n,)."""
-    rows = [(r["weights"], r["scale"], c["steps"], c["loss"])
-            for r in history if r["status"] == "ok" for c in r["checkpoints"]]
-    W, N, T, y = zip(*rows)
-    return np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y, dtype=float)
+    """Every checkpoint of every ok trial: W (n, K), N (n,), T (n,), y (n,), and runs (n,), the index of
+    the trial each checkpoint comes from (gp.fit_gp's run labels: a run's checkpoints share its seed's
+    offset; two trials of the same mixture and scale are two runs with independent offsets)."""
+    rows = [(r["weights"], r["scale"], c["steps"], c["loss"], i)
+            for i, r in enumerate(history) if r["status"] == "ok" for c in r["checkpoints"]]
+    W, N, T, y, runs = zip(*rows)
+    return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y, dtype=float),
+            np.array(runs))
 
 
 def fit_model(ctx, history):
@@ -405,12 +408,12 @@ def fit_model(ctx, history):
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                       # nothing to refit on yet: fit now
     if ctx.refit is None or ctx.refit[0] != r:
-        W, N, T, y = _observations(history[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K,
+        W, N, T, y, runs = _observations(history[:r])
+        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                         seed=trial_seed(ctx.settings.seed, r, MODEL)).hyperparameters
         ctx.refit = (r, hyp)
-    W, N, T, y = _observations(history)
-    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, hyperparameters=ctx.refit[1])
+    W, N, T, y, runs = _observations(history)
+    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, hyperparameters=ctx.refit[1])
 
 
 def _evaluated_mixtures(history):

@@ -142,6 +142,18 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
         assert [r["trial"] for r in lines if r["kind"] == "trial"] == list(range(len(res.trials)))
 
 
+def test_each_trial_is_its_own_run_for_the_gp():
+    """Checkpoints of one trial share a run label; a second trial of the same mixture at the same scale
+    (another seed) is another run; failed trials give no observations."""
+    w = [0.5, 0.3, 0.2]
+    ckpt = lambda *steps: [{"steps": s, "loss": 3.0 - s / 1000} for s in steps]
+    history = [{"status": "ok", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": ckpt(100, 200)},
+               {"status": "failed", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": []},
+               {"status": "ok", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": ckpt(100)}]
+    W, N, T, y, runs = mixbo._observations(history)
+    assert T.tolist() == [100, 200, 100] and runs.tolist() == [0, 0, 2]
+
+
 def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     full, torn = str(tmp_path / "full.jsonl"), str(tmp_path / "torn.jsonl")
