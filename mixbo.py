@@ -777,6 +777,10 @@ def _print_summary(say, ctx, result):
         dl = rec["domain_losses"].get(d)
         say(f"  {d:<24} {w:.4f}" + (f"   domain loss {dl:.4f}" if dl is not None else ""))
     say(f"  loss {rec['loss']:.4f}{sd} ({rec['source']}); domain losses {rec['domain_losses_source']}")
+    if rec["sd"] is not None and not any(r["status"] == "ok" and r["scale"] == N_t and r["steps"] >= T_t
+                                         for r in result.trials):
+        say("  note: no run reached the target scale and steps, so this loss +- sd is an extrapolation; on the "
+            "simulators such intervals were too narrow (bench/calibration.py, README 'Open items')")
 
 
 # ----------------------------------------------------------------------------------------------

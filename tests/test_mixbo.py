@@ -142,6 +142,18 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
         assert [r["trial"] for r in lines if r["kind"] == "trial"] == list(range(len(res.trials)))
 
 
+def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
+    """mfkg's recommendation with no run at the target fidelity carries a note; ei's initial design runs
+    the target, so its summary does not."""
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    for strategy, budget, noted in (("mfkg", 0.5, True), ("ei", 3.0, False)):
+        lines = []
+        res = mixbo.optimize(obj, strategy, budget, seed=0, ledger=None, out=lines.append, **CHEAP)
+        at_target = any(r["scale"] == 16e6 and r["steps"] == 200 for r in res.trials)
+        assert at_target != noted
+        assert any("is an extrapolation" in line for line in lines) == noted
+
+
 def test_each_trial_is_its_own_run_for_the_gp():
     """Checkpoints of one trial share a run label; a second trial of the same mixture at the same scale
     (another seed) is another run; failed trials give no observations."""
