@@ -182,7 +182,7 @@ class Context:
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
     model: object = None            # gp.GP fitted on the trials so far (GP strategies), else None
-    refit: tuple = None             # (r, hyperparameters fitted on the first r trials): see fit_model
+    refit: dict = dataclasses.field(default_factory=dict)  # mean -> (r, hyperparameters fitted on the first r trials)
     spent: float = 0.0              # target-run equivalents spent so far
 
     @property
@@ -395,11 +395,12 @@ def _observations(history):
             np.array(runs))
 
 
-def fit_model(ctx, history):
-    """The GP on every ok checkpoint of the history. Hyperparameters are refitted (MAP, gp.fit_gp) when
-    the number of trials c is a multiple of refit_every; in between, the GP is conditioned on all data
-    with the hyperparameters of the last refit r = c - c % refit_every (fitted on the first r trials;
-    cached in ctx.refit). So the model is a function of the history only, and a resumed run rebuilds it."""
+def fit_model(ctx, history, mean="scaling_law"):
+    """The GP (gp.fit_gp's model with this `mean`) on every ok checkpoint of the history. Hyperparameters are
+    refitted (MAP, gp.fit_gp) when the number of trials c is a multiple of refit_every; in between, the GP is
+    conditioned on all data with the hyperparameters of the last refit r = c - c % refit_every (fitted on
+    the first r trials; cached in ctx.refit[mean]). So the model is a function of the history only, and a
+    resumed run rebuilds it."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -407,13 +408,14 @@ def fit_model(ctx, history):
     r = c - c % ctx.settings.refit_every
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                       # nothing to refit on yet: fit now
-    if ctx.refit is None or ctx.refit[0] != r:
+    if ctx.refit.get(mean, (None,))[0] != r:
         W, N, T, y, runs = _observations(history[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
+        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, mean=mean,
                         seed=trial_seed(ctx.settings.seed, r, MODEL)).hyperparameters
-        ctx.refit = (r, hyp)
+        ctx.refit[mean] = (r, hyp)
     W, N, T, y, runs = _observations(history)
-    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, hyperparameters=ctx.refit[1])
+    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, mean=mean,
+                     hyperparameters=ctx.refit[mean][1])
 
 
 def _evaluated_mixtures(history):
@@ -491,7 +493,10 @@ def _domain_losses_of(ctx, history, w):
 
 def recommend(ctx, history):
     """The mixture the strategy returns now, at the target. GP strategies: argmin of the posterior mean at
-    the target over the evaluated mixtures (acquisition.recommend), with its sd. Regression before any
+    the target over the evaluated mixtures (acquisition.recommend, on the loop's GP); its loss +- sd is the
+    posterior at the target of a GP with a constant mean fitted to the same runs (fit_model(mean="constant")):
+    on the loop's own data the scaling-law GP's intervals there were too narrow and the constant-mean GP's
+    held their nominal rate (bench/calibration.py, README "Calibration"). Regression before any
     target run: the regression's argmin (a prediction at the proxy scale). Otherwise: the best observed
     loss at the target (or, if nothing ran at the target yet, at the highest fidelity reached)."""
     s = ctx.settings.strategy
@@ -502,9 +507,11 @@ def recommend(ctx, history):
     if s in GP_STRATEGIES and ctx.model is not None:
         import acquisition
         mixtures = _evaluated_mixtures(history)
-        i, mean, sd = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
-        rec.update(weights=mixtures[i].tolist(), loss=float(mean), sd=float(sd),
-                   source="GP posterior mean at the target")
+        import gp
+        i, _, _ = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
+        mean, var = gp.predict(fit_model(ctx, history, mean="constant"), gp.encode(mixtures[i:i + 1], *tgt, ctx.bounds))
+        rec.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
+                   source="constant-mean GP posterior at the target")
     elif (s == "regression" and not any((r["scale"], r["steps"]) == tgt for r in ok)
           and _regression_ranking(ctx, history)):
         W, pred = _regression_ranking(ctx, history)
@@ -779,8 +786,8 @@ def _print_summary(say, ctx, result):
     say(f"  loss {rec['loss']:.4f}{sd} ({rec['source']}); domain losses {rec['domain_losses_source']}")
     if rec["sd"] is not None and not any(r["status"] == "ok" and r["scale"] == N_t and r["steps"] >= T_t
                                          for r in result.trials):
-        say("  note: no run reached the target scale and steps, so this loss +- sd is an extrapolation; on the "
-            "simulators such intervals were too narrow (bench/calibration.py, README 'Open items')")
+        say("  note: no run reached the target scale and steps: this loss +- sd is extrapolated from smaller or "
+            "shorter runs")
 
 
 # ----------------------------------------------------------------------------------------------

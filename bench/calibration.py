@@ -12,6 +12,8 @@ MODEL), then conditioned on all c trials). At the target fidelity, for the E mix
   |z|<1, <2  share of mixtures with |mean - true| / sd below 1 and 2 (Gaussian: 0.68, 0.95)
   |zc|<1, <2 the same for the differences from the mixtures' average, f_i - mean_j f_j (a common offset
              is removed: these are the intervals that a ranking, and so the next decision, depends on)
+  rec<1, <2  share of seeds in which the true loss of the mixture mixbo recommends (the DEFAULT model's
+             argmin) lies within 1 and 2 sd of this model's prediction for it
   regret     true loss of the recommendation (argmin posterior mean over the E mixtures, as
              acquisition.recommend) minus the benchmark's optimum
 Every row is the mean over seeds of the per-ledger numbers; `regret` also shows the median. The ledgers
@@ -93,6 +95,7 @@ def evaluate(task):
         target_runs = sum(r["status"] == "ok" and r["scale"] == obj.target[0] and r["steps"] >= obj.target[1]
                           for r in history)                                   # runs that reached the target
         Xs = gp.encode(mixtures, obj.target[0], obj.target[1], bounds)       # (E, K+2)
+        recommended = None                            # the default model's recommendation, as mixbo reports it
         for model, opts in MODELS.items():
             t1 = time.perf_counter()
             g = fit_like_mixbo(history, bounds, K, seed, refit_every, **opts)
@@ -103,8 +106,10 @@ def evaluate(task):
             # decides a ranking (a common offset changes no decision). J = I - 11^T / E; Var(J f) = J C J.
             J = np.eye(len(mean)) - 1.0 / len(mean)
             zc = np.abs(J @ err) / np.sqrt(np.maximum(np.diag(J @ cov @ J), 1e-24))
+            recommended = int(np.argmin(mean)) if recommended is None else recommended
             out[f, model] = dict(bias=err.mean(), rmse=np.sqrt((err ** 2).mean()), sd=np.sqrt(np.diag(cov)).mean(),
                                  z1=(z < 1).mean(), z2=(z < 2).mean(), zc1=(zc < 1).mean(), zc2=(zc < 2).mean(),
+                                 rec1=float(z[recommended] < 1), rec2=float(z[recommended] < 2),
                                  regret=true[np.argmin(mean)] - obj.optimum[1], target_runs=target_runs,
                                  E=len(mixtures), n=len(g.y), fit_s=time.perf_counter() - t1)
     return out, run_s
@@ -136,13 +141,14 @@ def main(argv=None):
         print(f"\nledger cut at {f:g} of the budget: E = {E:.1f} mixtures, n = {n:.0f} observations, "
               f"{runs_at_target:.1f} runs at the target fidelity (means)")
         print(f"{'model':28s} {'bias':>8s} {'rmse':>7s} {'sd':>7s} {'|z|<1':>6s} {'|z|<2':>6s} {'|zc|<1':>6s}"
-              f" {'|zc|<2':>6s} {'regret mean / median':>21s} {'fit s':>6s}")
+              f" {'|zc|<2':>6s} {'rec<1':>6s} {'rec<2':>6s} {'regret mean / median':>21s} {'fit s':>6s}")
         for model in MODELS:
             rows = [out[f, model] for out, _ in runs]
             m = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
             med = np.median([r["regret"] for r in rows])
             print(f"{model:28s} {m['bias']:8.4f} {m['rmse']:7.4f} {m['sd']:7.4f} {m['z1']:6.2f} {m['z2']:6.2f}"
-                  f" {m['zc1']:6.2f} {m['zc2']:6.2f} {m['regret']:10.4f} / {med:.4f} {m['fit_s']:6.1f}")
+                  f" {m['zc1']:6.2f} {m['zc2']:6.2f} {m['rec1']:6.2f} {m['rec2']:6.2f} {m['regret']:10.4f} / {med:.4f}"
+                  f" {m['fit_s']:6.1f}")
         print("per seed (bias, |z|<1, regret):")
         for model in MODELS:
             cells = "  ".join(f"{out[f, model]['bias']:+.4f} {out[f, model]['z1']:.2f} {out[f, model]['regret']:.4f}"
