@@ -20,8 +20,10 @@ Every row is the mean over seeds of the per-ledger numbers; `regret` also shows 
 come from the default model's decisions, so `regret` compares recommendations on the same runs; the
 loop under another model (different decisions) is measured by `python mixbo.py --sim --bench`.
 
-Run: python bench/calibration.py [--benchmark default] [--seeds 4] [--budget 5] [--fractions 0.5,1]
-     [--jobs 2]   (one BLAS/torch thread per process; seeds run in `--jobs` forked processes)
+Run: python bench/calibration.py [--benchmark default | --table runs.csv] [--seeds 4] [--budget 5]
+     [--fractions 0.5,1] [--jobs 2]   (one BLAS/torch thread per process; seeds run in `--jobs` forked
+     processes). With --table the loop replays a run table (simulate.load_table) and "true" is the table's
+     mean over replicates at the target: measured, so it carries their seed noise.
 """
 
 import os
@@ -76,11 +78,12 @@ def fit_like_mixbo(history, bounds, K, seed, refit_every, fit, scale=None):
 
 def evaluate(task):
     """One seed: run mfkg, then for each budget fraction and model the calibration numbers (dict)."""
-    name, seed, budget, fractions = task
+    source, seed, budget, fractions = task
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
-    obj = simulate.make_benchmark(name)
+    kind, name = source                                                   # ("table", path) or ("benchmark", name)
+    obj = simulate.load_table(name) if kind == "table" else simulate.make_benchmark(name)
     t0 = time.perf_counter()
     res = mixbo.optimize(obj, "mfkg", budget, seed, ledger=None, out=None)
     run_s = time.perf_counter() - t0
@@ -118,20 +121,22 @@ def evaluate(task):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
+    p.add_argument("--table", help="a run table CSV (simulate.load_table) instead of a benchmark")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--budget", type=float, default=5.0)
     p.add_argument("--fractions", default="0.5,1", help="budget fractions at which the ledger is cut")
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args(argv)
     fractions = [float(x) for x in a.fractions.split(",")]
-    tasks = [(a.benchmark, s, a.budget, fractions) for s in range(a.seeds)]
+    source = ("table", a.table) if a.table else ("benchmark", a.benchmark)
+    tasks = [(source, s, a.budget, fractions) for s in range(a.seeds)]
     t0 = time.perf_counter()
     if a.jobs > 1:
         with multiprocessing.get_context("fork").Pool(a.jobs) as pool:
             runs = pool.map(evaluate, tasks, chunksize=1)
     else:
         runs = [evaluate(t) for t in tasks]
-    print(f"benchmark {a.benchmark}: mfkg, budget {a.budget:g}, seeds 0..{a.seeds - 1}; ledgers "
+    print(f"{source[0]} {source[1]}: mfkg, budget {a.budget:g}, seeds 0..{a.seeds - 1}; ledgers "
           f"{sum(s for _, s in runs):.0f} s of runs; predictions at the target for the evaluated mixtures vs "
           f"the noise-free true loss; mean over seeds (regret: mean / median)")
     for f in fractions:
