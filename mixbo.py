@@ -506,10 +506,11 @@ def recommend(ctx, history):
            "domain_losses": {}, "domain_losses_source": "not run"}
     if s in GP_STRATEGIES and ctx.model is not None:
         import acquisition
-        mixtures = _evaluated_mixtures(history)
         import gp
+        mixtures = _evaluated_mixtures(history)
         i, _, _ = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
-        mean, var = gp.predict(fit_model(ctx, history, mean="constant"), gp.encode(mixtures[i:i + 1], *tgt, ctx.bounds))
+        reporter = fit_model(ctx, history, mean="constant")                       # the calibrated +- (docstring)
+        mean, var = gp.predict(reporter, gp.encode(mixtures[i:i + 1], *tgt, ctx.bounds))  # (1,), (1,)
         rec.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
                    source="constant-mean GP posterior at the target")
     elif (s == "regression" and not any((r["scale"], r["steps"]) == tgt for r in ok)
