@@ -182,7 +182,7 @@ class Context:
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
     model: object = None            # gp.GP fitted on the trials so far (GP strategies), else None
-    refit: dict = dataclasses.field(default_factory=dict)  # mean -> (r, hyperparameters fitted on the first r trials)
+    refit: dict = dataclasses.field(default_factory=dict)  # fit_model options -> (r, hyperparameters fitted on the first r trials)
     spent: float = 0.0              # target-run equivalents spent so far
 
     @property
@@ -395,12 +395,12 @@ def _observations(history):
             np.array(runs))
 
 
-def fit_model(ctx, history, mean="scaling_law"):
-    """The GP (gp.fit_gp's model with this `mean`) on every ok checkpoint of the history. Hyperparameters are
-    refitted (MAP, gp.fit_gp) when the number of trials c is a multiple of refit_every; in between, the GP is
-    conditioned on all data with the hyperparameters of the last refit r = c - c % refit_every (fitted on
-    the first r trials; cached in ctx.refit[mean]). So the model is a function of the history only, and a
-    resumed run rebuilds it."""
+def fit_model(ctx, history, **options):
+    """The GP (gp.fit_gp with the model `options`, e.g. mean="constant"; none: gp.fit_gp's defaults) on every
+    ok checkpoint of the history. Hyperparameters are refitted (MAP, gp.fit_gp) when the number of trials c
+    is a multiple of refit_every; in between, the GP is conditioned on all data with the hyperparameters of
+    the last refit r = c - c % refit_every (fitted on the first r trials; cached in ctx.refit per options).
+    So the model is a function of the history only, and a resumed run rebuilds it."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -408,14 +408,15 @@ def fit_model(ctx, history, mean="scaling_law"):
     r = c - c % ctx.settings.refit_every
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                       # nothing to refit on yet: fit now
-    if ctx.refit.get(mean, (None,))[0] != r:
+    key = tuple(sorted(options.items()))
+    if ctx.refit.get(key, (None,))[0] != r:
         W, N, T, y, runs = _observations(history[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, mean=mean,
-                        seed=trial_seed(ctx.settings.seed, r, MODEL)).hyperparameters
-        ctx.refit[mean] = (r, hyp)
+        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
+                        seed=trial_seed(ctx.settings.seed, r, MODEL), **options).hyperparameters
+        ctx.refit[key] = (r, hyp)
     W, N, T, y, runs = _observations(history)
-    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, mean=mean,
-                     hyperparameters=ctx.refit[mean][1])
+    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
+                     hyperparameters=ctx.refit[key][1], **options)
 
 
 def _evaluated_mixtures(history):

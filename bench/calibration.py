@@ -3,9 +3,9 @@
 bench/cross_scale.py fits each model on a designed split (many small runs, 2 target runs). Here the data
 are what mixbo's own loop collected: for each seed, `mixbo.optimize(make_benchmark(name), "mfkg",
 budget, seed)` (default model, ledger in memory). The ledger is then cut after `--fractions` of the
-budget, and every candidate model is fitted on the cut history exactly as mixbo.fit_model fits it
-(hyperparameters by gp.fit_gp on the first r = c - c % refit_every trials with seed trial_seed(seed, r,
-MODEL), then conditioned on all c trials). At the target fidelity, for the E mixtures evaluated so far:
+budget, and every candidate model is fitted on the cut history by mixbo.fit_model itself (hyperparameters
+by gp.fit_gp on the first r = c - c % refit_every trials with seed trial_seed(seed, r, MODEL), then
+conditioned on all c trials). At the target fidelity, for the E mixtures evaluated so far:
   bias       mean of (posterior mean - noise-free true loss), nats (negative: too optimistic)
   rmse       root mean squared error of the posterior mean against the true loss
   sd         mean latent posterior sd
@@ -16,6 +16,8 @@ MODEL), then conditioned on all c trials). At the target fidelity, for the E mix
              argmin) lies within 1 and 2 sd of this model's prediction for it
   regret     true loss of the recommendation (argmin posterior mean over the E mixtures, as
              acquisition.recommend) minus the benchmark's optimum
+  fit s      seconds for this row's GP (near 0 where an earlier row with the same gp.fit_gp options left
+             its hyperparameters in mixbo.fit_model's cache)
 Every row is the mean over seeds of the per-ledger numbers; `regret` also shows the median. The ledgers
 come from the default model's decisions, so `regret` compares recommendations on the same runs; the
 loop under another model (different decisions) is measured by `python mixbo.py --sim --bench`.
@@ -60,20 +62,15 @@ MODELS = {
 }
 
 
-def fit_like_mixbo(history, bounds, K, seed, refit_every, fit, scale=None):
-    """mixbo.fit_model with model options `fit`: hyperparameters fitted on the first r trials, then the GP
-    conditioned on all of them; `scale` multiplies named hyperparameters before conditioning."""
-    c = len(history)
-    r = c - c % refit_every
-    if not any(x["status"] == "ok" for x in history[:r]):
-        r = c
-    W, N, T, y, runs = mixbo._observations(history[:r])
-    hyp = dict(gp.fit_gp(gp.encode(W, N, T, bounds), y, n_weights=K, runs=runs,
-                         seed=mixbo.trial_seed(seed, r, mixbo.MODEL), **fit).hyperparameters)
-    for name, factor in (scale or {}).items():
-        hyp[name] = hyp[name] * factor
+def fit_as_mixbo(ctx, history, fit, scale=None):
+    """mixbo.fit_model with the model options `fit`; `scale` (a diagnostic) multiplies the named
+    hyperparameters of that fit, and the GP is conditioned on the same data with the scaled ones."""
+    g = mixbo.fit_model(ctx, history, **fit)
+    if scale is None:
+        return g
+    hyp = {name: value * scale.get(name, 1.0) for name, value in g.hyperparameters.items()}
     W, N, T, y, runs = mixbo._observations(history)
-    return gp.fit_gp(gp.encode(W, N, T, bounds), y, n_weights=K, runs=runs, hyperparameters=hyp, **fit)
+    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs, hyperparameters=hyp, **fit)
 
 
 def evaluate(task):
@@ -87,9 +84,8 @@ def evaluate(task):
     t0 = time.perf_counter()
     res = mixbo.optimize(obj, "mfkg", budget, seed, ledger=None, out=None)
     run_s = time.perf_counter() - t0
-    K = len(obj.domains)
     bounds = (min(obj.scales), max(obj.scales), min(obj.steps), max(obj.steps))
-    refit_every = res.settings.refit_every
+    ctx = mixbo.Context(obj, res.settings, unit=float(obj.cost(*obj.target)), bounds=bounds)  # as optimize's
     out = {}
     for f in fractions:
         history = [r for r in res.trials if r["spent"] <= f * budget + 1e-12]
@@ -101,7 +97,7 @@ def evaluate(task):
         recommended = None                            # the default model's recommendation, as mixbo reports it
         for model, opts in MODELS.items():
             t1 = time.perf_counter()
-            g = fit_like_mixbo(history, bounds, K, seed, refit_every, **opts)
+            g = fit_as_mixbo(ctx, history, **opts)
             mean, cov = gp.predict(g, Xs, full_cov=True)                      # (E,), (E, E)
             err = mean - true
             z = np.abs(err) / np.sqrt(np.maximum(np.diag(cov), 1e-24))
