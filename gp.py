@@ -465,15 +465,15 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
     observation comes from (for run_noise); None: rows with the same weights and scale are one run.
 
     Defaults, chosen by bench/cross_scale.py (simulate.py's benchmarks; fit on 48 mixtures at the two
-    smallest scales plus 2 target runs, predicting 46 held-back target runs; means over 5 splits of
-    "default", 3 of "sparse" and "shift"):
+    smallest scales plus 2 target runs, predicting 46 held-back target runs; means over 10 splits):
       structure="product", mean="scaling_law": k = s_beta^2 h(x)^T h(x') + s^2 k_w k_N k_T, i.e. the shared
       scale/steps effect (the Chinchilla basis) and the mixture effect have their own amplitudes. Spearman
-      on "default" 0.899 vs 0.869 for the plain product kernel (5 splits; ceiling 0.930), "sparse" 0.934 vs
-      0.901; 68%/95% coverage 0.71/0.96 on "default" where the plain product kernel gives 0.91/1.00 (too
-      wide). structure="additive" with the same mean ranked within 0.006 (0.905 on "default", equal on
-      "sparse" and "shift") at 1.8x the fit time; on "shift" (the optimum moves far) the plain product
-      kernel ranks best (0.758 vs 0.719). Matern-5/2 on every group, run_noise on, restarts=2 (as measured).
+      on "default" 0.904 vs 0.875 for the plain product kernel (ceiling 0.929), "sparse" 0.943 vs 0.919;
+      68%/95% coverage of the noise-free loss 0.69/0.95 on "default" and 0.72/0.99 on "sparse", where the
+      plain product kernel gives 0.89-0.90/1.00 (too wide); on "shift" (the optimum moves far) both are too
+      wide (0.85 and 0.96 at 68%) and the plain product kernel ranks best (0.780 vs 0.766).
+      structure="additive" with the same mean ranked within 0.004 at about 2x the fit time. Matern-5/2 on
+      every group, run_noise on, restarts=2 (as measured).
       Caveat (bench/calibration.py): on mixbo's own ledgers, which hold no run at the target fidelity, this
       model's target intervals are too narrow and mean="constant"'s hold their rate, so mixbo reports the
       recommendation's +- from a mean="constant" GP."""
