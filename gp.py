@@ -211,8 +211,8 @@ class Config:
     """The model options of fit_gp (same names and defaults)."""
     structure: str = "product"
     kernel_w: str = "matern52"
-    kernel_N: str = "matern52"
-    kernel_T: str = "matern52"
+    kernel_N: str = "rbf"
+    kernel_T: str = "rbf"
     mean: str = "scaling_law"
     sm_components: int = 2
     priors: bool = True
@@ -455,7 +455,7 @@ def _check_inputs(X, n_weights, what):
 
 
 def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="matern52",
-           kernel_N="matern52", kernel_T="matern52", mean="scaling_law", sm_components=2, priors=True,
+           kernel_N="rbf", kernel_T="rbf", mean="scaling_law", sm_components=2, priors=True,
            run_noise=True, runs=None, hyperparameters=None, maxiter=200):
     """Fit the GP by maximizing log p(y | theta) + log p(theta) over log-parameters with L-BFGS-B
     (`restarts` starts: the priors' modes, then seeded draws; the best is kept). With `hyperparameters`
@@ -468,15 +468,16 @@ def fit_gp(X, y, n_weights, seed=0, restarts=2, structure="product", kernel_w="m
     smallest scales plus 2 target runs, predicting 46 held-back target runs; means over 10 splits):
       structure="product", mean="scaling_law": k = s_beta^2 h(x)^T h(x') + s^2 k_w k_N k_T, i.e. the shared
       scale/steps effect (the Chinchilla basis) and the mixture effect have their own amplitudes. Spearman
-      on "default" 0.904 vs 0.875 for the plain product kernel (ceiling 0.929), "sparse" 0.943 vs 0.919;
-      68%/95% coverage of the noise-free loss 0.69/0.95 on "default" and 0.72/0.99 on "sparse", where the
-      plain product kernel gives 0.89-0.90/1.00 (too wide); on "shift" (the optimum moves far) both are too
-      wide (0.85 and 0.96 at 68%) and the plain product kernel ranks best (0.780 vs 0.766).
-      structure="additive" with the same mean ranked within 0.004 at about 2x the fit time. Matern-5/2 on
-      every group, run_noise on, restarts=2 (as measured).
+      on "default" 0.902 vs 0.861 for the plain product kernel (ceiling 0.929), "sparse" 0.941 vs 0.918.
+      kernel_N = kernel_T = "rbf" (Matern-5/2 on the weights): 68%/95% coverage of the noise-free target
+      loss 0.67/0.92, 0.66/0.96, 0.75/0.99 on "default", "sparse", "shift". With Matern-5/2 on u_N, u_T too,
+      "shift" (where the optimum moves) was too wide, 0.85 at 68%, for Spearman higher by 0.003 on
+      "default" and "sparse" (paired over splits; 0.016 +- 0.018 on "shift"). The loss is a smooth function
+      of log N and log T, which is RBF's assumption. structure="additive" with the same mean ranked within
+      0.005 at about 2x the fit time. run_noise on, restarts=2 (as measured).
       Caveat (bench/calibration.py): on mixbo's own ledgers, which hold no run at the target fidelity, this
-      model's target intervals are too narrow and mean="constant"'s hold their rate, so mixbo reports the
-      recommendation's +- from a mean="constant" GP."""
+      model's target intervals are too narrow, so mixbo reports the recommendation's +- from a
+      mean="constant" GP with Matern-5/2 on u_N, u_T (mixbo.REPORTING_MODEL), whose intervals held their rate."""
     if structure not in STRUCTURES or mean not in MEANS or not {kernel_w, kernel_N, kernel_T} <= set(KERNELS):
         raise ValueError(f"unknown model option: structure in {STRUCTURES}, mean in {MEANS}, kernels in {KERNELS}")
     if structure == "joint" and kernel_w not in ("rbf", "matern52"):

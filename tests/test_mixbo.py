@@ -156,22 +156,23 @@ def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
 
 def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(tmp_path):
     """mfkg recommends the scaling-law GP's argmin at the target over the evaluated mixtures and reports the
-    constant-mean GP's posterior there: both refitted here from the history, outside mixbo's loop."""
+    posterior there of a constant-mean GP with Matern-5/2 on u_N, u_T: both refitted here from the history,
+    outside mixbo's loop."""
     import gp
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None, **CHEAP)
     bounds = (1e6, 16e6, 100, 200)
     r = len(res.trials) - len(res.trials) % res.settings.refit_every             # last refit
-    def model(mean):
+    def model(**options):
         W, N, T, y, runs = mixbo._observations(res.trials[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, mean=mean,
-                        seed=mixbo.trial_seed(0, r, mixbo.MODEL)).hyperparameters
+        hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, seed=mixbo.trial_seed(0, r, mixbo.MODEL),
+                        **options).hyperparameters
         W, N, T, y, runs = mixbo._observations(res.trials)
-        return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, mean=mean, hyperparameters=hyp)
+        return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, hyperparameters=hyp, **options)
     mixtures = mixbo._evaluated_mixtures(res.trials)
     Xs = gp.encode(mixtures, 16e6, 200, bounds)
-    i = int(np.argmin(gp.predict(model("scaling_law"), Xs)[0]))
-    mean, var = gp.predict(model("constant"), Xs[i:i + 1])
+    i = int(np.argmin(gp.predict(model(mean="scaling_law", kernel_N="rbf", kernel_T="rbf"), Xs)[0]))
+    mean, var = gp.predict(model(mean="constant", kernel_N="matern52", kernel_T="matern52"), Xs[i:i + 1])
     rec = res.recommendation
     assert np.allclose(rec["weights"], mixtures[i], atol=1e-12)
     assert abs(rec["loss"] - mean[0]) < 1e-9 and abs(rec["sd"] - np.sqrt(var[0])) < 1e-9
