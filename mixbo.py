@@ -188,7 +188,7 @@ class Context:
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
     model: object = None            # gp.GP fitted on the trials so far (GP strategies), else None
-    refit: dict = dataclasses.field(default_factory=dict)  # fit_model options -> (r, hyperparameters fitted on the first r trials)
+    refit: dict = dataclasses.field(default_factory=dict)  # fit_model options -> (r, hyperparameters)
     spent: float = 0.0              # target-run equivalents spent so far
 
     @property
@@ -503,9 +503,9 @@ def recommend(ctx, history):
     the target over the evaluated mixtures (acquisition.recommend, on the loop's GP); its loss +- sd is the
     posterior at the target of REPORTING_MODEL, a constant-mean GP fitted to the same runs: on the loop's
     own data the scaling-law GP's intervals there were too narrow and this one's held their nominal rate
-    (bench/calibration.py, README "Calibration"). Regression before any
-    target run: the regression's argmin (a prediction at the proxy scale). Otherwise: the best observed
-    loss at the target (or, if nothing ran at the target yet, at the highest fidelity reached)."""
+    (bench/calibration.py, README "Calibration"). Regression before any target run: the regression's
+    argmin (a prediction at the proxy scale). Otherwise: the best observed loss at the target (or, if
+    nothing ran at the target yet, at the highest fidelity reached)."""
     s = ctx.settings.strategy
     tgt = _target(ctx)
     ok = [r for r in history if r["status"] == "ok"]
