@@ -317,3 +317,23 @@ def test_encode():
     np.testing.assert_allclose(X, [[0.2, 0.8, 0.5, 0.5]], atol=1e-15)
     with pytest.raises(ValueError):
         gp.encode(np.array([0.2, 0.8]), -1.0, 1000, (1e7, 1e9, 10, 1e5))
+
+
+def test_cross_scale_script_prints_means_and_standard_errors(monkeypatch, capsys):
+    """bench/cross_scale.py (the README's issue-8 table) at a tiny size: one row of means and one of standard
+    errors over splits per model, every coverage a share in [0, 1] and the ceiling a rank correlation."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import cross_scale
+    monkeypatch.setattr(sys, "argv", ["cross_scale.py", "--mixtures", "8", "--repeats", "2", "--restarts", "1",
+                                      "--models", "product", "product+law"])
+    cross_scale.main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith(("product ", "product+law "))}
+    assert set(rows) == {"product", "product+law"}
+    assert sum(line.startswith("  +- se") for line in lines) == 2
+    for line in rows.values():
+        cells = line.replace("|", " ").split()[1:]                   # spearman rmse cov68 cov95 fit_s | truth x4
+        spearman, rmse, cov68, cov95 = map(float, cells[:4])
+        assert -1 <= spearman <= 1 and rmse > 0 and 0 <= cov68 <= cov95 <= 1
+    ceiling = float(next(line for line in lines if line.startswith("ceiling")).split("=")[1].split(";")[0])
+    assert -1 <= ceiling <= 1
