@@ -51,7 +51,7 @@ MODELS = {
     "default (gp.fit_gp's)": dict(fit={}),       # structure="product", mean="scaling_law", RBF on u_N, u_T
     "reported +- (mixbo's)": dict(fit=mixbo.REPORTING_MODEL),   # mean="constant", Matern-5/2 on u_N, u_T
     "constant, rbf N,T": dict(fit=dict(mean="constant")),
-    "law, matern N,T": dict(fit=dict(kernel_N="matern52", kernel_T="matern52")),   # the previous default
+    "law, matern N,T": dict(fit=dict(kernel_N="matern52", kernel_T="matern52")),   # the default before RBF
     "additive+law": dict(fit=dict(structure="additive", mean="scaling_law")),
     "additive, mean=constant": dict(fit=dict(structure="additive", mean="constant")),
     # a 100x wider prior on the scaling-law coefficients beta (s_beta^2 x 100), everything else as fitted:

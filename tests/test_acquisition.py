@@ -149,7 +149,7 @@ def _refit_at_data_mean(model, X, x_new):
     y_new = model.y_mean
     y2 = np.append(model.y, y_new)
     r2 = (model.y_scale / y2.std()) ** 2
-    variances = ("amplitude", "noise", "run_noise", "fid_amplitude", "mean_amplitude")
+    variances = ("amplitude", "noise", "run_noise", "fid_amplitude", "mean_amplitude", "mean_coupling")
     h = {k: (v * r2 if k in variances else v) for k, v in model.hyperparameters.items()}
     cfg = model.config
     refit = gp.fit_gp(np.vstack([X, x_new]), y2, model.n_weights, hyperparameters=h, structure=cfg.structure,
@@ -164,8 +164,8 @@ def test_kg_agrees_with_monte_carlo_fantasies_on_a_fitted_gp():
     target = (scales[-1], steps[-1])
     A = np.vstack([W, [[0.45, 0.35, 0.2]]])  # evaluated mixtures + the candidate's mixture
     XA = gp.encode(A, *target, bounds)  # (|A|, d) at the target
-    z = gp.encode(A[-1:], scales[0], steps[0], bounds)  # (1, d) the measurement: a new run at the cheap fidelity
-    log_kg = acq._log_kg_grid(model, A[-1:], W, [(scales[0], steps[0])], target, bounds)[0, 0]
+    z = gp.encode(A[-1:], scales[0], steps[-1], bounds)  # (1, d) the measurement: a new run at the small scale
+    log_kg = acq._log_kg_grid(model, A[-1:], W, [(scales[0], steps[-1])], target, bounds)[0, 0]
     # Bayes' rule makes the fantasy posterior mean affine in y: mu_{n+1}(A) = mu_n(A) + beta (y - mu_n(z)).
     # One explicit refit with the fantasized point (y = the data mean, hyperparameters fixed) gives beta
     # exactly, and then 10^6 fantasies need no 10^6 refits.

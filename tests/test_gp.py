@@ -212,23 +212,24 @@ def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
 
 
 def test_scaling_law_mean_equals_explicit_basis_formulas():
-    """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + s_beta^2 h h^T."""
+    """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + h^T S h, S = diag(s_beta^2, s_beta^2, s_beta^2, s_C^2)."""
     X, y = make_data(30)
     Xs = make_data(6, seed=7)[0]
     hyp = {"amplitude": 0.8, "w_lengthscale": np.full(K, 0.6), "N_lengthscale": [0.7], "T_lengthscale": [1.1],
-           "noise": 0.02, "mean_amplitude": 3.0, "mean_alpha_N": 1.4, "mean_alpha_T": 0.6}
+           "noise": 0.02, "mean_amplitude": 3.0, "mean_coupling": 0.5, "mean_alpha_N": 1.4, "mean_alpha_T": 0.6}
     g = gp.fit_gp(X, y, K, run_noise=False, hyperparameters=hyp)
     ys = (y - g.y_mean) / g.y_scale
     P = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in hyp.items()}
     cfg0 = gp.Config(mean="constant", run_noise=False)
     k0 = lambda A, B: gp._kernel(cfg0, P, torch.from_numpy(A), torch.from_numpy(B), K).numpy()
-    h = lambda A: np.column_stack([np.ones(len(A)), np.exp(-1.4 * A[:, K]), np.exp(-0.6 * A[:, K + 1])]).T  # (3, n)
+    h = lambda A: np.column_stack([np.ones(len(A)), np.exp(-1.4 * A[:, K]), np.exp(-0.6 * A[:, K + 1]),
+                                   np.exp(-1.4 * A[:, K] - 0.6 * A[:, K + 1])]).T                # (4, n)
     Ky = k0(X, X) + 0.02 * np.eye(30)
     Ks, Kss, H, Hs = k0(X, Xs), k0(Xs, Xs), h(X), h(Xs)
     Kinv = np.linalg.inv(Ky)
-    A = np.eye(3) / 3.0 + H @ Kinv @ H.T                                  # B^-1 + H K^-1 H^T
+    A = np.diag(1 / np.array([3.0, 3.0, 3.0, 0.5])) + H @ Kinv @ H.T      # B^-1 + H K^-1 H^T
     beta = np.linalg.solve(A, H @ Kinv @ ys)                             # eq. 2.42, b = 0
-    R = Hs - H @ Kinv @ Ks                                               # (3, m)
+    R = Hs - H @ Kinv @ Ks                                               # (4, m)
     mean = Ks.T @ Kinv @ ys + R.T @ beta                                 # eq. 2.41/2.42
     cov = Kss - Ks.T @ Kinv @ Ks + R.T @ np.linalg.solve(A, R)
     m_ours, c_ours = gp.predict(g, Xs, full_cov=True)
@@ -239,7 +240,7 @@ def test_scaling_law_mean_equals_explicit_basis_formulas():
 def test_run_noise():
     X, y = make_data(30)
     hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9],
-           "mean_amplitude": 2.0, "mean_alpha_N": 1.5, "mean_alpha_T": 0.7}
+           "mean_amplitude": 2.0, "mean_coupling": 0.4, "mean_alpha_N": 1.5, "mean_alpha_T": 0.7}
     # one observation per run: sigma^2 I + sigma_run^2 B is white noise of variance sigma^2 + sigma_run^2
     a = gp.fit_gp(X, y, K, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
     b = gp.fit_gp(X, y, K, run_noise=False, hyperparameters={**hyp, "noise": 0.03})
