@@ -237,6 +237,28 @@ def test_scaling_law_mean_equals_explicit_basis_formulas():
     np.testing.assert_allclose(c_ours, g.y_scale ** 2 * cov, rtol=1e-7, atol=1e-12)
 
 
+def test_scaling_law_coupling_is_fitted_only_where_the_data_have_one():
+    """The coupling C / (N^alpha D^beta) has its own prior variance s_C^2, so the marginal likelihood decides
+    whether it is there: on a loss surface additive in N and D (Chinchilla's form) its fitted variance is a
+    negligible share of s_beta^2; when the surface has the coupling, it is not. 10 mixtures x 4 scales x 4
+    steps (4 checkpoints per run); with 2 levels per axis the four basis functions could not be told apart."""
+    rng = np.random.default_rng(0)
+    n_w = 3
+    W = rng.dirichlet(np.ones(n_w), 10)                                                   # (10, 3)
+    u = np.linspace(0.0, 1.0, 4)
+    u_N, u_T = (g.ravel() for g in np.meshgrid(u, u, indexing="ij"))                      # (16,) scale-major
+    X = np.column_stack([np.repeat(W, 16, axis=0), np.tile(u_N, 10), np.tile(u_T, 10)])  # (160, 5)
+    mixture = 0.05 * ((X[:, :n_w] - np.array([0.5, 0.3, 0.2])) ** 2).sum(1)
+    additive = 3.0 + np.exp(-2.0 * X[:, n_w]) + 0.8 * np.exp(-1.5 * X[:, n_w + 1]) + mixture
+    coupled = additive + 1.5 * np.exp(-2.0 * X[:, n_w] - 1.5 * X[:, n_w + 1])
+    runs = np.repeat(np.arange(40), 4)                                                     # a run = 4 checkpoints
+    share = {}
+    for name, y in (("additive", additive), ("coupled", coupled)):
+        h = gp.fit_gp(X, y + 0.005 * rng.normal(size=len(y)), n_w, runs=runs).hyperparameters
+        share[name] = h["mean_coupling"] / h["mean_amplitude"]                             # s_C^2 / s_beta^2
+    assert share["additive"] < 1e-2 and share["coupled"] > 0.5, share
+
+
 def test_run_noise():
     X, y = make_data(30)
     hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9],
