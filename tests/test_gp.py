@@ -212,7 +212,8 @@ def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
 
 
 def test_scaling_law_mean_equals_explicit_basis_formulas():
-    """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + h^T S h, S = diag(s_beta^2, s_beta^2, s_beta^2, s_C^2)."""
+    """R&W eq. 2.41-2.42 (basis h, coefficient prior N(0, B), b = 0) against our kernel + h^T S h,
+    S = diag(s_beta^2, s_beta^2, s_beta^2, s_C^2)."""
     X, y = make_data(30)
     Xs = make_data(6, seed=7)[0]
     hyp = {"amplitude": 0.8, "w_lengthscale": np.full(K, 0.6), "N_lengthscale": [0.7], "T_lengthscale": [1.1],
