@@ -1,115 +1,77 @@
-"""Objectives for mixbo: synthetic multi-scale benchmarks, objective files, and replay of run tables.
+"""Objectives for data-mixture search: multi-scale simulators, objective files and run tables.
 
-Everything mixbo optimizes is an `Objective` (defined here, the one place it is documented; train_lm.py
-builds one too). A trial trains a model on a data mixture at one model scale for some steps:
-
-    run(weights, scale, steps, seed) -> {
-        "loss": float,                       # objective to MINIMIZE at (scale, steps)
-        "domain_losses": {domain: float},    # per-domain losses at (scale, steps) ({} if unknown)
-        "checkpoints": [{"steps": int, "loss": float, "domain_losses": {...}}, ...],
-                                             # every checkpoint in `steps` below the requested steps, then
-                                             # the requested steps itself; ascending; last == requested
-        "cost": float}                       # cost of this run = cost(scale, steps)
-
-    weights: np.ndarray (K,) in `domains` order, >= 0, summing to 1 (1e-6; renormalized)
-    scale:   model size N in parameters (float), normally one of `scales`
-    steps:   training steps T (int), normally one of `steps`
-    seed:    int >= 0, the training seed: the same (weights, scale, steps, seed) gives the same numbers,
-             and a longer run with the same seed passes through the same earlier checkpoints.
-
-A run that raises or returns a non-finite loss is a failed trial (mixbo records it and goes on). Training to
-T steps yields every earlier checkpoint for free: the run costs cost(scale, T) and each checkpoint is an
-observation. The budget unit is cost(*target), one training run at the target fidelity.
-
-Objective fields (frozen dataclass below):
-    name, domains (K names), scales (ascending floats), steps (ascending ints),
-    target = (scale, steps), an element of scales x steps (normally the largest of both),
-    run (above), cost(scale, steps) -> float (6 * N * tokens by default),
-    candidates: (M, K) pool of the only mixtures that may be tried (table replay), None = whole simplex,
-    available(weights, scale, steps) -> bool: can this run be made? (table replay), None = always,
-    true_loss(weights, scale=None, steps=None): noise-free objective, at the target unless scale/steps
-        are given; weights (K,) -> float or (n, K) -> (n,); benchmarks and tables only, else None,
-    optimum = (weights (K,), loss): the best mixture at the target (benchmarks and tables only),
-    noise_sd: seed-to-seed sd of the objective at the target, if known.
-
-Three kinds of objective live here:
-
-1. Synthetic benchmarks, `make_benchmark(name)`: K domains, scales 20M..1B, 2500..20000 steps of
-   2^19 tokens. The per-domain loss is Ye et al.'s data mixing law (Ye et al. 2024, "Data Mixing Laws",
-   Sec. 3, multi-domain law: L_i(r) = c_i + k_i exp(sum_j t_ij r_j)) written on top of the Chinchilla
-   scaling law (Hoffmann et al. 2022, Sec. 3.3, parametric fit: L(N, D) = E + A/N^alpha + B/D^beta):
-
-       c_i(N, D)      = E_i + A / N^alpha + B / D^beta            Chinchilla, with its A, B, alpha, beta
-       L_i(w, N, D)   = c_i(N, D) + k_i exp(-tau_i(p) sum_j S_ij w_j)
-       objective      = (1/K) sum_i L_i                           equal-weight average per-domain loss
-
-   At each fixed (N, D) this is exactly Ye et al.'s law with c_i from Chinchilla and t_ij = -tau_i S_ij
-   (S_ii = 1: own data helps most; S_ij in [0, 1): transfer from domain j to domain i). tau_i is how fast
-   domain i saturates with relevant data; it moves log-linearly with compute,
-   tau_i(p) = tau_small_i^(1-p) * tau_target_i^p, where p = position of log(N*D) between the smallest
-   and the target fidelity (clipped to [0, 1]). That moves the optimum with scale, smoothly, so the
-   small scales rank mixtures much like the target does but do not share its optimum (the published
-   finding: a 25M-optimal mixture lost to uniform at 154M). Differences between mixtures are a few
-   hundredths of a nat near the optimum; scale moves the loss by whole nats. Every term is
-   k exp(affine in w) with k >= 0, so the objective is convex in w at every fidelity: its optimum is
-   computed by multi-start SLSQP polished by an active-set Newton method, and certified by the
-   Frank-Wolfe duality gap (Jaggi 2013, Sec. 2), which bounds f(w) - min f (tolerance 1e-10 nats).
-   Benchmarks: "default" (interior optimum), "sparse" (optimum on a face: book = 0), "shift" (the
-   optimum moves far: small scales mislead), "random" (K domains, instance drawn from a seed).
-
-   Observation noise: a run-level offset shared by all domains and checkpoints of one run,
-   sd sigma_run(N) = 0.015 (N / 20M)^-0.1 (0.015 at 20M, as measured seed-to-seed for 25M models;
-   0.010 at 1B), plus an independent per-checkpoint, per-domain part of sd 0.004
-   (0.004/sqrt(K) on the average). Seeded by (benchmark, seed, scale, checkpoint, weights).
-
-2. Objective files, `load_objective_file(path)`: a Python file defining loss(weights, scale, steps).
-3. Run tables, `load_table(path)`: a CSV of real runs replayed exactly as a pool-based benchmark.
-
-The formats of 2 and 3 are documented at their loaders. `python simulate.py` prints the benchmark table.
+Everything the optimizer minimizes is an `Objective` (its contract is the class docstring).
+1. Simulators, `make_benchmark(name)`: per-domain losses are a level in (N, D) plus terms of Ye et
+   al.'s data mixing law (Ye et al. 2024, Sec. 3: L_i(r) = c_i + k_i exp(sum_j t_ij r_j)); the level
+   is Chinchilla's law (Hoffmann et al. 2022, Sec. 3.3: E + A/N^alpha + B/D^beta). BENCHMARKS move
+   the law's rates with compute. TESTBED blends a target law g and a small-scale law h as
+   sqrt(r_N) g + sqrt(1 - r_N) h, r_N calibrated by bisection so that the smallest scale ranks
+   random mixtures like the target at a stated Spearman rho; its metrics are losses, losses whose
+   target level jumps off the extrapolation, and negated accuracies (a sigmoid of the loss, as in
+   Gadre et al. 2024, Sec. 3). Loss optima are certified by the Frank-Wolfe gap (Jaggi 2013).
+2. Objective files, `load_objective_file(path)`: a Python file defining loss(), or a search space.
+3. Run tables, `load_table(path)`: a CSV of runs replayed exactly; `write_table` writes one.
+Criteria over per-domain losses (mean, worst, weighted, one domain): `parse_aggregate`, `aggregate`.
+`python simulate.py` prints the test bed.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib.util
 import inspect
 import math
 import os
-import warnings
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
-# ---------------------------------------------------------------------------------------------------------
-# The objective signature
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Objective:
+    """What is minimized. A trial trains on a mixture at one (model scale, steps):
+
+        run(weights, scale, steps, seed) -> {"loss": float, "domain_losses": {domain: float},
+            "checkpoints": [{"steps": int, "loss", "domain_losses"}, ...], "cost": float}
+
+    loss: the objective there; domain_losses: per domain ({} if unknown); checkpoints: every grid
+    step below `steps`, then `steps`; cost = cost(scale, steps), in units of cost(*target). weights
+    (K,) in `domains` order (check_weights), seed an int >= 0: equal arguments give equal numbers,
+    and a longer run passes the same checkpoints. A run that raises or returns a non-finite loss is
+    a failed trial. run None: a search space only, results come from outside. candidates (M, K):
+    the only mixtures allowed; available(weights, scale, steps) -> bool; true_loss(weights,
+    scale=None, steps=None): noise-free, at the target unless given, (K,) -> float, (n, K) -> (n,);
+    true_domain_losses: per domain, (K,) or (n, K); optimum: (weights, loss) at the target;
+    noise_sd: the seed sd there; spearman: of the smallest scale's objective with the target's over
+    random mixtures. None: unknown (candidates: the simplex; available: always).
+    """
     name: str
     domains: tuple[str, ...]
-    scales: tuple[float, ...]             # ascending, parameters
-    steps: tuple[int, ...]                # ascending checkpoint step counts
-    target: tuple[float, int]             # (scale, steps), an element of scales x steps
-    run: Callable                         # run(weights (K,), scale, steps, seed) -> dict (module docstring)
-    cost: Callable                        # cost(scale, steps) -> float; budget unit = cost(*target)
-    candidates: np.ndarray | None = None  # (M, K) fixed pool of mixtures (table replay); None = whole simplex
-    available: Callable | None = None     # available(weights, scale, steps) -> bool; None = always
-    true_loss: Callable | None = None     # true_loss(weights, scale=None, steps=None) -> noise-free objective
-    optimum: tuple | None = None          # (weights (K,), loss) best at the target
-    noise_sd: float | None = None         # seed-to-seed sd of the objective at the target, if known
+    scales: tuple[float, ...]
+    steps: tuple[int, ...]
+    target: tuple[float, int]
+    run: Callable | None
+    cost: Callable
+    candidates: np.ndarray | None = None
+    available: Callable | None = None
+    true_loss: Callable | None = None
+    true_domain_losses: Callable | None = None
+    optimum: tuple | None = None
+    noise_sd: float | None = None
+    spearman: float | None = None
 
 
 SLIMPAJAMA_DOMAINS = ("wikipedia", "stackexchange", "github", "arxiv", "book")
 DEFAULT_SCALES = (20e6, 40e6, 80e6, 150e6, 300e6, 600e6, 1e9)
 DEFAULT_STEPS = (2500, 5000, 10000, 20000)
-TOKENS_PER_STEP = 2 ** 19                 # 512 sequences of 1024 tokens per optimizer step
-
+TOKENS_PER_STEP = 2 ** 19                # 512 sequences of 1024 tokens per optimizer step
+SIMPLEX_TOL = 1e-3                       # how far weights may miss the simplex (rounded tables)
+SAME_MIXTURE_TOL = 1e-6                  # weights this close (max norm) are one mixture
 # Hoffmann et al. 2022, Sec. 3.3 (Approach 3, parametric fit): L(N, D) = E + A/N^alpha + B/D^beta
-CHINCHILLA_A, CHINCHILLA_B = 406.4, 410.7
-CHINCHILLA_ALPHA, CHINCHILLA_BETA = 0.34, 0.28
+CHINCHILLA_A, CHINCHILLA_B, CHINCHILLA_ALPHA, CHINCHILLA_BETA = 406.4, 410.7, 0.34, 0.28
 
 
 def flops_cost(scale, steps, tokens_per_step=TOKENS_PER_STEP):
@@ -117,182 +79,231 @@ def flops_cost(scale, steps, tokens_per_step=TOKENS_PER_STEP):
     return 6.0 * float(scale) * float(steps) * float(tokens_per_step)
 
 
-def check_weights(weights, num_domains, tol=1e-6, what="weights"):
-    """Return weights as a float64 (K,) array on the simplex, or raise a one-line ValueError naming `what`.
-    The one simplex check of the project: mixbo.py (--mixture, tol 1e-9) and train_lm.py call it too."""
+def check_weights(weights, num_domains, what="weights"):
+    """The project's one simplex check: float64 (K,) weights, clipped at 0 and renormalized, or a
+    one-line ValueError naming `what` unless all are >= -SIMPLEX_TOL and sum to 1 +- SIMPLEX_TOL."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (num_domains,):
-        raise ValueError(f"{what} must have shape ({num_domains},), got {w.shape}; pass one weight per domain")
-    if not np.all(np.isfinite(w)) or np.any(w < -1e-12) or abs(w.sum() - 1.0) > tol:
-        raise ValueError(f"{what} {np.round(w, 6).tolist()} is off the simplex: weights must be >= 0 and sum to 1 "
-                         f"within {tol:g} (sum is {w.sum():.12g})")
-    w = np.clip(w, 0.0, None)
-    return w / w.sum()
+        raise ValueError(f"{what} must have shape ({num_domains},), got {w.shape}; pass one "
+                         "weight per domain")
+    if not np.all(np.isfinite(w)) or w.min() < -SIMPLEX_TOL or abs(w.sum() - 1) > SIMPLEX_TOL:
+        raise ValueError(f"{what} {np.round(w, 6).tolist()} are off the simplex: weights must "
+                         f"be >= 0 and sum to 1 within {SIMPLEX_TOL:g} (sum {w.sum():.12g})")
+    return np.clip(w, 0.0, None) / np.clip(w, 0.0, None).sum()
 
 
 def checkpoint_steps(grid, steps):
-    """The checkpoints a run to `steps` passes: grid steps below it, then `steps` itself (ascending)."""
+    """The checkpoints a run to `steps` passes: grid steps below it, then `steps` (ascending)."""
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     return [int(s) for s in grid if s < steps] + [int(steps)]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Synthetic benchmarks: Chinchilla scaling law x Ye et al. mixing law
+def noise_free(target, values):
+    """The one builder of true_loss and true_domain_losses: values(w (n, K), scale, steps) ->
+    (n,) or (n, K) as f(weights, scale=None, steps=None), at the target unless given."""
+    def at(weights, scale=None, steps=None):
+        w = np.asarray(weights, dtype=np.float64)
+        scale, steps = target[0] if scale is None else scale, target[1] if steps is None else steps
+        y = np.asarray(values(np.atleast_2d(w), scale, steps), dtype=np.float64)
+        return y if w.ndim == 2 else (float(y[0]) if y.ndim == 1 else y[0])
+    return at
 
-@dataclass(frozen=True, eq=False)
-class MixingLaw:
-    """Parameters of one synthetic benchmark (formulas in the module docstring)."""
+
+# --- Criteria over per-domain losses --------------------------------------------------------------
+
+class Aggregate(NamedTuple):
+    """A criterion over the losses of `domains`: weights (K,) of a weighted mean; None = worst."""
+    text: str
+    domains: tuple[str, ...]
+    weights: tuple[float, ...] | None
+
+
+def parse_aggregate(text, domains):
+    """Aggregate from "mean", "worst", "weighted:D=W,..." (unnamed domains weigh 0; the weights
+    sum to 1) or "domain:D"; otherwise a one-line ValueError that says the fix."""
+    domains, (kind, _, rest) = tuple(domains), str(text).partition(":")
+    if text in ("mean", "worst"):
+        return Aggregate(text, domains, None if text == "worst" else (1 / len(domains),) *
+                         len(domains))
+    if kind not in ("weighted", "domain") or not rest:
+        raise ValueError(f"aggregate {text!r}: choose mean, worst, weighted:D=W,... or domain:D")
+    weights = dict.fromkeys(domains, 0.0)
+    pairs = [(rest, "1")] if kind == "domain" else [i.partition("=")[::2] for i in rest.split(",")]
+    for name, value in pairs:
+        if name.strip() not in domains:
+            raise ValueError(f"aggregate {text!r}: unknown domain {name.strip()!r}; the domains "
+                             f"are {', '.join(domains)}")
+        try:
+            weights[name.strip()] += float(value)
+        except ValueError:
+            raise ValueError(f"aggregate {text!r}: weight {value!r} of {name.strip()} is not a "
+                             f"number; write D=W pairs, e.g. weighted:{domains[0]}=1") from None
+    w = check_weights(list(weights.values()), len(domains), what=f"aggregate {text!r}: weights")
+    return Aggregate(text, domains, tuple(w.tolist()))
+
+
+def aggregate(spec, domain_losses):
+    """spec of per-domain losses: a dict {domain: loss} -> float, an array (..., K) -> (...).
+    A model fitted to `worst` sees the max of the observed per-domain losses: a max of smooth
+    functions, continuous but kinked where the worst domain changes."""
+    if isinstance(domain_losses, dict):
+        weights = spec.weights or (1,) * len(spec.domains)
+        missing = [d for d, w in zip(spec.domains, weights) if w and d not in domain_losses]
+        if missing:
+            raise ValueError(f"aggregate {spec.text!r} needs the loss of domain {missing[0]!r}; "
+                             "the objective must report it in domain_losses")
+        domain_losses = [domain_losses.get(d, 0.0) for d in spec.domains]
+    losses = np.asarray(domain_losses, dtype=np.float64)
+    if losses.shape[-1:] != (len(spec.domains),):
+        raise ValueError(f"aggregate {spec.text!r}: losses of shape {losses.shape}; pass one loss "
+                         f"per domain ({len(spec.domains)})")
+    value = losses.max(axis=-1) if spec.weights is None else losses @ np.array(spec.weights)
+    return float(value) if value.ndim == 0 else value
+
+
+def minimize_aggregate(f, spec, grad=None, seed=0, n_starts=4):
+    """(weights (K,), value) minimizing aggregate(spec, f(w)), f: (K,) -> (K,), on the simplex by
+    SLSQP (with grad, the aggregate's gradient, if given) from the centroid and n_starts
+    Dirichlet(1) draws; `worst` on its epigraph min_{w, s} s s.t. f_k(w) <= s. Global when every
+    f_k is convex."""
+    K = len(spec.domains)
+    starts = np.vstack([np.full(K, 1 / K),
+                        np.random.default_rng(seed).dirichlet(np.ones(K), n_starts)])
+    value, bounds = (lambda w: aggregate(spec, f(w))), [(0.0, 1.0)] * K
+    goal, constraints = value, [{"type": "eq", "fun": lambda x: x[:K].sum() - 1.0}]
+    if spec.weights is None:                                  # epigraph of the max over domains
+        starts = np.column_stack([starts, [f(w).max() for w in starts]])
+        goal, bounds = (lambda x: x[K]), bounds + [(None, None)]
+        constraints.append({"type": "ineq", "fun": lambda x: x[K] - f(x[:K])})
+    found = [np.clip(minimize(goal, x0, jac=grad, method="SLSQP", bounds=bounds,
+                              constraints=constraints, options={"ftol": 1e-15, "maxiter": 500}
+                              ).x[:K], 0.0, None) for x0 in starts]
+    best = min((w / w.sum() for w in found), key=value)
+    return best, float(value(best))
+
+
+def aggregate_optimum(objective, spec, seed=0):
+    """(weights (K,), value) minimizing `spec` of the true per-domain losses at the target: the
+    best candidate of a pool objective, else minimize_aggregate (global on the simulators)."""
+    if objective.true_domain_losses is None:
+        raise ValueError(f"{objective.name} has no true per-domain losses; its optimum under "
+                         f"{spec.text!r} is unknown")
+    if objective.candidates is None:
+        return minimize_aggregate(objective.true_domain_losses, spec, seed=seed)
+    values = aggregate(spec, objective.true_domain_losses(objective.candidates))
+    return objective.candidates[int(np.argmin(values))].copy(), float(values.min())
+
+
+# --- Simulators: a level in (N, D) plus mixing-law terms ------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Simulator:
+    """Noise-free per-domain losses and a noise model. Losses, or with accuracy = (chance, slope,
+    midpoint (K,)) negated accuracies -(chance + (1 - chance) sigmoid(slope (midpoint - L))), of
+        L(w, N, T) = level(N, T) + sum_m c_m exp(t_m w),  (c_m (K,), t_m (K, K)) in terms(N, T).
+    The objective is their mean. Noise: a run offset of sd noise_run_sd (N / 20M)^-exponent, plus
+    noise_checkpoint_sd per checkpoint and domain; seeded by (noise_key, seed, scale, weights)."""
     name: str
     domains: tuple[str, ...]
-    E: np.ndarray                  # (K,) irreducible loss per domain, nats/token
-    k: np.ndarray                  # (K,) size of the mixture term, nats (Ye et al. k_i)
-    tau_small: np.ndarray          # (K,) saturation rate at the smallest fidelity (p = 0)
-    tau_target: np.ndarray         # (K,) saturation rate at the target fidelity (p = 1)
-    similarity: np.ndarray         # (K, K) S_ij: transfer of domain j's data to domain i, S_ii = 1
+    level: Callable                     # level(scale, steps) -> (K,)
+    terms: Callable                     # terms(scale, steps) -> [(c (K,), t (K, K)), ...]
     scales: tuple[float, ...] = DEFAULT_SCALES
     steps: tuple[int, ...] = DEFAULT_STEPS
-    tokens_per_step: int = TOKENS_PER_STEP
-    noise_run_sd: float = 0.015    # sd of the run-level offset at the smallest scale
-    noise_scale_exponent: float = 0.1   # sigma_run(N) = noise_run_sd * (N / N_min)^-exponent
-    noise_checkpoint_sd: float = 0.004  # per-checkpoint, per-domain sd
-    noise_key: int = 0             # mixed into every noise seed, so instances draw different noise
+    accuracy: tuple | None = None
+    noise_run_sd: float = 0.015
+    noise_scale_exponent: float = 0.1
+    noise_checkpoint_sd: float = 0.004
+    noise_key: int = 0
+    spearman: float | None = None
 
 
-def compute_position(law, scale, steps):
-    """p in [0, 1]: where log(N * D) lies between the smallest fidelity and the target (largest)."""
-    lo = math.log(law.scales[0] * law.steps[0])
-    hi = math.log(law.scales[-1] * law.steps[-1])
-    return min(1.0, max(0.0, (math.log(scale * steps) - lo) / (hi - lo)))
+def reducible_loss(scale, steps):
+    """Chinchilla's A/N^alpha + B/D^beta (Hoffmann et al. 2022, Sec. 3.3), D = steps * 2^19."""
+    return CHINCHILLA_A / scale ** CHINCHILLA_ALPHA + \
+        CHINCHILLA_B / (steps * TOKENS_PER_STEP) ** CHINCHILLA_BETA
 
 
-def reducible_loss(scale, steps, tokens_per_step=TOKENS_PER_STEP):
-    """Chinchilla's A/N^alpha + B/D^beta (Hoffmann et al. 2022, Sec. 3.3), D = steps * tokens_per_step."""
-    tokens = steps * tokens_per_step
-    return CHINCHILLA_A / scale ** CHINCHILLA_ALPHA + CHINCHILLA_B / tokens ** CHINCHILLA_BETA
+def domain_losses(sim, weights, scale, steps):
+    """Noise-free per-domain losses (or negated accuracies); weights (n, K) -> (n, K)."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    # Ye et al. 2024, Sec. 3: L_i = c_i + k_i exp(sum_j t_ij w_j), one k exp(.) per term
+    losses = sim.level(scale, steps) + sum(c * np.exp(w @ t.T) for c, t in sim.terms(scale, steps))
+    if sim.accuracy is None:
+        return losses
+    chance, slope, midpoint = sim.accuracy
+    return -(chance + (1.0 - chance) / (1.0 + np.exp(-slope * (midpoint - losses))))
 
 
-def mixing_coefficients(law, scale, steps):
-    """(R, t): Chinchilla's reducible loss R (float) and the mixing-law exponents t (K, K) at (scale, steps)."""
-    p = compute_position(law, scale, steps)
-    tau = law.tau_small ** (1.0 - p) * law.tau_target ** p      # (K,) log-linear in compute
-    t = -tau[:, None] * law.similarity                          # (K, K) t_ij of Ye et al. 2024's mixing law
-    return reducible_loss(scale, steps, law.tokens_per_step), t
+def noise_sd_at(sim, scale):
+    """Seed-to-seed sd of the objective (the mean over domains) at a model scale."""
+    run_sd = sim.noise_run_sd * (scale / 20e6) ** -sim.noise_scale_exponent
+    return math.sqrt(run_sd ** 2 + sim.noise_checkpoint_sd ** 2 / len(sim.domains))
 
 
-def domain_losses(law, weights, scale, steps):
-    """Noise-free per-domain losses; weights (n, K) -> (n, K)."""
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))   # (n, K)
-    R, t = mixing_coefficients(law, scale, steps)
-    return law.E + R + law.k * np.exp(w @ t.T)                 # (n, K) c_i + k_i exp(sum_j t_ij w_j), Ye et al.
-
-
-def mixture_loss(law, weights, scale, steps):
-    """Noise-free objective, the equal-weight average of the per-domain losses; (n, K) -> (n,)."""
-    return domain_losses(law, weights, scale, steps).mean(axis=1)
-
-
-def mixture_loss_grad(law, weights, scale, steps):
-    """Gradient of mixture_loss in w for one mixture; (K,) -> (K,)."""
-    _, t = mixing_coefficients(law, scale, steps)
-    mix = law.k * np.exp(t @ weights)                          # (K,) per-domain mixture terms
-    return (mix @ t) / len(weights)                            # d/dw_j (1/K) sum_i k_i e^{t_i.w}
-
-
-def noise_sd_at(law, scale):
-    """Seed-to-seed sd of the objective (average loss) at a model scale."""
-    run_sd = law.noise_run_sd * (scale / law.scales[0]) ** -law.noise_scale_exponent
-    return math.sqrt(run_sd ** 2 + law.noise_checkpoint_sd ** 2 / len(law.domains))
-
-
-def _weights_entropy(w):
-    """Weights as non-negative ints for a seed: w_j rounded to 2^-40."""
-    return [int(x) for x in np.round(w * 2.0 ** 40)]
-
-
-def run_benchmark(law, weights, scale, steps, seed):
-    """One simulated training run (the Objective.run of a benchmark); see the module docstring."""
-    w = check_weights(weights, len(law.domains))
+def run_simulator(sim, weights, scale, steps, seed):
+    """One simulated training run: the Objective.run of a simulator."""
+    w = check_weights(weights, len(sim.domains))
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive number of parameters, got {scale!r}")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    base = [law.noise_key, int(seed), int(round(scale))] + _weights_entropy(w)
-    run_sd = law.noise_run_sd * (scale / law.scales[0]) ** -law.noise_scale_exponent
-    run_offset = run_sd * np.random.default_rng(np.random.SeedSequence(base + [0])).standard_normal()
+    base = [sim.noise_key, int(seed), int(round(scale))] + [int(x) for x in np.round(w * 2.0 ** 40)]
+    run_sd = sim.noise_run_sd * (scale / 20e6) ** -sim.noise_scale_exponent
+    offset = run_sd * np.random.default_rng(np.random.SeedSequence(base + [0])).standard_normal()
     checkpoints = []
-    for s in checkpoint_steps(law.steps, steps):
-        ckpt_rng = np.random.default_rng(np.random.SeedSequence(base + [s]))   # same s -> same draw
-        per_domain = domain_losses(law, w, scale, s)[0]                          # (K,)
-        per_domain = per_domain + run_offset + law.noise_checkpoint_sd * ckpt_rng.standard_normal(len(w))
-        checkpoints.append({"steps": s, "loss": float(per_domain.mean()),
-                            "domain_losses": dict(zip(law.domains, map(float, per_domain)))})
-    last = checkpoints[-1]
-    return {"loss": last["loss"], "domain_losses": last["domain_losses"], "checkpoints": checkpoints,
-            "cost": flops_cost(scale, steps, law.tokens_per_step)}
+    for s in checkpoint_steps(sim.steps, steps):
+        own = np.random.default_rng(np.random.SeedSequence(base + [s])).standard_normal(len(w))
+        losses = domain_losses(sim, w, scale, s)[0] + offset + sim.noise_checkpoint_sd * own
+        checkpoints.append({"steps": s, "loss": float(losses.mean()),
+                            "domain_losses": dict(zip(sim.domains, map(float, losses)))})
+    return {"loss": checkpoints[-1]["loss"], "domain_losses": checkpoints[-1]["domain_losses"],
+            "checkpoints": checkpoints, "cost": flops_cost(scale, steps)}
 
 
-def minimize_on_simplex(f, grad, hess, K, seed=0, n_random=24, tol=1e-10):
-    """Minimize a smooth convex f on the simplex. SLSQP from the vertices, the facet centroids, the
-    centroid and random (dense and sparse Dirichlet) starts finds the face of the optimum; Newton's method
-    on that face then solves its KKT system to machine precision. The result is certified by the
-    Frank-Wolfe gap g(w) = grad(w).w - min_j grad(w)_j >= f(w) - min f (Jaggi 2013, Sec. 2).
-    Returns (w (K,), f(w), gap); raises RuntimeError if the gap exceeds tol.
-    """
-    rng = np.random.default_rng(seed)
-    starts = [np.eye(K), np.full((1, K), 1.0 / K)]
-    if K > 2:
-        starts.append((1.0 - np.eye(K)) / (K - 1))             # centroid of each facet (one weight 0)
-    starts += [rng.dirichlet(np.ones(K), n_random // 2), rng.dirichlet(np.full(K, 0.2), n_random // 2)]
-    simplex = [{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(K)}]
-    best_w, best_f = None, np.inf
-    for w0 in np.concatenate(starts):
-        res = minimize(f, w0, jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * K, constraints=simplex,
-                       options={"ftol": 1e-10, "maxiter": 100})
-        w = np.clip(res.x, 0.0, None) / np.clip(res.x, 0.0, None).sum()
-        if f(w) < best_f:
-            best_w, best_f = w, f(w)
-    w = best_w.copy()
-    support = w > 1e-6                                         # the face SLSQP converged to
-    for _ in range(10 * K):                                    # active set: Newton on a face, then let in
-        w[~support] = 0.0                                      # the coordinate the gradient asks for
-        w = w / w.sum()
-        for _ in range(50):                                    # Newton on the face: min f s.t. sum w_S = 1
-            s = np.flatnonzero(support)
-            g, H = grad(w)[s], hess(w)[np.ix_(s, s)]           # (|S|,), (|S|, |S|)
-            kkt = np.block([[H, np.ones((len(s), 1))], [np.ones((1, len(s))), np.zeros((1, 1))]])
-            step = np.linalg.solve(kkt, np.concatenate([-g, [0.0]]))[:-1]  # equality-constrained Newton step
-            shrink = min([1.0] + [-w[i] / d for i, d in zip(s, step) if d < 0 and w[i] + d < 0])
-            w[s] = np.clip(w[s] + shrink * step, 0.0, None)
-            if shrink < 1.0:                                   # a weight hit 0: continue on the smaller face
-                support &= w > 0.0
-            w = w / w.sum()
-            if np.abs(step).max() < 1e-15:
-                break
-        g = grad(w)
-        if g[~support].size == 0 or g[~support].min() >= g @ w - 1e-15:
-            break                                              # KKT holds: no zero weight wants to enter
-        support[np.flatnonzero(~support)[np.argmin(g[~support])]] = True
-    fw_gap = lambda v: float(grad(v) @ v - grad(v).min())      # Frank-Wolfe duality gap >= f(v) - min f
-    w = min([w, best_w], key=fw_gap)                           # keep the SLSQP point if Newton did not help
-    gap = fw_gap(w)
-    if gap > tol:
-        raise RuntimeError(f"simplex optimum not certified: Frank-Wolfe gap {gap:.2e} > {tol:.0e}")
-    return w, float(f(w)), gap
+def simulator_optimum(sim, scale, steps):
+    """(weights (K,), objective) at the optimum, by minimize_aggregate. A loss is a sum of
+    c exp(affine in w) with c >= 0 at the target, convex, so its optimum is certified to 1e-7:
+    Frank-Wolfe gap (Jaggi 2013, Sec. 2): grad(w).w - min_j grad(w)_j >= f(w) - min f."""
+    terms, f = sim.terms(scale, steps), lambda w: domain_losses(sim, w, scale, steps)[0]
+    grad = None if sim.accuracy else \
+        lambda w: sum((c * np.exp(t @ w)) @ t for c, t in terms) / len(w)
+    w, value = minimize_aggregate(f, parse_aggregate("mean", sim.domains), grad)
+    if grad is not None and grad(w) @ w - grad(w).min() > 1e-7:
+        raise RuntimeError(f"{sim.name}: optimum not certified, Frank-Wolfe gap > 1e-7")
+    return w, value
 
 
-def law_optimum(law, scale, steps):
-    """(weights (K,), loss, gap): the noise-free optimum of the benchmark at (scale, steps)."""
-    _, t = mixing_coefficients(law, scale, steps)
-    K = len(law.domains)
-    f = lambda w: float(mixture_loss(law, w, scale, steps)[0])
-    g = lambda w: mixture_loss_grad(law, w, scale, steps)
-    h = lambda w: (t.T * (law.k * np.exp(t @ w))) @ t / K      # (K, K) sum_i k_i e^{t_i.w} t_i t_i^T / K
-    return minimize_on_simplex(f, g, h, K)
+def spearman_to_target(sim, mixtures):
+    """Spearman rank correlation over `mixtures` (n, K) of the noise-free objective at the
+    smallest scale with the target's (both at the last steps)."""
+    at = lambda scale: domain_losses(sim, mixtures, scale, sim.steps[-1]).mean(axis=1)
+    return float(spearmanr(at(sim.scales[0]), at(sim.scales[-1]))[0])
 
 
-# Transfer between SlimPajama domains (row i receives from column j): Wikipedia and books share prose,
-# StackExchange sits between prose and code, ArXiv shares math/technical text with StackExchange.
+def simulator_objective(sim):
+    """The Objective of a simulator; its target is the largest scale and steps."""
+    target, per_domain = (sim.scales[-1], sim.steps[-1]), functools.partial(domain_losses, sim)
+    w_opt, f_opt = simulator_optimum(sim, *target)
+    w_opt.setflags(write=False)                               # shared by every caller: read-only
+    return Objective(name=sim.name, domains=sim.domains, scales=sim.scales, steps=sim.steps,
+                     target=target, run=functools.partial(run_simulator, sim), cost=flops_cost,
+                     true_loss=noise_free(target, lambda *a: per_domain(*a).mean(axis=1)),
+                     true_domain_losses=noise_free(target, per_domain), optimum=(w_opt, f_opt),
+                     noise_sd=noise_sd_at(sim, target[0]), spearman=sim.spearman)
+
+
+def random_similarity(rng, K):
+    """Random (K, K) transfer S_ij of domain j's data to domain i: sparse, asymmetric, S_ii = 1."""
+    S = rng.uniform(0.0, 0.5, (K, K)) * (rng.uniform(size=(K, K)) < 0.6)
+    np.fill_diagonal(S, 1.0)
+    return S
+
+
+# --- BENCHMARKS: one mixing-law term whose rates move log-linearly with compute -------------------
+
+# SlimPajama transfer (row i receives from column j): Wikipedia and books share prose,
+# StackExchange sits between prose and code, ArXiv shares technical text with StackExchange.
 _SLIMPAJAMA_SIMILARITY = np.array([
     # wiki  stack  github arxiv  book
     [1.00, 0.30, 0.05, 0.30, 0.50],   # wikipedia
@@ -301,472 +312,426 @@ _SLIMPAJAMA_SIMILARITY = np.array([
     [0.30, 0.30, 0.15, 1.00, 0.15],   # arxiv
     [0.50, 0.10, 0.02, 0.10, 1.00],   # book
 ])
-# Irreducible losses (nats/token), illustrative: code is the most predictable, books the least.
-_SLIMPAJAMA_E = np.array([1.20, 1.05, 0.20, 0.85, 1.40])
-
-
-def _named_law(name):
-    """The fixed SlimPajama-named benchmarks: tau_small = level * exp(-delta * direction) and
-    tau_target = level * exp(+delta * direction). A domain with direction +1 saturates slowly at small
-    compute (small models want much of it) and fast at the target (large models need less of it)."""
-    if name == "default":      # interior optimum; the 20M optimum is ~1 noise sd worse at 1B, like uniform
-        level, delta, direction, k = 3.0, 0.5, np.array([1.0, 0.0, -1.0, -1.0, 1.0]), 3.0
-    elif name == "sparse":     # optimum on a face at the target: book gets weight exactly 0
-        level, delta, direction, k = 3.0, 0.5, np.array([-1.0, 0.0, 1.0, 1.0, -1.0]), 3.0
-    elif name == "shift":      # the optimum moves far: the small-scale optimum loses to uniform at the target
-        level, delta, direction, k = 3.5, 0.8, np.array([1.0, 0.0, -1.0, -1.0, 1.0]), 3.0
-    else:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARKS}")
-    return MixingLaw(name=name, domains=SLIMPAJAMA_DOMAINS, E=_SLIMPAJAMA_E.copy(), k=np.full(5, k),
-                     tau_small=level * np.exp(-delta * direction), tau_target=level * np.exp(delta * direction),
-                     similarity=_SLIMPAJAMA_SIMILARITY.copy())
-
-
-def random_law(num_domains, seed):
-    """A random K-domain instance of the same family, for testing generality (seeded)."""
-    if num_domains < 2:
-        raise ValueError(f"a random benchmark needs at least 2 domains, got {num_domains}")
-    rng = np.random.default_rng(seed)
-    K = num_domains
-    S = rng.uniform(0.0, 0.5, (K, K)) * (rng.uniform(size=(K, K)) < 0.6)   # sparse, asymmetric transfer
-    np.fill_diagonal(S, 1.0)
-    direction = rng.uniform(-1.0, 1.0, K)
-    return MixingLaw(name=f"random-K{K}-seed{seed}", domains=tuple(f"domain{i}" for i in range(K)),
-                     E=rng.uniform(0.5, 1.7, K), k=np.full(K, 3.0),
-                     tau_small=3.0 * np.exp(-0.6 * direction), tau_target=3.0 * np.exp(0.6 * direction),
-                     similarity=S, noise_key=int(seed) + 1)
-
-
+_SLIMPAJAMA_E = np.array([1.20, 1.05, 0.20, 0.85, 1.40])   # nats/token: code most predictable
 BENCHMARKS = ("default", "sparse", "shift", "random")
 
 
+def benchmark_parameters(name="default", num_domains=5, seed=0):
+    """dict(name, domains, E, k, tau_small, tau_target, similarity, noise_key) of a BENCHMARKS
+    instance: "random" draws num_domains domains from `seed`; default (interior optimum), sparse
+    (book gets 0 at the target), shift (the optimum moves far) have tau = level exp(-+ delta
+    direction) at the smallest / target fidelity: direction +1 is wanted by small models."""
+    if name == "random":
+        if num_domains < 2:
+            raise ValueError(f"a random benchmark needs at least 2 domains, got {num_domains}")
+        rng, K = np.random.default_rng(seed), num_domains
+        S, direction = random_similarity(rng, K), rng.uniform(-1.0, 1.0, K)
+        return dict(name=f"random-K{K}-seed{seed}", domains=tuple(f"domain{i}" for i in range(K)),
+                    E=rng.uniform(0.5, 1.7, K), k=np.full(K, 3.0), similarity=S, noise_key=seed + 1,
+                    tau_small=3.0 * np.exp(-0.6 * direction),
+                    tau_target=3.0 * np.exp(0.6 * direction))
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARKS} or a TESTBED "
+                         "name")
+    level, delta = (3.5, 0.8) if name == "shift" else (3.0, 0.5)
+    direction = np.array([1.0, 0.0, -1.0, -1.0, 1.0]) * (-1.0 if name == "sparse" else 1.0)
+    return dict(name=name, domains=SLIMPAJAMA_DOMAINS, E=_SLIMPAJAMA_E, k=np.full(5, 3.0),
+                similarity=_SLIMPAJAMA_SIMILARITY, tau_small=level * np.exp(-delta * direction),
+                tau_target=level * np.exp(delta * direction), noise_key=0)
+
+
 def benchmark_law(name="default", num_domains=5, seed=0):
-    """The MixingLaw of a named benchmark ("random" uses num_domains and seed; the others are fixed)."""
-    return random_law(num_domains, seed) if name == "random" else _named_law(name)
+    """The Simulator of a BENCHMARKS instance: level E_i + A/N^alpha + B/D^beta, one term
+    k_i exp(-tau_i(p) sum_j S_ij w_j), tau_i(p) = tau_small_i^(1-p) tau_target_i^p, p the position
+    of log(N D) between the smallest fidelity and the target, clipped to [0, 1]."""
+    par = benchmark_parameters(name, num_domains, seed)
+    lo, hi = (math.log(DEFAULT_SCALES[i] * DEFAULT_STEPS[i]) for i in (0, -1))
+
+    def terms(scale, steps):
+        p = min(1.0, max(0.0, (math.log(scale * steps) - lo) / (hi - lo)))
+        return [(par["k"], -(par["tau_small"] ** (1 - p) * par["tau_target"] ** p)[:, None]
+                 * par["similarity"])]
+
+    return Simulator(name=par["name"], domains=par["domains"], terms=terms,
+                     level=lambda scale, steps: par["E"] + reducible_loss(scale, steps),
+                     noise_key=par["noise_key"])
 
 
-@functools.lru_cache(maxsize=32)
+# --- TESTBED: controlled transfer from the smallest scale to the target ---------------------------
+
+LADDERS = {2: (1e9 / 60, 1e9), 3: (0.18e9, 0.48e9, 1e9), 7: DEFAULT_SCALES}  # 1:60; .18:.48:1
+POOL_SIZE = 8000                         # Dirichlet(1) mixtures that calibrate and measure rho
+
+
+class Instance(NamedTuple):
+    """A test-bed instance: metric "loss", "jump" (a loss whose target level jumps off the small
+    scales' extrapolation) or "accuracy" (the objective is -accuracy); K domains; the ladder
+    LADDERS[num_scales]; rho, the requested Spearman of the smallest scale with the target."""
+    metric: str
+    num_domains: int
+    num_scales: int
+    rho: float
+    seed: int
+
+
+TESTBED = {f"{m}-K{K}-L{L}-rho{rho:g}": Instance(m, K, L, rho, seed) for seed, (m, K, L, rho) in
+           enumerate([("loss", 5, 7, 0.99), ("loss", 5, 7, 0.9), ("loss", 5, 7, 0.7),
+                      ("loss", 5, 7, 0.5), ("loss", 5, 7, 0.2), ("loss", 5, 3, 0.9),
+                      ("loss", 20, 2, 0.99), ("loss", 20, 2, 0.5), ("loss", 20, 3, 0.5),
+                      ("loss", 20, 3, 0.2), ("accuracy", 5, 7, 0.9), ("accuracy", 5, 3, 0.5),
+                      ("accuracy", 20, 2, 0.7), ("accuracy", 20, 7, 0.2), ("jump", 5, 7, 0.9),
+                      ("jump", 5, 3, 0.5), ("jump", 20, 2, 0.99)])}
+
+
+def testbed_law(instance, name="testbed"):
+    """The Simulator of a test-bed Instance. Per-domain losses (before the accuracy map):
+        L_i(w, N, T) = E_i + A/N^alpha + B/D^beta [+ jump_i at the target scale]
+                       + sqrt(r_N) a_g (g_i(w) - mean g_i) + sqrt(1 - r_N) a_h (h_i(w) - mean h_i)
+    g, h: independent random mixing-law terms exp(t w), h made uncorrelated with g over a pool
+    (h - beta g); means over the pool; a_g, a_h: the objective's sd over the pool is 0.04 for both.
+    r_N = r_0 + (1 - r_0) log(N / N_0) / log(N_target / N_0), r_0 set by bisection to hit rho."""
+    rng, K = np.random.default_rng(instance.seed), instance.num_domains
+    scales, rates = LADDERS[instance.num_scales], lambda: -rng.uniform(1.0, 4.0, K)[:, None]
+    t_g, t_h = rates() * random_similarity(rng, K), rates() * random_similarity(rng, K)
+    E = rng.uniform(0.8, 1.6, K)
+    midpoint, jump = E + rng.uniform(1.2, 1.8, K), rng.uniform(0.1, 0.2, K)
+    pool = rng.dirichlet(np.ones(K), POOL_SIZE)
+    g, h = np.exp(pool @ t_g.T), np.exp(pool @ t_h.T)                       # (n, K) each
+    beta = np.cov(h.mean(1), g.mean(1))[0, 1] / g.mean(1).var(ddof=1)
+    a_g, a_h = 0.04 / g.mean(1).std(), 0.04 / (h - beta * g).mean(1).std()
+    jump = jump * (instance.metric == "jump")
+
+    def law(r_0):
+        def terms(scale, steps):
+            r = r_0 + (1 - r_0) * math.log(scale / scales[0]) / math.log(scales[-1] / scales[0])
+            c_g, c_h = math.sqrt(r) * a_g - math.sqrt(1 - r) * a_h * beta, math.sqrt(1 - r) * a_h
+            return [(np.full(K, c_g), t_g), (np.full(K, c_h), t_h)]
+
+        def level(scale, steps):
+            (c_g, _), (c_h, _) = terms(scale, steps)
+            centre = c_g * g.mean(0) + c_h * h.mean(0)
+            return E + reducible_loss(scale, steps) + jump * (scale == scales[-1]) - centre
+
+        accuracy = (0.25, 1.5, midpoint) if instance.metric == "accuracy" else None
+        return Simulator(name=name, domains=tuple(f"domain{i}" for i in range(K)), level=level,
+                         terms=terms, scales=scales, accuracy=accuracy,
+                         noise_run_sd=0.005 if accuracy else 0.02,
+                         noise_scale_exponent=0.0 if accuracy else 0.1,
+                         noise_checkpoint_sd=0.002 if accuracy else 0.004,
+                         noise_key=1000 + instance.seed)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(20):                                      # bisection: rho rises with r_0
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if spearman_to_target(law(mid), pool) >= instance.rho else (mid, hi)
+    fresh = np.random.default_rng([instance.seed, 1]).dirichlet(np.ones(K), POOL_SIZE)
+    return dataclasses.replace(law(lo), spearman=spearman_to_target(law(lo), fresh))
+
+
+@functools.lru_cache(maxsize=64)
 def make_benchmark(name="default", num_domains=5, seed=0):
-    """Objective for a synthetic benchmark: "default", "sparse", "shift" (K = 5 SlimPajama domains) or
-    "random" (num_domains domains, instance drawn from `seed`). Cached: the optimum takes ~0.1 s."""
-    law = benchmark_law(name, num_domains, seed)
-    target = (law.scales[-1], law.steps[-1])
-    w_opt, f_opt, _ = law_optimum(law, *target)
-    w_opt.setflags(write=False)                                # shared by every caller (cached): read-only
-
-    def true_loss(weights, scale=None, steps=None):
-        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
-        w = np.asarray(weights, dtype=np.float64)
-        y = mixture_loss(law, w, scale, steps)
-        return float(y[0]) if w.ndim == 1 else y
-
-    return Objective(name=law.name, domains=law.domains, scales=law.scales, steps=law.steps, target=target,
-                     run=functools.partial(run_benchmark, law),
-                     cost=functools.partial(flops_cost, tokens_per_step=law.tokens_per_step),
-                     true_loss=true_loss, optimum=(w_opt, f_opt), noise_sd=noise_sd_at(law, target[0]))
+    """Objective of a simulator: a BENCHMARKS name ("default", "sparse", "shift": 5 SlimPajama
+    domains; "random": num_domains domains drawn from `seed`) or a TESTBED name."""
+    if name in TESTBED:
+        return simulator_objective(testbed_law(TESTBED[name], name))
+    return simulator_objective(benchmark_law(name, num_domains, seed))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Objective files: a Python file that defines loss(weights, scale, steps)
-
-def _check_grid(domains, scales, steps, target, where):
-    """Validate a search space; one-line ValueError naming `where` (the file or flag it came from)."""
-    if not domains or any(not isinstance(d, str) or not d for d in domains) or len(set(domains)) != len(domains):
-        raise ValueError(f"{where}: DOMAINS must be distinct non-empty strings, got {domains!r}")
-    if not scales or any(not (np.isfinite(s) and s > 0) for s in scales) or list(scales) != sorted(set(scales)):
-        raise ValueError(f"{where}: SCALES must be distinct positive numbers in ascending order, got {scales!r}")
-    if not steps or any(int(s) != s or s < 1 for s in steps) or list(steps) != sorted(set(steps)):
-        raise ValueError(f"{where}: STEPS must be distinct positive integers in ascending order, got {steps!r}")
-    if len(target) != 2 or target[0] not in scales or target[1] not in steps:
-        raise ValueError(f"{where}: TARGET {target!r} must be a (scale, steps) pair from SCALES x STEPS")
-
+# --- Objective files: a Python file that defines loss(weights, scale, steps), or a search space
 
 def _parse_loss(value, domains, where):
-    """A loss() result -> (loss, {domain: loss}); accepts a number or a dict with 'loss' and per-domain
+    """A loss() result -> (loss, {domain: loss}): a number, or a dict with 'loss' and per-domain
     losses under 'domain_losses' or under the domain names (other keys are ignored)."""
+    per_domain = {}
     if isinstance(value, dict):
         if "loss" not in value:
-            raise ValueError(f"{where} returned a dict without a 'loss' key; return a float or {{'loss': ..., ...}}")
+            raise ValueError(f"{where} returned a dict without a 'loss' key; return a float or "
+                             "{'loss': ..., ...}")
         per_domain = value.get("domain_losses", {d: value[d] for d in domains if d in value})
-        unknown = sorted(set(per_domain) - set(domains))
-        if unknown:
-            raise ValueError(f"{where} returned losses for unknown domains {unknown}; DOMAINS are {list(domains)}")
-        loss, per_domain = value["loss"], {d: float(per_domain[d]) for d in domains if d in per_domain}
-    else:
-        loss, per_domain = value, {}
+        if set(per_domain) - set(domains):
+            raise ValueError(f"{where} returned losses for unknown domains "
+                             f"{sorted(set(per_domain) - set(domains))}; DOMAINS are {domains}")
+        value, per_domain = value["loss"], {d: float(per_domain[d]) for d in per_domain}
     try:
-        loss = float(loss)
+        loss = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} returned {type(loss).__name__} {loss!r}; it must return a float") from None
+        raise ValueError(f"{where} returned {type(value).__name__} {value!r}; it must return a "
+                         "float") from None
     if not math.isfinite(loss) or not all(map(math.isfinite, per_domain.values())):
-        raise ValueError(f"{where} returned a non-finite loss ({loss}, {per_domain}); losses must be finite")
+        raise ValueError(f"{where} returned a non-finite loss ({loss}, {per_domain}); losses "
+                         "must be finite")
     return loss, per_domain
 
 
-def load_objective_file(path, domains=None, scales=None, steps=None, target=None, tokens_per_step=None):
-    """Objective from a Python file. The file must define
-
-        loss(weights, scale, steps) -> float  or  {"loss": float, "domain_losses": {domain: float}}
-                                               (per-domain losses may also sit under the domain names)
-            weights: np.ndarray (K,) in DOMAINS order, on the simplex; scale: parameters; steps: int.
-            A `seed` parameter, if loss has one, receives the run's seed (loss(weights, scale, steps, seed=...));
-            without it the file is taken as noise-free and Objective.true_loss calls it.
-
-    and may define (each falls back, in this order, to the argument given here (a CLI flag), else to
-    the file's value, else to the default shown):
-        DOMAINS = ("wikipedia", "stackexchange", "github", "arxiv", "book")
-        SCALES = (20e6, 40e6, 80e6, 150e6, 300e6, 600e6, 1e9)      # parameters, ascending
-        STEPS = (2500, 5000, 10000, 20000)                         # checkpoints, ascending
-        TARGET = (max(SCALES), max(STEPS))
-        TOKENS_PER_STEP = 2**19
-        cost(scale, steps) = 6 * scale * steps * TOKENS_PER_STEP
-        NOISE_SD = None (seed-to-seed sd at the target, if known)
-        OPTIMUM = None ((weights, loss) best at the target, if known)
-
-    A run to T steps calls loss once per checkpoint: at every STEPS value below T, then at T.
-    A missing file or `loss`, or a bad value above, is a one-line ValueError; so is a call that returns a
-    non-finite loss (mixbo records that trial as failed).
+def load_objective_file(path, domains=None, scales=None, steps=None, target=None,
+                        tokens_per_step=None):
+    """Objective from a Python file that defines loss(weights, scale, steps) -> float, or ->
+    {"loss": float, "domain_losses": {domain: float}} (or the per-domain losses under the domain
+    names): weights (K,) in DOMAINS order, scale in parameters, steps an int. If loss takes `seed`
+    it gets the run's seed; else the file is noise-free and true_loss and true_domain_losses call
+    it. With DOMAINS and no loss the file is a search space only: run is None (ask/tell, launched
+    trials). Optional names, each from the argument here (a flag), else the file, else:
+        DOMAINS = SLIMPAJAMA_DOMAINS; SCALES = DEFAULT_SCALES; STEPS = DEFAULT_STEPS (ascending)
+        TARGET = (max(SCALES), max(STEPS)); TOKENS_PER_STEP = 2**19; NOISE_SD, OPTIMUM = None
+        cost(scale, steps) = flops_cost(scale, steps, TOKENS_PER_STEP)
+    A run to T steps calls loss at every STEPS value below T, then at T. A missing file or loss,
+    a bad value above or a non-finite loss is a one-line ValueError.
     """
     where = f"objective file {path}"
     if not os.path.isfile(path):
-        raise ValueError(f"{where} does not exist; pass the path of a Python file that defines loss()")
-    spec = importlib.util.spec_from_file_location("mixbo_objective_file", path)
+        raise ValueError(f"{where} does not exist; pass the path of a Python file defining loss()")
+    spec = importlib.util.spec_from_file_location("objective_file", path)
     if spec is None:
         raise ValueError(f"{where} is not a Python file; its name must end in .py")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:                                     # the user's code: report it in one line
-        first_line = (str(e).splitlines() or [""])[0]
-        raise ValueError(f"{where} failed to import: {type(e).__name__}: {first_line}") from None
+    except Exception as e:                                    # the user's code: one line
+        raise ValueError(f"{where} failed to import: {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
     loss_fn = getattr(module, "loss", None)
-    if not callable(loss_fn):
-        raise ValueError(f"{where} does not define a function loss(weights, scale, steps)")
-    pick = lambda given, attr, default: given if given is not None else getattr(module, attr, default)
+    if not callable(loss_fn) and not hasattr(module, "DOMAINS"):
+        raise ValueError(f"{where} does not define a function loss(weights, scale, steps), nor "
+                         "DOMAINS for a search space only")
+    pick = lambda given, name, default: getattr(module, name, default) if given is None else given
     domains = tuple(pick(domains, "DOMAINS", SLIMPAJAMA_DOMAINS))
     scales = tuple(float(s) for s in pick(scales, "SCALES", DEFAULT_SCALES))
     step_grid = tuple(int(s) for s in pick(steps, "STEPS", DEFAULT_STEPS))
     target = tuple(pick(target, "TARGET", (max(scales), max(step_grid))))
-    tokens_per_step = pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP)
-    _check_grid(domains, scales, step_grid, target, where)
-    target = (float(target[0]), int(target[1]))
-    file_cost = getattr(module, "cost", None)
-    cost = file_cost if callable(file_cost) else functools.partial(flops_cost, tokens_per_step=tokens_per_step)
+    ascending = lambda v: len(v) and list(v) == sorted(set(v)) and all(0 < x < np.inf for x in v)
+    if not domains or not all(isinstance(d, str) and d for d in domains) or \
+            len(set(domains)) != len(domains):
+        raise ValueError(f"{where}: DOMAINS must be distinct non-empty strings, got {domains}")
+    if not ascending(scales) or not ascending(step_grid):
+        raise ValueError(f"{where}: SCALES and STEPS must be distinct positive numbers in "
+                         f"ascending order, got {scales} and {step_grid}")
+    if len(target) != 2 or target[0] not in scales or target[1] not in step_grid:
+        raise ValueError(f"{where}: TARGET {target} must be a (scale, steps) of SCALES x STEPS")
+    cost = getattr(module, "cost", None)
+    if not callable(cost):
+        tokens_per_step = pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP)
+        cost = functools.partial(flops_cost, tokens_per_step=tokens_per_step)
+    optimum, noise_sd = getattr(module, "OPTIMUM", None), getattr(module, "NOISE_SD", None)
+    space = Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid,
+                      target=(float(target[0]), int(target[1])), run=None, cost=cost,
+                      optimum=optimum and (check_weights(optimum[0], len(domains)),
+                                           float(optimum[1])),
+                      noise_sd=None if noise_sd is None else float(noise_sd))
+    if not callable(loss_fn):
+        return space
     takes_seed = "seed" in inspect.signature(loss_fn).parameters
 
-    def call(w, scale, s, seed):
-        value = loss_fn(w.copy(), scale, s, seed=seed) if takes_seed else loss_fn(w.copy(), scale, s)
+    def call(weights, scale, s, seed=0):
+        w = check_weights(weights, len(domains))
+        value = loss_fn(w.copy(), scale, s, **({"seed": seed} if takes_seed else {}))
         return _parse_loss(value, domains, f"{where}: loss(weights, scale={scale:g}, steps={s})")
 
     def run(weights, scale, steps, seed=0):
-        w = check_weights(weights, len(domains))
-        checkpoints = []
-        for s in checkpoint_steps(step_grid, steps):
-            loss, per_domain = call(w, float(scale), s, seed)
-            checkpoints.append({"steps": s, "loss": loss, "domain_losses": per_domain})
+        checkpoints = [dict(zip(("steps", "loss", "domain_losses"),
+                                (s, *call(weights, scale, s, seed))))
+                       for s in checkpoint_steps(step_grid, steps)]
         run_cost = float(cost(scale, steps))
         if not (math.isfinite(run_cost) and run_cost > 0):
-            raise ValueError(f"{where}: cost({scale:g}, {steps}) returned {run_cost}; it must be a positive number")
-        last = checkpoints[-1]
-        return {"loss": last["loss"], "domain_losses": last["domain_losses"], "checkpoints": checkpoints,
-                "cost": run_cost}
+            raise ValueError(f"{where}: cost({scale:g}, {steps}) returned {run_cost}; it must be "
+                             "a positive number")
+        return dict(checkpoints[-1], checkpoints=checkpoints, cost=run_cost)
 
-    def true_loss(weights, scale=None, steps=None):
-        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
-        w = np.asarray(weights, dtype=np.float64)
-        if w.ndim == 1:
-            return call(check_weights(w, len(domains)), float(scale), int(steps), 0)[0]
-        return np.array([call(check_weights(v, len(domains)), float(scale), int(steps), 0)[0] for v in w])
+    def per_domain(w, scale, steps):
+        rows = [call(v, float(scale), int(steps))[1] for v in w]
+        if any(len(r) != len(domains) for r in rows):
+            raise ValueError(f"{where}: loss() does not return every domain's loss; return "
+                             "{'loss': ..., 'domain_losses': {domain: loss, ...}}")
+        return [[r[d] for d in domains] for r in rows]
 
-    optimum = getattr(module, "OPTIMUM", None)
-    if optimum is not None:
-        optimum = (check_weights(optimum[0], len(domains)), float(optimum[1]))
-    noise_sd = getattr(module, "NOISE_SD", None)
-    return Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid, target=target, run=run,
-                     cost=cost, true_loss=None if takes_seed else true_loss, optimum=optimum,
-                     noise_sd=None if noise_sd is None else float(noise_sd))
+    objective = lambda w, scale, steps: [call(v, float(scale), int(steps))[0] for v in w]
+    return dataclasses.replace(space, run=run) if takes_seed else dataclasses.replace(
+        space, run=run, true_loss=noise_free(space.target, objective),
+        true_domain_losses=noise_free(space.target, per_domain))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Run tables: a CSV of real runs, replayed exactly
+# --- Run tables: a CSV of runs, replayed exactly (format: data/README.md) ------------------------
 
-@dataclass(frozen=True, eq=False)
-class RunTable:
-    """A parsed run table: one entry per CSV row (n rows), in file order."""
+class RunTable(NamedTuple):
+    """A parsed run table: its domains (from the w_<domain> columns, in order), fidelity ("steps"
+    with a steps column, else "tokens", which then stand for steps), the distinct mixtures (M, K),
+    and one dict per CSV row: line, run, seed ("" without a seed column), w, mixture (index),
+    scale, tokens, steps, cost, objective (the metric column), domain_losses."""
     path: str
-    domains: tuple[str, ...]        # from the w_<domain> columns, in column order
-    metric: str                     # name of the objective column
-    fidelity: str                   # "steps" (a steps column exists) or "tokens" (steps axis = tokens)
-    row: np.ndarray                 # (n,) CSV line number of each row, for messages
-    run: tuple[str, ...]            # (n,) run id: one mixture, shared across scales
-    seed: tuple[str, ...]           # (n,) seed column ("" when the table has none)
-    mixture: np.ndarray             # (n,) index into `mixtures`
-    mixtures: np.ndarray            # (M, K) distinct mixtures, renormalized to sum to 1
-    scale: np.ndarray               # (n,) parameters
-    tokens: np.ndarray              # (n,) training tokens at the row
-    steps: np.ndarray               # (n,) int: steps column, or tokens when there is none
-    cost: np.ndarray                # (n,) cost column, or 6 * scale * tokens
-    objective: np.ndarray           # (n,) the metric column
-    domain_losses: tuple            # (n,) dicts {domain: loss} from the loss_<domain> columns
-
-
-def _table_number(text, path, line, column):
-    """Parse one cell as a finite float, or raise a one-line ValueError naming row and column."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"table {path}: row {line}, column '{column}': {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"table {path}: row {line}, column '{column}': {text!r} is not finite")
-    return value
+    domains: tuple[str, ...]
+    fidelity: str
+    mixtures: np.ndarray
+    rows: list
 
 
 def read_table(path, metric="loss"):
-    """Parse and validate a run table (format in load_table's docstring); returns a RunTable."""
+    """Parse and validate a run table (format: data/README.md) into a RunTable; a malformed one
+    is a one-line ValueError naming the row (CSV line) and column."""
     if not os.path.isfile(path):
         raise ValueError(f"table {path} does not exist; pass the path of a CSV file of runs")
     with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise ValueError(f"table {path} is empty; it needs a header row and one row per run and checkpoint")
-        header = [h.strip() for h in header]
-        duplicated = sorted({h for h in header if header.count(h) > 1})
-        if duplicated:
-            raise ValueError(f"table {path}: row 1 (header), column '{duplicated[0]}' appears more than once")
-        domains = tuple(h[2:] for h in header if h.startswith("w_"))
-        for column in ("run", "scale", "tokens", metric):
-            if column not in header:
-                raise ValueError(f"table {path}: row 1 (header) has no column '{column}'; required: run, "
-                                 f"w_<domain> for each domain, scale, tokens, {metric}")
-        if len(domains) < 2 or any(not d for d in domains):
-            raise ValueError(f"table {path}: row 1 (header) needs a w_<domain> column for each of >= 2 domains")
-        col = {h: i for i, h in enumerate(header)}
-        loss_columns = [d for d in domains if f"loss_{d}" in col]
-        has_steps, has_cost, has_seed = "steps" in col, "cost" in col, "seed" in col
-        rows = []
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue                                       # blank line
-            line = reader.line_num
-            if len(cells) != len(header):
-                raise ValueError(f"table {path}: row {line} has {len(cells)} cells but the header has {len(header)}")
-            cell = lambda c: cells[col[c]].strip()
-            num = lambda c: _table_number(cell(c), path, line, c)
-            if not cell("run"):
-                raise ValueError(f"table {path}: row {line}, column 'run' is empty; give every run an id")
-            w = np.array([num(f"w_{d}") for d in domains])   # (K,)
-            for d, v in zip(domains, w):
-                if v < 0:
-                    raise ValueError(f"table {path}: row {line}, column 'w_{d}': weight {v} is negative")
-            if abs(w.sum() - 1.0) > 1e-3:
-                raise ValueError(f"table {path}: row {line}, columns w_{domains[0]}..w_{domains[-1]}: weights "
-                                 f"sum to {w.sum():.6g}, not 1 (tolerance 1e-3)")
-            values = {c: num(c) for c in ("scale", "tokens") + (("steps",) if has_steps else ())
-                      + (("cost",) if has_cost else ())}
-            for c, v in values.items():
-                if v <= 0:
-                    raise ValueError(f"table {path}: row {line}, column '{c}': {v} must be positive")
-            if has_steps and values["steps"] != int(values["steps"]):
-                raise ValueError(f"table {path}: row {line}, column 'steps': {values['steps']} is not an integer")
-            per_domain = {d: num(f"loss_{d}") for d in loss_columns if cell(f"loss_{d}")}   # blank = unknown
-            rows.append(dict(line=line, run=cell("run"), seed=cell("seed") if has_seed else "", w=w,
-                             objective=num(metric), domain_losses=per_domain, **values))
-    if not rows:
-        raise ValueError(f"table {path} has a header but no rows; add one row per run and checkpoint")
+        lines = [(n + 1, cells) for n, cells in enumerate(csv.reader(f)) if "".join(cells).strip()]
+    if not lines:
+        raise ValueError(f"table {path} is empty; it needs a header row and one row per run")
+    header = [h.strip() for h in lines[0][1]]
+    col = {h: i for i, h in enumerate(header)}
+    domains = tuple(h[2:] for h in header if h.startswith("w_"))
+    for h in header:
+        if header.count(h) > 1:
+            raise ValueError(f"table {path}: row 1 (header), column '{h}' appears more than once")
+    for c in ("run", "scale", "tokens", metric):
+        if c not in col:
+            raise ValueError(f"table {path}: row 1 (header) has no column '{c}'; required: run, "
+                             f"w_<domain> for each domain, scale, tokens, {metric}")
+    if len(domains) < 2 or not all(domains):
+        raise ValueError(f"table {path}: row 1 (header) needs a w_<domain> column for each of >= 2 "
+                         "domains")
+    rows, mixtures, mixture_of_run, seen = [], [], {}, {}
+    for line, cells in lines[1:]:
+        if len(cells) != len(header):
+            raise ValueError(f"table {path}: row {line} has {len(cells)} cells but the header has "
+                             f"{len(header)}")
+        bad = lambda c, problem: ValueError(f"table {path}: row {line}, column '{c}': {problem}")
+        cell = lambda c: cells[col[c]].strip()
 
-    off = [r["line"] for r in rows if abs(r["w"].sum() - 1.0) > 1e-9]
-    if off:
-        warnings.warn(f"table {path}: weights of {len(off)} rows (first: row {off[0]}) do not sum to 1 "
-                      f"within 1e-9; renormalized")
-    mixtures, mixture_of_key, first_row_of_run, seen = [], {}, {}, {}
-    for r in rows:
-        w = r["w"] if abs(r["w"].sum() - 1.0) <= 1e-12 else r["w"] / r["w"].sum()   # keep exact table values
-        if r["run"] in first_row_of_run:                      # one run id = one mixture
-            r0 = first_row_of_run[r["run"]]
-            j = int(np.argmax(np.abs(w - mixtures[r0["mixture"]])))
-            if abs(w[j] - mixtures[r0["mixture"]][j]) > 1e-6:
-                raise ValueError(f"table {path}: row {r['line']}, column 'w_{domains[j]}': run '{r['run']}' has "
-                                 f"weight {w[j]:.6g} here but {mixtures[r0['mixture']][j]:.6g} in row {r0['line']}")
-            r["mixture"] = r0["mixture"]
-        else:
-            key = tuple(np.round(w, 9))                       # different run ids, same mixture: replicates
-            if key not in mixture_of_key:
-                mixture_of_key[key] = len(mixtures)
-                mixtures.append(w)
-            r["mixture"] = mixture_of_key[key]
-            first_row_of_run[r["run"]] = r
-        steps = int(r["steps"]) if has_steps else int(round(r["tokens"]))
-        r["steps"] = steps
-        key = (r["run"], r["seed"], r["scale"], steps)
+        def number(c):
+            try:
+                value = float(cell(c))
+            except ValueError:
+                raise bad(c, f"{cell(c)!r} is not a number") from None
+            if not math.isfinite(value):
+                raise bad(c, f"{cell(c)!r} is not finite")
+            return value
+
+        if not cell("run"):
+            raise bad("run", "is empty; give every run an id")
+        raw = np.array([number(f"w_{d}") for d in domains])
+        w = check_weights(raw, len(domains), what=f"table {path}: row {line}, columns "
+                                                  f"w_{domains[0]}..w_{domains[-1]}:")
+        w = raw if np.abs(w - raw).max() <= SAME_MIXTURE_TOL else w   # keep the table's values
+        r = {c: number(c) for c in ["scale", "tokens"] + [c for c in ("steps", "cost") if c in col]}
+        for c, v in r.items():
+            if v <= 0 or (c == "steps" and v != int(v)):
+                raise bad(c, f"{v} must be a positive" + " integer" * (c == "steps"))
+        near = [m for m, v in enumerate(mixtures) if np.abs(v - w).max() <= SAME_MIXTURE_TOL]
+        m, first = mixture_of_run.setdefault(cell("run"),
+                                             (near[0] if near else len(mixtures), line))
+        if m < len(mixtures) and m not in near:                # one run id = one mixture
+            j = int(np.argmax(np.abs(w - mixtures[m])))
+            raise bad(f"w_{domains[j]}", f"run '{cell('run')}' has weight {w[j]:.6g} here but "
+                      f"{mixtures[m][j]:.6g} in row {first}")
+        mixtures += [w] if m == len(mixtures) else []         # other ids, same weights: replicates
+        r.update(line=line, run=cell("run"), seed=cell("seed") if "seed" in col else "", w=w,
+                 mixture=m, objective=number(metric), steps=int(r.get("steps", r["tokens"])),
+                 cost=r.get("cost", flops_cost(r["scale"], r["tokens"], 1)),
+                 domain_losses={d: number(f"loss_{d}") for d in domains
+                                if f"loss_{d}" in col and cell(f"loss_{d}")})   # blank = unknown
+        key = (r["run"], r["seed"], r["scale"], r["steps"])
         if key in seen:
-            what = "run, scale, " + ("steps" if has_steps else "tokens") + (", seed" if has_seed else "")
-            raise ValueError(f"table {path}: row {r['line']}, column 'run': duplicate of row {seen[key]} (same "
-                             f"{what}); drop one, or add a seed column to keep seed repeats")
-        seen[key] = r["line"]
-    return RunTable(path=path, domains=domains, metric=metric, fidelity="steps" if has_steps else "tokens",
-                    row=np.array([r["line"] for r in rows]), run=tuple(r["run"] for r in rows),
-                    seed=tuple(r["seed"] for r in rows), mixture=np.array([r["mixture"] for r in rows]),
-                    mixtures=np.array(mixtures), scale=np.array([r["scale"] for r in rows]),
-                    tokens=np.array([r["tokens"] for r in rows]), steps=np.array([r["steps"] for r in rows]),
-                    cost=np.array([r["cost"] if has_cost else 6.0 * r["scale"] * r["tokens"] for r in rows]),
-                    objective=np.array([r["objective"] for r in rows]),
-                    domain_losses=tuple(r["domain_losses"] for r in rows))
+            raise bad("run", f"duplicate of row {seen[key]} (same run, scale, steps or tokens, "
+                      "seed); drop one, or add a seed column to keep seed repeats")
+        seen[key] = line
+        rows.append(r)
+    if not rows:
+        raise ValueError(f"table {path} has a header but no rows; add one row per run")
+    return RunTable(path, domains, "steps" if "steps" in col else "tokens", np.array(mixtures),
+                    rows)
 
 
 def load_table(path, metric="loss", target_scale=None):
-    """Objective that replays a CSV of real runs exactly (no added noise).
-
-    Format: a header row, then one row per run and checkpoint. Columns (order free, extra columns ignored):
-        run            id of a mixture; the same id at several scales is the same mixture
-        w_<domain>     one column per domain (defines the domains and their order): weights >= 0 summing
-                       to 1 within 1e-3 (renormalized; a warning beyond 1e-9)
-        scale          model size, parameters
-        tokens         training tokens seen at this row
-        steps          optional: training steps at this row; without it the fidelity axis is tokens
-        cost           optional: cost of training to this row; default 6 * scale * tokens
-        seed           optional: tells seed repeats apart (same run, scale and steps)
-        loss_<domain>  optional per-domain losses (a blank cell = unknown)
-        loss           the objective to minimize (or the column named by `metric`)
-    Each (run, scale, steps-or-tokens, seed) must appear once. Rows of different run ids with the same
-    weights are replicates of one mixture, as are rows that differ only in seed.
-
-    Replay: run(weights, scale, steps, seed) returns replicate number seed mod R of that mixture at that
-    (scale, steps) (replicates sorted by run id, then seed, as text) with its checkpoints at that scale up to
-    `steps`; its cost is that row's cost. true_loss and optimum use the mean over replicates. Candidates
-    are the mixtures with a row at the target: `target_scale` (default the largest scale) and the largest
-    steps at that scale. A trial may only ask for a (mixture, scale, steps) in the table: see available();
-    run() and available() accept every mixture of the table (read_table(path).mixtures), not only candidates.
-    cost(scale, steps) is the mean cost of the table's rows there; elsewhere 6 * scale * tokens, with
-    tokens = steps * the table's median tokens per step (or tokens = steps without a steps column).
-    noise_sd is the pooled sd over replicate groups (at the target when it has any), else None.
-    Malformed tables raise a one-line ValueError naming the row (CSV line) and column.
-    """
+    """Objective that replays a run table (format: data/README.md) exactly, with the column
+    `metric` as the objective. run(weights, scale, steps, seed) replays replicate seed mod R of
+    that mixture (replicates sorted by run id, then seed) with its checkpoints at that scale.
+    true_loss, true_domain_losses (when every loss_<domain> is known) and optimum average the
+    replicates. Candidates: the mixtures run at the target, target_scale (default the largest) at
+    its largest steps. cost(scale, steps): the rows' mean there, else flops_cost at the median
+    tokens per step. noise_sd: the pooled sd of replicate groups (at the target if it has any)."""
     table = read_table(path, metric)
-    scales = tuple(float(s) for s in np.unique(table.scale))
-    step_grid = tuple(int(s) for s in np.unique(table.steps))
-    if target_scale is None:
-        target_scale = scales[-1]
-    if float(target_scale) not in scales:
-        raise ValueError(f"table {path}: target scale {target_scale:g} is not in the table; its scales are "
-                         f"{', '.join(f'{s:g}' for s in scales)}")
-    target = (float(target_scale), int(table.steps[table.scale == float(target_scale)].max()))
-    K = len(table.domains)
+    scales = tuple(sorted({r["scale"] for r in table.rows}))
+    target_scale = scales[-1] if target_scale is None else float(target_scale)
+    if target_scale not in scales:
+        raise ValueError(f"table {path}: target scale {target_scale:g} is not in the table; its "
+                         f"scales are {', '.join(f'{s:g}' for s in scales)}")
+    target = (target_scale, max(r["steps"] for r in table.rows if r["scale"] == target_scale))
+    cells = {}                                     # (mixture, scale, steps) -> replicate rows
+    for r in sorted(table.rows, key=lambda r: (r["run"], r["seed"])):
+        cells.setdefault((r["mixture"], r["scale"], r["steps"]), []).append(r)
 
-    # Replicates: (mixture, scale, steps) -> row indices sorted by (run, seed); a chain of checkpoints
-    # is one (run, seed) at one scale.
-    cells = {}
-    for i in sorted(range(len(table.row)), key=lambda i: (table.run[i], table.seed[i])):
-        cells.setdefault((int(table.mixture[i]), table.scale[i], int(table.steps[i])), []).append(i)
-
-    def find_mixture(weights):
-        w = check_weights(weights, K, tol=1e-6)
-        distance = np.abs(table.mixtures - w).max(axis=1)    # (M,)
-        m = int(np.argmin(distance))
-        return m if distance[m] <= 1e-6 else None
-
-    def available(weights, scale, steps):
-        m = find_mixture(weights)
-        return m is not None and (m, float(scale), int(steps)) in cells
-
-    def replicates(weights, scale, steps):
-        m = find_mixture(weights)
-        if m is None or (m, float(scale), int(steps)) not in cells:
-            raise ValueError(f"table {path} has no run of mixture {np.round(np.asarray(weights, float), 4).tolist()} "
-                             f"at scale {scale:g}, steps {steps}; ask only for what available() allows")
-        return cells[(m, float(scale), int(steps))]
+    def replicates(weights, scale, steps, must=True):
+        distance = np.abs(table.mixtures - check_weights(weights, len(table.domains))).max(axis=1)
+        key = (int(np.argmin(distance)), float(scale), int(steps))
+        if distance.min() <= SAME_MIXTURE_TOL and key in cells:
+            return cells[key]
+        if must:
+            raise ValueError(f"table {path} has no run of mixture {np.round(weights, 4).tolist()} "
+                             f"at scale {scale:g}, steps {steps}; ask only for what available() "
+                             "allows")
 
     def run(weights, scale, steps, seed=0):
         rows = replicates(weights, scale, steps)
-        i = rows[int(seed) % len(rows)]                       # this replicate: (run id, seed) at this scale
-        chain = np.flatnonzero((np.array(table.run) == table.run[i]) & (np.array(table.seed) == table.seed[i])
-                               & (table.scale == table.scale[i]) & (table.steps <= table.steps[i]))
-        chain = chain[np.argsort(table.steps[chain])]
-        checkpoints = [{"steps": int(table.steps[j]), "loss": float(table.objective[j]),
-                        "domain_losses": dict(table.domain_losses[j])} for j in chain]
-        return {"loss": float(table.objective[i]), "domain_losses": dict(table.domain_losses[i]),
-                "checkpoints": checkpoints, "cost": float(table.cost[i])}
+        r = rows[int(seed) % len(rows)]                       # this replicate at this scale
+        chain = sorted((c["steps"], c["line"], c) for c in table.rows if c["steps"] <= r["steps"]
+                       and (c["run"], c["seed"], c["scale"]) == (r["run"], r["seed"], r["scale"]))
+        checkpoints = [{"steps": c["steps"], "loss": c["objective"],
+                        "domain_losses": dict(c["domain_losses"])} for _, _, c in chain]
+        return dict(checkpoints[-1], checkpoints=checkpoints, cost=r["cost"])
 
-    def true_loss(weights, scale=None, steps=None):
-        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
-        w = np.asarray(weights, dtype=np.float64)
-        mean = lambda v: float(table.objective[replicates(v, scale, steps)].mean())
-        return mean(w) if w.ndim == 1 else np.array([mean(v) for v in w])
-
-    tokens_per_step = float(np.median(table.tokens / table.steps)) if table.fidelity == "steps" else 1.0
+    tokens_per_step = np.median([r["tokens"] / r["steps"] for r in table.rows]) \
+        if table.fidelity == "steps" else 1.0
 
     def cost(scale, steps):
-        at = (table.scale == float(scale)) & (table.steps == int(steps))
-        return float(table.cost[at].mean()) if at.any() else 6.0 * float(scale) * int(steps) * tokens_per_step
+        at = [r["cost"] for r in table.rows if (r["scale"], r["steps"]) == (scale, steps)]
+        return float(np.mean(at)) if at else flops_cost(scale, steps, tokens_per_step)
 
-    candidates = np.array([table.mixtures[m] for m in range(len(table.mixtures)) if (m, *target) in cells])
-    losses = true_loss(candidates)                             # (M,)
-    groups = [table.objective[rows] for rows in cells.values() if len(rows) > 1]
-    target_groups = [table.objective[rows] for (m, s, t), rows in cells.items() if len(rows) > 1 and (s, t) == target]
-    groups = target_groups or groups
-    noise_sd = None
-    if groups:                                                 # pooled sd: sum (n-1) s^2 / sum (n-1)
-        noise_sd = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / sum(len(g) - 1 for g in groups))
-    return Objective(name=f"table:{path}", domains=table.domains, scales=scales, steps=step_grid, target=target,
-                     run=run, cost=cost, candidates=candidates, available=available, true_loss=true_loss,
-                     optimum=(candidates[int(np.argmin(losses))], float(losses.min())), noise_sd=noise_sd)
+    mean = lambda key, w, N, T: [np.mean([key(r) for r in replicates(v, N, T)], axis=0) for v in w]
+    true_loss = noise_free(target, functools.partial(mean, lambda r: r["objective"]))
+    per_domain = functools.partial(mean, lambda r: [r["domain_losses"][d] for d in table.domains])
+    known = all(len(r["domain_losses"]) == len(table.domains) for r in table.rows)
+    candidates = np.array([v for m, v in enumerate(table.mixtures) if (m, *target) in cells])
+    losses = true_loss(candidates)                                                    # (M,)
+    groups = [([r["objective"] for r in rows], (s, t) == target)
+              for (_, s, t), rows in cells.items() if len(rows) > 1]
+    groups = [np.array(g) for g, at_target in groups if at_target] or \
+        [np.array(g) for g, _ in groups]
+    # pooled sd: sqrt(sum_g sum_i (y_gi - mean_g)^2 / sum_g (n_g - 1))
+    pooled = sum(((g - g.mean()) ** 2).sum() for g in groups) / \
+        max(1, sum(len(g) - 1 for g in groups))
+    return Objective(name=f"table:{path}", domains=table.domains, scales=scales,
+                     steps=tuple(sorted({r["steps"] for r in table.rows})), target=target, run=run,
+                     cost=cost, candidates=candidates, true_loss=true_loss,
+                     available=lambda w, N, T: replicates(w, N, T, must=False) is not None,
+                     true_domain_losses=noise_free(target, per_domain) if known else None,
+                     optimum=(candidates[int(np.argmin(losses))], float(losses.min())),
+                     noise_sd=math.sqrt(pooled) if groups else None)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# What a benchmark looks like: the numbers quoted in the README (`python simulate.py`)
-
-def describe_benchmark(name="default", num_domains=5, seed=0, n_mixtures=2000):
-    """Noise-free statistics of a benchmark: optimum at the target vs at the smallest scale, spread of
-    the target loss over Dirichlet(1) mixtures vs noise, Spearman rank correlations between scales."""
-    law, objective = benchmark_law(name, num_domains, seed), make_benchmark(name, num_domains, seed)
-    (N, T), K = objective.target, len(law.domains)
-    w_star, f_star = objective.optimum
-    w_small = law_optimum(law, law.scales[0], T)[0]            # smallest scale, target steps
-    w_first = law_optimum(law, law.scales[0], law.steps[0])[0] # smallest scale and steps
-    mixtures = np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures)   # (n, K)
-    at = lambda scale, steps: mixture_loss(law, mixtures, scale, steps)         # (n,)
-    target_losses = at(N, T)
-    best = np.argsort(target_losses)[: n_mixtures // 10]       # the best 10 % at the target
-    rho = lambda a, b: float(spearmanr(a, b)[0])
-    return {
-        "name": law.name, "K": K, "optimum": w_star, "optimum_loss": f_star,
-        "optimum_smallest_scale": w_small, "l1_smallest_scale": float(np.abs(w_small - w_star).sum()),
-        "regret_smallest_scale": float(mixture_loss(law, w_small, N, T)[0] - f_star),
-        "optimum_smallest_fidelity": w_first, "l1_smallest_fidelity": float(np.abs(w_first - w_star).sum()),
-        "regret_smallest_fidelity": float(mixture_loss(law, w_first, N, T)[0] - f_star),
-        "regret_uniform": float(mixture_loss(law, np.full(K, 1.0 / K), N, T)[0] - f_star),
-        "spread_sd": float(target_losses.std()), "median_regret_random": float(np.median(target_losses) - f_star),
-        "noise_sd_target": noise_sd_at(law, N), "noise_sd_smallest": noise_sd_at(law, law.scales[0]),
-        "loss_range_uniform": (float(mixture_loss(law, np.full(K, 1.0 / K), law.scales[0], law.steps[0])[0]),
-                               float(mixture_loss(law, np.full(K, 1.0 / K), N, T)[0])),
-        "spearman_to_target": {s: rho(at(s, T), target_losses) for s in law.scales},
-        "spearman_neighbours": [rho(at(a, T), at(b, T)) for a, b in zip(law.scales, law.scales[1:])],
-        "spearman_smallest_fidelity": rho(at(law.scales[0], law.steps[0]), target_losses),
-        "spearman_best_tenth": rho(at(law.scales[0], T)[best], target_losses[best]),
-    }
+def write_table(objective, path, n_mixtures=64, seeds=(0, 1), seed=0):
+    """Write `objective` as a run table for load_table: the uniform mixture ("m00") and
+    n_mixtures - 1 Dirichlet(1) draws from `seed`, each run at every scale to the last steps with
+    every run seed in `seeds` (replicates); one row per checkpoint: run, seed, w_<domain>, scale,
+    tokens (= cost / (6 scale)), steps, cost, loss_<domain>, loss."""
+    K, domains = len(objective.domains), objective.domains
+    pool = np.vstack([np.full(K, 1 / K),
+                      np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures - 1)])
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["run", "seed", *(f"w_{d}" for d in domains), "scale", "tokens", "steps",
+                      "cost", *(f"loss_{d}" for d in domains), "loss"])
+        for m, w, scale, s in ((m, w, scale, s) for m, w in enumerate(pool)
+                               for scale in objective.scales for s in seeds):
+            for c in objective.run(w, scale, objective.steps[-1], s)["checkpoints"]:
+                cost = objective.cost(scale, c["steps"])
+                out.writerow([f"m{m:02d}", s, *w, scale, round(cost / (6 * scale)), c["steps"],
+                              cost, *(c["domain_losses"][d] for d in domains), c["loss"]])
 
 
 def main():
-    """Print the benchmark table of the README (smallest scale 20M, target 1B at 20k steps)."""
-    cases = [("default", 5, 0), ("sparse", 5, 0), ("shift", 5, 0), ("random", 5, 0), ("random", 8, 1)]
-    fmt = lambda w: "[" + " ".join(f"{x:.2f}" for x in w) + "]"
-    for name, K, seed in cases:
-        d = describe_benchmark(name, K, seed)
-        (low, high), rho = d["loss_range_uniform"], d["spearman_to_target"]
-        print(f"{d['name']}  (K={K})")
-        print(f"  optimum at target         {fmt(d['optimum'])}  loss {d['optimum_loss']:.4f}")
-        print(f"  optimum at 20M, 20k steps {fmt(d['optimum_smallest_scale'])}  L1 {d['l1_smallest_scale']:.2f}  "
-              f"regret at target {d['regret_smallest_scale']:.4f}")
-        print(f"  optimum at 20M, 2.5k      {fmt(d['optimum_smallest_fidelity'])}  "
-              f"L1 {d['l1_smallest_fidelity']:.2f}  regret at target {d['regret_smallest_fidelity']:.4f}")
-        print(f"  regret of uniform {d['regret_uniform']:.4f}; Dirichlet(1) mixtures at target: "
-              f"sd {d['spread_sd']:.4f}, median regret {d['median_regret_random']:.4f}")
-        print(f"  noise sd {d['noise_sd_smallest']:.4f} (20M) {d['noise_sd_target']:.4f} (1B); "
-              f"uniform loss {low:.2f} (20M, 2.5k) -> {high:.2f} (target)")
-        print("  Spearman vs target (20k steps): " + " ".join(f"{s / 1e6:g}M {r:.3f}" for s, r in rho.items()))
-        print(f"  Spearman vs target: 20M at 2.5k steps {d['spearman_smallest_fidelity']:.3f}; "
-              f"20M among the best 10 % {d['spearman_best_tenth']:.3f}")
-        print("  Spearman between neighbouring scales: " + " ".join(f"{r:.3f}" for r in d["spearman_neighbours"]))
+    """Print the test bed: each instance's ladder, noise sd, optimum and Spearman."""
+    print(f"{'instance':<24} {'scales':<22} {'noise sd':>8} {'optimum':>8} {'spearman':>8}")
+    for name in TESTBED:
+        o = make_benchmark(name)
+        ladder = ", ".join(f"{s / 1e6:.4g}M" for s in o.scales) if len(o.scales) < 7 else \
+            "20M..1B (7)"
+        print(f"{name:<24} {ladder:<22} {o.noise_sd:8.4f} {o.optimum[1]:8.4f} {o.spearman:8.3f}")
 
 
 if __name__ == "__main__":
