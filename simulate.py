@@ -7,8 +7,8 @@ Everything the optimizer minimizes is an `Objective` (its contract is the class 
    the law's rates with compute. TESTBED blends a target law g and a small-scale law h as
    sqrt(r_N) g + sqrt(1 - r_N) h, r_N calibrated by bisection so that the smallest scale ranks
    random mixtures like the target at a stated Spearman rho; its metrics are losses, losses whose
-   target level jumps off the extrapolation, and negated accuracies (a sigmoid of the loss, as in
-   Gadre et al. 2024, Sec. 3). Loss optima are certified by the Frank-Wolfe gap (Jaggi 2013).
+   target level jumps off the extrapolation, and negated accuracies (a sigmoid of the loss, the
+   shape Dubey et al. 2024 fit, Sec. 3.2.1). Loss optima carry a Frank-Wolfe gap (Jaggi 2013).
 2. Objective files, `load_objective_file(path)`: a Python file defining loss(), or a search space.
 3. Run tables, `load_table(path)`: a CSV of runs replayed exactly; `write_table` writes one.
 Criteria over per-domain losses (mean, worst, weighted, one domain): `parse_aggregate`, `aggregate`.
@@ -386,10 +386,11 @@ TESTBED = {f"{m}-K{K}-L{L}-rho{rho:g}": Instance(m, K, L, rho, seed) for seed, (
 def testbed_law(instance, name="testbed"):
     """The Simulator of a test-bed Instance. Per-domain losses (before the accuracy map):
         L_i(w, N, T) = E_i + A/N^alpha + B/D^beta [+ jump_i at the target scale]
-                       + sqrt(r_N) a_g (g_i(w) - mean g_i) + sqrt(1 - r_N) a_h (h_i(w) - mean h_i)
-    g, h: independent random mixing-law terms exp(t w), h made uncorrelated with g over a pool
-    (h - beta g); means over the pool; a_g, a_h: the objective's sd over the pool is 0.04 for both.
-    r_N = r_0 + (1 - r_0) log(N / N_0) / log(N_target / N_0), r_0 set by bisection to hit rho."""
+                       + sqrt(r_N) a_g g_i(w) + sqrt(1 - r_N) a_h (h_i(w) - beta g_i(w))
+    g, h: independent random mixing-law terms exp(t w), centred on a pool of Dirichlet(1)
+    mixtures; beta makes the second part uncorrelated with g over the pool; a_g, a_h give both
+    parts an objective sd of 0.04 there. r_N = r_0 + (1 - r_0) log(N / N_0) / log(N_target / N_0),
+    so the target's r is 1; r_0 is set by bisection so that spearman_to_target(pool) = rho."""
     rng, K = np.random.default_rng(instance.seed), instance.num_domains
     scales, rates = LADDERS[instance.num_scales], lambda: -rng.uniform(1.0, 4.0, K)[:, None]
     t_g, t_h = rates() * random_similarity(rng, K), rates() * random_similarity(rng, K)
