@@ -383,6 +383,7 @@ TESTBED = {f"{m}-K{K}-L{L}-rho{rho:g}": Instance(m, K, L, rho, seed) for seed, (
                       ("jump", 5, 3, 0.5), ("jump", 20, 2, 0.99)])}
 
 
+@functools.lru_cache(maxsize=64)
 def testbed_law(instance, name="testbed"):
     """The Simulator of a test-bed Instance. Per-domain losses (before the accuracy map):
         L_i(w, N, T) = E_i + A/N^alpha + B/D^beta [+ jump_i at the target scale]

@@ -51,7 +51,8 @@ def oracle_losses(par, w, N, T):
 def test_losses_match_torch_oracle(name, K, seed):
     law, par = sm.benchmark_law(name, K, seed), sm.benchmark_parameters(name, K, seed)
     rng = np.random.default_rng(1)
-    for w, (N, T) in zip(rng.dirichlet(np.ones(K), 3), [(20e6, 2500), (150e6, 10000), (1e9, 20000)]):
+    fidelities = [(20e6, 2500), (150e6, 10000), (1e9, 20000)]
+    for w, (N, T) in zip(rng.dirichlet(np.ones(K), 3), fidelities):
         expected = oracle_losses(par, torch.tensor(w, dtype=torch.float64), N, T).numpy()
         assert np.allclose(sm.domain_losses(law, w, N, T)[0], expected, atol=1e-12, rtol=0)
 
@@ -168,7 +169,7 @@ def test_same_seed_same_numbers_and_consistent_checkpoints():
     assert [c["steps"] for c in longer["checkpoints"]] == [2500, 5000, 10000, 20000]
     assert a["loss"] == a["checkpoints"][-1]["loss"]
     assert abs(np.mean(list(a["domain_losses"].values())) - a["loss"]) < 1e-12
-    other = np.array([0.1, 0.2, 0.3, 0.2, 0.2])             # another mixture, same seed: other noise
+    other = np.array([0.1, 0.2, 0.3, 0.2, 0.2])             # another mixture: other noise
     gap = objective.run(other, 150e6, 10000, 7)["loss"] - a["loss"]
     truth = objective.true_loss(other, 150e6, 10000) - objective.true_loss(w, 150e6, 10000)
     assert abs(gap - truth) > 1e-6
@@ -289,7 +290,7 @@ def test_aggregate_against_hand_values():
         assert abs(sm.aggregate(spec, np.array([1.0, 2.0, 4.0])) - expected) < 1e-15
     batch = sm.aggregate(sm.parse_aggregate("worst", domains), np.array([[1, 5, 2], [3, 0, 1.0]]))
     assert batch.tolist() == [5.0, 3.0]
-    assert sm.aggregate(sm.parse_aggregate("domain:a", domains), {"a": 1.5}) == 1.5   # only a needed
+    assert sm.aggregate(sm.parse_aggregate("domain:a", domains), {"a": 1.5}) == 1.5   # a only
 
 
 @pytest.mark.parametrize("text,match", [("median", "choose mean, worst"), ("mean:a", "choose"),
@@ -297,7 +298,8 @@ def test_aggregate_against_hand_values():
                                         ("weighted:a=0.5,z=0.5", "unknown domain 'z'"),
                                         ("weighted:a=half,b=0.5", "is not a number"),
                                         ("weighted:a=0.5,b=0.4", "sum to 1"),
-                                        ("weighted:a=1.5,b=-0.5", "simplex"), ("weighted:", "choose")])
+                                        ("weighted:a=1.5,b=-0.5", "simplex"),
+                                        ("weighted:", "choose")])
 def test_parse_aggregate_errors_say_the_fix(text, match):
     with pytest.raises(ValueError, match=match) as e:
         sm.parse_aggregate(text, ("a", "b", "c"))
@@ -341,12 +343,14 @@ def loss(weights, scale, steps, seed=0):
     CALLS.append((tuple(weights), scale, steps, seed))
     per_domain = (2.0 + 100.0 / scale ** 0.3 + 5.0 / steps ** 0.5 + (weights - [0.5, 0.3, 0.2]) ** 2
                   + 0.001 * seed)
-    return {"loss": float(per_domain.mean()), "domain_losses": dict(zip(DOMAINS, map(float, per_domain)))}
+    return {"loss": float(per_domain.mean()),
+            "domain_losses": dict(zip(DOMAINS, map(float, per_domain)))}
 '''
 
 
 def file_losses(w, N, T, seed):
-    return 2.0 + 100.0 / N ** 0.3 + 5.0 / T ** 0.5 + (w - np.array([0.5, 0.3, 0.2])) ** 2 + 0.001 * seed
+    return (2.0 + 100.0 / N ** 0.3 + 5.0 / T ** 0.5 + (w - np.array([0.5, 0.3, 0.2])) ** 2
+            + 0.001 * seed)
 
 
 def test_objective_file_round_trip(tmp_path):
@@ -375,7 +379,8 @@ def test_noise_free_file_gives_true_domain_losses(tmp_path):
     assert np.allclose(objective.true_domain_losses(w), expected, atol=1e-12, rtol=0)
     assert np.allclose(objective.true_domain_losses(w[0], 1e6, 100), file_losses(w[0], 1e6, 100, 0))
     assert abs(objective.true_loss(w[1]) - expected[1].mean()) < 1e-12
-    path.write_text("def loss(w, s, t):\n    return {'loss': 1.0, 'domain_losses': {'book': 1.0}}\n")
+    path.write_text("def loss(w, s, t):\n"
+                    "    return {'loss': 1.0, 'domain_losses': {'book': 1.0}}\n")
     with pytest.raises(ValueError, match="every domain's loss"):
         sm.load_objective_file(str(path)).true_domain_losses(np.full(5, 0.2))
 
@@ -421,7 +426,8 @@ def test_search_space_only_file(tmp_path):
     ("def loss(w, s, t):\n    return {'loss': 1.0, 'tv': 2.0, 'domain_losses': {'tv': 2.0}}\n",
      "run", "unknown domains"),
     ("def loss(w, s, t):\n    return 'high'\n", "run", "must return a float"),
-    ("DOMAINS = ('a', 'a')\ndef loss(w, s, t):\n    return 1.0\n", "load", "DOMAINS must be distinct"),
+    ("DOMAINS = ('a', 'a')\ndef loss(w, s, t):\n    return 1.0\n", "load",
+     "DOMAINS must be distinct"),
     ("STEPS = (200, 100)\ndef loss(w, s, t):\n    return 1.0\n", "load", "STEPS must be"),
     ("TARGET = (5e9, 20000)\ndef loss(w, s, t):\n    return 1.0\n", "load", "TARGET"),
     ("def loss(w, s, t):\n    return 1.0\ndef cost(s, t):\n    return -1.0\n", "run", "cost"),
@@ -444,7 +450,8 @@ def test_objective_file_missing(tmp_path):
 # --- run tables -------------------------------------------------------------------------------
 
 DOMAINS = ("wikipedia", "github", "book")
-RUNS = {"a": [0.6, 0.3, 0.1], "b": [0.2, 0.5, 0.3], "c": [1 / 3, 1 / 3, 1 / 3], "d": [0.0, 0.9, 0.1]}
+RUNS = {"a": [0.6, 0.3, 0.1], "b": [0.2, 0.5, 0.3], "c": [1 / 3, 1 / 3, 1 / 3],
+        "d": [0.0, 0.9, 0.1]}
 HEADER = ["run", *[f"w_{d}" for d in DOMAINS], "scale", "tokens", "steps", "loss",
           *[f"loss_{d}" for d in DOMAINS]]
 
