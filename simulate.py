@@ -1,14 +1,12 @@
 """Objectives for data-mixture search: multi-scale simulators, objective files and run tables.
 
 Everything the optimizer minimizes is an `Objective` (its contract is the class docstring).
-1. Simulators, `make_benchmark(name)`: per-domain losses are a level in (N, D) plus terms of Ye et
-   al.'s data mixing law (Ye et al. 2024, Sec. 3: L_i(r) = c_i + k_i exp(sum_j t_ij r_j)); the level
-   is Chinchilla's law (Hoffmann et al. 2022, Sec. 3.3: E + A/N^alpha + B/D^beta). BENCHMARKS move
-   the law's rates with compute. TESTBED blends a target law g and a small-scale law h as
-   sqrt(r_N) g + sqrt(1 - r_N) h, r_N calibrated by bisection so that the smallest scale ranks
-   random mixtures like the target at a stated Spearman rho; its metrics are losses, losses whose
-   target level jumps off the extrapolation, and negated accuracies (a sigmoid of the loss, the
-   shape Dubey et al. 2024 fit, Sec. 3.2.1). Loss optima carry a Frank-Wolfe gap (Jaggi 2013).
+1. Simulators, `make_benchmark(name)`: per-domain losses are a level in (N, D), Chinchilla's law
+   (Hoffmann et al. 2022, Sec. 3.3), plus terms of Ye et al.'s data mixing law (Ye et al. 2024,
+   Sec. 3). BENCHMARKS move the law's rates with compute; TESTBED blends a target and a small-scale
+   law so that the smallest scale ranks mixtures like the target at a stated Spearman rho, as
+   losses, jumping losses or negated accuracies (a sigmoid of the loss, the shape Dubey et al. 2024
+   fit, Sec. 3.2.1). Loss optima carry a Frank-Wolfe gap (Jaggi 2013).
 2. Objective files, `load_objective_file(path)`: a Python file defining loss(), or a search space.
 3. Run tables, `load_table(path)`: a CSV of runs replayed exactly; `write_table` writes one.
 Criteria over per-domain losses (mean, worst, weighted, one domain): `parse_aggregate`, `aggregate`.
@@ -33,10 +31,8 @@ from scipy.stats import spearmanr
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """What is minimized. A trial trains on a mixture at one (model scale, steps):
-
         run(weights, scale, steps, seed) -> {"loss": float, "domain_losses": {domain: float},
             "checkpoints": [{"steps": int, "loss", "domain_losses"}, ...], "cost": float}
-
     loss: the objective there; domain_losses: per domain ({} if unknown); checkpoints: every grid
     step below `steps`, then `steps`; cost = cost(scale, steps), in units of cost(*target). weights
     (K,) in `domains` order (check_weights), seed an int >= 0: equal arguments give equal numbers,
@@ -46,8 +42,7 @@ class Objective:
     scale=None, steps=None): noise-free, at the target unless given, (K,) -> float, (n, K) -> (n,);
     true_domain_losses: per domain, (K,) or (n, K); optimum: (weights, loss) at the target;
     noise_sd: the seed sd there; spearman: of the smallest scale's objective with the target's over
-    random mixtures. None: unknown (candidates: the simplex; available: always).
-    """
+    random mixtures. None: unknown (candidates: the simplex; available: always)."""
     name: str
     domains: tuple[str, ...]
     scales: tuple[float, ...]
@@ -111,7 +106,6 @@ def noise_free(target, values):
 
 
 # --- Criteria over per-domain losses --------------------------------------------------------------
-
 class Aggregate(NamedTuple):
     """A criterion over the losses of `domains`: weights (K,) of a weighted mean; None = worst."""
     text: str
@@ -144,9 +138,8 @@ def parse_aggregate(text, domains):
 
 
 def aggregate(spec, domain_losses):
-    """spec of per-domain losses: a dict {domain: loss} -> float, an array (..., K) -> (...).
-    A model fitted to `worst` sees the max of the observed per-domain losses: a max of smooth
-    functions, continuous but kinked where the worst domain changes."""
+    """spec of per-domain losses: a dict {domain: loss} -> float, an array (..., K) -> (...);
+    `worst`, a max of smooth functions, is continuous but kinked where the worst domain changes."""
     if isinstance(domain_losses, dict):
         weights = spec.weights or (1,) * len(spec.domains)
         missing = [d for d, w in zip(spec.domains, weights) if w and d not in domain_losses]
@@ -196,7 +189,6 @@ def aggregate_optimum(objective, spec, seed=0):
 
 
 # --- Simulators: a level in (N, D) plus mixing-law terms ------------------------------------------
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Simulator:
     """Noise-free per-domain losses and a noise model. Losses, or with accuracy = (chance, slope,
@@ -281,18 +273,6 @@ def spearman_to_target(sim, mixtures):
     return float(spearmanr(at(sim.scales[0]), at(sim.scales[-1]))[0])
 
 
-def simulator_objective(sim):
-    """The Objective of a simulator; its target is the largest scale and steps."""
-    target, per_domain = (sim.scales[-1], sim.steps[-1]), functools.partial(domain_losses, sim)
-    w_opt, f_opt = simulator_optimum(sim, *target)
-    w_opt.setflags(write=False)                               # shared by every caller: read-only
-    return Objective(name=sim.name, domains=sim.domains, scales=sim.scales, steps=sim.steps,
-                     target=target, run=functools.partial(run_simulator, sim), cost=flops_cost,
-                     true_loss=noise_free(target, lambda *a: per_domain(*a).mean(axis=1)),
-                     true_domain_losses=noise_free(target, per_domain), optimum=(w_opt, f_opt),
-                     noise_sd=noise_sd_at(sim, target[0]), spearman=sim.spearman)
-
-
 def random_similarity(rng, K):
     """Random (K, K) transfer S_ij of domain j's data to domain i: sparse, asymmetric, S_ii = 1."""
     S = rng.uniform(0.0, 0.5, (K, K)) * (rng.uniform(size=(K, K)) < 0.6)
@@ -301,7 +281,6 @@ def random_similarity(rng, K):
 
 
 # --- BENCHMARKS: one mixing-law term whose rates move log-linearly with compute -------------------
-
 # SlimPajama transfer (row i receives from column j): Wikipedia and books share prose,
 # StackExchange sits between prose and code, ArXiv shares technical text with StackExchange.
 _SLIMPAJAMA_SIMILARITY = np.array([
@@ -351,14 +330,12 @@ def benchmark_law(name="default", num_domains=5, seed=0):
         p = min(1.0, max(0.0, (math.log(scale * steps) - lo) / (hi - lo)))
         return [(par["k"], -(par["tau_small"] ** (1 - p) * par["tau_target"] ** p)[:, None]
                  * par["similarity"])]
-
     return Simulator(name=par["name"], domains=par["domains"], terms=terms,
                      level=lambda scale, steps: par["E"] + reducible_loss(scale, steps),
                      noise_key=par["noise_key"])
 
 
 # --- TESTBED: controlled transfer from the smallest scale to the target ---------------------------
-
 LADDERS = {2: (1e9 / 60, 1e9), 3: (0.18e9, 0.48e9, 1e9), 7: DEFAULT_SCALES}  # 1:60; .18:.48:1
 POOL_SIZE = 8000                         # Dirichlet(1) mixtures that calibrate and measure rho
 
@@ -396,12 +373,14 @@ def testbed_law(instance, name="testbed"):
     scales, rates = LADDERS[instance.num_scales], lambda: -rng.uniform(1.0, 4.0, K)[:, None]
     t_g, t_h = rates() * random_similarity(rng, K), rates() * random_similarity(rng, K)
     E = rng.uniform(0.8, 1.6, K)
-    midpoint, jump = E + rng.uniform(1.2, 1.8, K), rng.uniform(0.1, 0.2, K)
+    midpoint = E + rng.uniform(1.2, 1.8, K)
+    jump = rng.uniform(0.1, 0.2, K) * (instance.metric == "jump")
     pool = rng.dirichlet(np.ones(K), POOL_SIZE)
     g, h = np.exp(pool @ t_g.T), np.exp(pool @ t_h.T)                       # (n, K) each
     beta = np.cov(h.mean(1), g.mean(1))[0, 1] / g.mean(1).var(ddof=1)
     a_g, a_h = 0.04 / g.mean(1).std(), 0.04 / (h - beta * g).mean(1).std()
-    jump = jump * (instance.metric == "jump")
+    accuracy = (0.25, 1.5, midpoint) if instance.metric == "accuracy" else None
+    run_sd, exponent, checkpoint_sd = (0.005, 0.0, 0.002) if accuracy else (0.02, 0.1, 0.004)
 
     def law(r_0):
         def terms(scale, steps):
@@ -413,15 +392,10 @@ def testbed_law(instance, name="testbed"):
             (c_g, _), (c_h, _) = terms(scale, steps)
             centre = c_g * g.mean(0) + c_h * h.mean(0)
             return E + reducible_loss(scale, steps) + jump * (scale == scales[-1]) - centre
-
-        accuracy = (0.25, 1.5, midpoint) if instance.metric == "accuracy" else None
         return Simulator(name=name, domains=tuple(f"domain{i}" for i in range(K)), level=level,
-                         terms=terms, scales=scales, accuracy=accuracy,
-                         noise_run_sd=0.005 if accuracy else 0.02,
-                         noise_scale_exponent=0.0 if accuracy else 0.1,
-                         noise_checkpoint_sd=0.002 if accuracy else 0.004,
+                         terms=terms, scales=scales, accuracy=accuracy, noise_run_sd=run_sd,
+                         noise_scale_exponent=exponent, noise_checkpoint_sd=checkpoint_sd,
                          noise_key=1000 + instance.seed)
-
     lo, hi = 0.0, 1.0
     for _ in range(20):                                      # bisection: rho rises with r_0
         mid = (lo + hi) / 2
@@ -432,53 +406,31 @@ def testbed_law(instance, name="testbed"):
 
 @functools.lru_cache(maxsize=64)
 def make_benchmark(name="default", num_domains=5, seed=0):
-    """Objective of a simulator: a BENCHMARKS name ("default", "sparse", "shift": 5 SlimPajama
-    domains; "random": num_domains domains drawn from `seed`) or a TESTBED name."""
-    if name in TESTBED:
-        return simulator_objective(testbed_law(TESTBED[name], name))
-    return simulator_objective(benchmark_law(name, num_domains, seed))
+    """Objective of a simulator, its target the largest scale and steps: a BENCHMARKS name
+    ("default", "sparse", "shift": 5 SlimPajama domains; "random": num_domains domains drawn from
+    `seed`) or a TESTBED name."""
+    sim = testbed_law(TESTBED[name], name) if name in TESTBED else \
+        benchmark_law(name, num_domains, seed)
+    target, per_domain = (sim.scales[-1], sim.steps[-1]), functools.partial(domain_losses, sim)
+    w_opt, f_opt = simulator_optimum(sim, *target)
+    w_opt.setflags(write=False)                               # shared by every caller: read-only
+    return Objective(name=sim.name, domains=sim.domains, scales=sim.scales, steps=sim.steps,
+                     target=target, run=functools.partial(run_simulator, sim), cost=flops_cost,
+                     true_loss=noise_free(target, lambda *a: per_domain(*a).mean(axis=1)),
+                     true_domain_losses=noise_free(target, per_domain), optimum=(w_opt, f_opt),
+                     noise_sd=noise_sd_at(sim, target[0]), spearman=sim.spearman)
 
 
 # --- Objective files: a Python file that defines loss(weights, scale, steps), or a search space
-
-def _parse_loss(value, domains, where):
-    """A loss() result -> (loss, {domain: loss}): a number, or a dict with 'loss' and per-domain
-    losses under 'domain_losses' or under the domain names (other keys are ignored)."""
-    per_domain = {}
-    if isinstance(value, dict):
-        if "loss" not in value:
-            raise ValueError(f"{where} returned a dict without a 'loss' key; return a float or "
-                             "{'loss': ..., ...}")
-        per_domain = value.get("domain_losses", {d: value[d] for d in domains if d in value})
-        if set(per_domain) - set(domains):
-            raise ValueError(f"{where} returned losses for unknown domains "
-                             f"{sorted(set(per_domain) - set(domains))}; DOMAINS are {domains}")
-        value, per_domain = value["loss"], {d: float(per_domain[d]) for d in per_domain}
-    try:
-        loss = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} returned {type(value).__name__} {value!r}; it must return a "
-                         "float") from None
-    if not math.isfinite(loss) or not all(map(math.isfinite, per_domain.values())):
-        raise ValueError(f"{where} returned a non-finite loss ({loss}, {per_domain}); losses "
-                         "must be finite")
-    return loss, per_domain
-
-
 def load_objective_file(path, domains=None, scales=None, steps=None, target=None,
                         tokens_per_step=None):
-    """Objective from a Python file that defines loss(weights, scale, steps) -> float, or ->
-    {"loss": float, "domain_losses": {domain: float}} (or the per-domain losses under the domain
-    names): weights (K,) in DOMAINS order, scale in parameters, steps an int. If loss takes `seed`
-    it gets the run's seed; else the file is noise-free and true_loss and true_domain_losses call
-    it. With DOMAINS and no loss the file is a search space only: run is None (ask/tell, launched
-    trials). Optional names, each from the argument here (a flag), else the file, else:
-        DOMAINS = SLIMPAJAMA_DOMAINS; SCALES = DEFAULT_SCALES; STEPS = DEFAULT_STEPS (ascending)
-        TARGET = (max(SCALES), max(STEPS)); TOKENS_PER_STEP = 2**19; NOISE_SD, OPTIMUM = None
-        cost(scale, steps) = flops_cost(scale, steps, TOKENS_PER_STEP)
-    A run to T steps calls loss at every STEPS value below T, then at T. A missing file or loss,
-    a bad value above or a non-finite loss is a one-line ValueError.
-    """
+    """Objective from a Python file (format: README.md, "Objective files") defining loss(weights,
+    scale, steps) -> float, or -> {"loss": float, "domain_losses": {domain: float}} (or per-domain
+    losses under the domain names). If loss takes `seed` it gets the run's seed; else the file is
+    noise-free and true_loss and true_domain_losses call it. DOMAINS and no loss: a search space
+    only (run None). DOMAINS, SCALES, STEPS, TARGET, TOKENS_PER_STEP: the argument here, else the
+    file's, else SLIMPAJAMA_DOMAINS, DEFAULT_SCALES, DEFAULT_STEPS, (max SCALES, max STEPS), 2**19;
+    cost, NOISE_SD, OPTIMUM: the file's, else flops_cost, None. Bad input: a one-line ValueError."""
     where = f"objective file {path}"
     if not os.path.isfile(path):
         raise ValueError(f"{where} does not exist; pass the path of a Python file defining loss()")
@@ -510,9 +462,8 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     if len(target) != 2 or target[0] not in scales or target[1] not in step_grid:
         raise ValueError(f"{where}: TARGET {target} must be a (scale, steps) of SCALES x STEPS")
     cost = getattr(module, "cost", None)
-    if not callable(cost):
-        tokens_per_step = pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP)
-        cost = functools.partial(flops_cost, tokens_per_step=tokens_per_step)
+    cost = cost if callable(cost) else functools.partial(
+        flops_cost, tokens_per_step=pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP))
     optimum, noise_sd = getattr(module, "OPTIMUM", None), getattr(module, "NOISE_SD", None)
     space = Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid,
                       target=(float(target[0]), int(target[1])), run=None, cost=cost,
@@ -524,9 +475,29 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     takes_seed = "seed" in inspect.signature(loss_fn).parameters
 
     def call(weights, scale, s, seed=0):
-        w = check_weights(weights, len(domains))
-        value = loss_fn(w.copy(), scale, s, **({"seed": seed} if takes_seed else {}))
-        return _parse_loss(value, domains, f"{where}: loss(weights, scale={scale:g}, steps={s})")
+        """(loss, {domain: loss}) of loss() at one checkpoint; other dict keys are ignored."""
+        what = f"{where}: loss(weights, scale={scale:g}, steps={s})"
+        value = loss_fn(check_weights(weights, len(domains)), scale, s,
+                        **({"seed": seed} if takes_seed else {}))
+        per_domain = {}
+        if isinstance(value, dict):
+            if "loss" not in value:
+                raise ValueError(f"{what} returned a dict without a 'loss' key; return a float "
+                                 "or {'loss': ..., ...}")
+            per_domain = value.get("domain_losses", {d: value[d] for d in domains if d in value})
+            if set(per_domain) - set(domains):
+                raise ValueError(f"{what} returned losses for unknown domains "
+                                 f"{sorted(set(per_domain) - set(domains))}; DOMAINS are {domains}")
+            value, per_domain = value["loss"], {d: float(per_domain[d]) for d in per_domain}
+        try:
+            loss = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} returned {type(value).__name__} {value!r}; it must return a "
+                             "float") from None
+        if not math.isfinite(loss) or not all(map(math.isfinite, per_domain.values())):
+            raise ValueError(f"{what} returned a non-finite loss ({loss}, {per_domain}); losses "
+                             "must be finite")
+        return loss, per_domain
 
     def run(weights, scale, steps, seed=0):
         checkpoints = [dict(zip(("steps", "loss", "domain_losses"),
@@ -544,7 +515,6 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
             raise ValueError(f"{where}: loss() does not return every domain's loss; return "
                              "{'loss': ..., 'domain_losses': {domain: loss, ...}}")
         return [[r[d] for d in domains] for r in rows]
-
     objective = lambda w, scale, steps: [call(v, float(scale), int(steps))[0] for v in w]
     return dataclasses.replace(space, run=run) if takes_seed else dataclasses.replace(
         space, run=run, true_loss=noise_free(space.target, objective),
@@ -552,12 +522,11 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
 
 
 # --- Run tables: a CSV of runs, replayed exactly (format: data/README.md) ------------------------
-
 class RunTable(NamedTuple):
-    """A parsed run table: its domains (from the w_<domain> columns, in order), fidelity ("steps"
-    with a steps column, else "tokens", which then stand for steps), the distinct mixtures (M, K),
-    and one dict per CSV row: line, run, seed ("" without a seed column), w, mixture (index),
-    scale, tokens, steps, cost, objective (the metric column), domain_losses."""
+    """A parsed run table: domains (the w_<domain> columns), fidelity ("steps", else "tokens"
+    standing for steps), the distinct mixtures (M, K), and per CSV row a dict: line, run, seed
+    ("" without that column), w, mixture (index), scale, tokens, steps, cost, objective (the
+    metric), domain_losses."""
     path: str
     domains: tuple[str, ...]
     fidelity: str
@@ -603,7 +572,6 @@ def read_table(path, metric="loss"):
             if not math.isfinite(value):
                 raise bad(c, f"{cell(c)!r} is not finite")
             return value
-
         if not cell("run"):
             raise bad("run", "is empty; give every run an id")
         raw = np.array([number(f"w_{d}") for d in domains])
@@ -654,6 +622,8 @@ def load_table(path, metric="loss", target_scale=None):
         raise ValueError(f"table {path}: target scale {target_scale:g} is not in the table; its "
                          f"scales are {', '.join(f'{s:g}' for s in scales)}")
     target = (target_scale, max(r["steps"] for r in table.rows if r["scale"] == target_scale))
+    tokens_per_step = np.median([r["tokens"] / r["steps"] for r in table.rows]) \
+        if table.fidelity == "steps" else 1.0
     cells = {}                                     # (mixture, scale, steps) -> replicate rows
     for r in sorted(table.rows, key=lambda r: (r["run"], r["seed"])):
         cells.setdefault((r["mixture"], r["scale"], r["steps"]), []).append(r)
@@ -677,23 +647,18 @@ def load_table(path, metric="loss", target_scale=None):
                         "domain_losses": dict(c["domain_losses"])} for _, _, c in chain]
         return dict(checkpoints[-1], checkpoints=checkpoints, cost=r["cost"])
 
-    tokens_per_step = np.median([r["tokens"] / r["steps"] for r in table.rows]) \
-        if table.fidelity == "steps" else 1.0
-
     def cost(scale, steps):
         at = [r["cost"] for r in table.rows if (r["scale"], r["steps"]) == (scale, steps)]
         return float(np.mean(at)) if at else flops_cost(scale, steps, tokens_per_step)
-
     mean = lambda key, w, N, T: [np.mean([key(r) for r in replicates(v, N, T)], axis=0) for v in w]
     true_loss = noise_free(target, functools.partial(mean, lambda r: r["objective"]))
     per_domain = functools.partial(mean, lambda r: [r["domain_losses"][d] for d in table.domains])
     known = all(len(r["domain_losses"]) == len(table.domains) for r in table.rows)
     candidates = np.array([v for m, v in enumerate(table.mixtures) if (m, *target) in cells])
     losses = true_loss(candidates)                                                    # (M,)
-    groups = [([r["objective"] for r in rows], (s, t) == target)
-              for (_, s, t), rows in cells.items() if len(rows) > 1]
-    groups = [np.array(g) for g, at_target in groups if at_target] or \
-        [np.array(g) for g, _ in groups]
+    groups = {key: np.array([r["objective"] for r in rows]) for key, rows in cells.items()
+              if len(rows) > 1}
+    groups = [g for (_, s, t), g in groups.items() if (s, t) == target] or list(groups.values())
     # pooled sd: sqrt(sum_g sum_i (y_gi - mean_g)^2 / sum_g (n_g - 1))
     pooled = sum(((g - g.mean()) ** 2).sum() for g in groups) / \
         max(1, sum(len(g) - 1 for g in groups))
@@ -707,10 +672,10 @@ def load_table(path, metric="loss", target_scale=None):
 
 
 def write_table(objective, path, n_mixtures=64, seeds=(0, 1), seed=0):
-    """Write `objective` as a run table for load_table: the uniform mixture ("m00") and
-    n_mixtures - 1 Dirichlet(1) draws from `seed`, each run at every scale to the last steps with
-    every run seed in `seeds` (replicates); one row per checkpoint: run, seed, w_<domain>, scale,
-    tokens (= cost / (6 scale)), steps, cost, loss_<domain>, loss."""
+    """Write `objective` as a run table: the uniform mixture ("m00") and n_mixtures - 1
+    Dirichlet(1) draws from `seed`, run at every scale to the last steps with each seed in `seeds`;
+    one row per checkpoint: run, seed, w_<domain>, scale, tokens (= cost / (6 scale)), steps, cost,
+    loss_<domain>, loss."""
     K, domains = len(objective.domains), objective.domains
     pool = np.vstack([np.full(K, 1 / K),
                       np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures - 1)])
