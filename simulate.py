@@ -124,14 +124,14 @@ def parse_aggregate(text, domains):
         raise ValueError(f"aggregate {text!r}: choose mean, worst, weighted:D=W,... or domain:D")
     weights = dict.fromkeys(domains, 0.0)
     pairs = [(rest, "1")] if kind == "domain" else [i.partition("=")[::2] for i in rest.split(",")]
-    for name, value in pairs:
-        if name.strip() not in domains:
-            raise ValueError(f"aggregate {text!r}: unknown domain {name.strip()!r}; the domains "
+    for name, value in ((name.strip(), value) for name, value in pairs):
+        if name not in domains:
+            raise ValueError(f"aggregate {text!r}: unknown domain {name!r}; the domains "
                              f"are {', '.join(domains)}")
         try:
-            weights[name.strip()] += float(value)
+            weights[name] += float(value)
         except ValueError:
-            raise ValueError(f"aggregate {text!r}: weight {value!r} of {name.strip()} is not a "
+            raise ValueError(f"aggregate {text!r}: weight {value!r} of {name} is not a "
                              f"number; write D=W pairs, e.g. weighted:{domains[0]}=1") from None
     w = check_weights(list(weights.values()), len(domains), what=f"aggregate {text!r}: weights")
     return Aggregate(text, domains, tuple(w.tolist()))
