@@ -417,7 +417,7 @@ def test_gpu_check_dry_run_on_cpu():
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = done.stdout[done.stdout.index("== summary"):]
-    assert summary.count(": ok") == 3 and "FAILED" not in summary and "tokens/s" in summary
+    assert summary.count(": ok in") == 4 and "FAILED" not in summary and "tokens/s" in summary
 
 
 # ----------------------------------------------------------------------------- CUDA only
