@@ -303,8 +303,7 @@ def get_lr(step, cfg):
 
 
 def check_config(cfg, domains):
-    """A one-line ValueError for a setting that train cannot run."""
-    size_name(cfg.size)
+    """A one-line ValueError for a setting that train cannot run (a bad size: size_name's)."""
     if cfg.objective not in ("mean",) + tuple(domains):
         raise ValueError(f"objective {cfg.objective!r} is neither 'mean' nor a domain")
     if cfg.device != "cpu" and not (cfg.device.startswith("cuda") and torch.cuda.is_available()):
@@ -360,14 +359,16 @@ def resume(cfg, model, opt, identity, device):
 
 
 def check_divergence(worst, losses, w, steps_done, cfg, ddp):
-    """Diverged when a val loss is non-finite or, once twice the warmup is done (the first steps at
-    the peak may overshoot), the val loss of the training mixture sum_k w_k L_k is above the uniform
-    guess; or when the smoothed training loss became non-finite or rose above spike_factor times its
-    running minimum (worst: the largest ratio so far, maximum over ranks: all ranks decide alike)."""
+    """Diverged when a val loss is non-finite or, after twice the warmup (the first steps at the
+    peak may overshoot), the val loss of the training mixture sum_k w_k L_k exceeds the uniform
+    guess; or when the smoothed training loss became non-finite or rose above spike_factor (default
+    chosen in bench/README.md, "Trainer: divergence") times its running minimum. worst: the largest
+    such ratio so far, the maximum over ranks so that all ranks decide alike."""
     mixed = float(np.dot(w, [*losses.values()])) if losses else 0.0
     if not math.isfinite(mixed) or (steps_done > 2 * schedule(cfg)[1] and mixed > UNIFORM_LOSS):
-        raise Diverged(f"diverged by step {steps_done}: val loss on the training mixture {mixed:.3f}"
-                       f" nats/byte, worse than the uniform guess {UNIFORM_LOSS:.3f}; lower --lr")
+        raise Diverged(f"diverged by step {steps_done}: val loss on the training mixture "
+                       f"{mixed:.3f} nats/byte, worse than the uniform guess {UNIFORM_LOSS:.3f}; "
+                       "lower --lr")
     worst = torch.nan_to_num(worst.detach().clone(), nan=math.inf)
     if ddp:
         torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
@@ -400,8 +401,7 @@ def _train(data, domains, w, cfg, log):
     per_rank = cfg.batch_size // world                       # rows of the global batch on this rank
     micro = cfg.micro_batch or per_rank
     if cfg.batch_size % world or per_rank % micro:
-        raise ValueError(f"batch_size {cfg.batch_size} must split into {world} process(es) x whole "
-                         f"micro-batches of {micro}")
+        raise ValueError(f"batch_size {cfg.batch_size} must split into {world} rank(s) x {micro}")
     n_micro, cuda = per_rank // micro, device.startswith("cuda")
     tokens_per_step = cfg.batch_size * cfg.block_size
     if cuda:
