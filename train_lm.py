@@ -359,16 +359,11 @@ def resume(cfg, model, opt, identity, device):
 
 
 def check_divergence(worst, losses, w, steps_done, cfg, ddp):
-    """Diverged when a val loss is non-finite or, after twice the warmup (the first steps at the
-    peak may overshoot), the val loss of the training mixture sum_k w_k L_k exceeds the uniform
-    guess; or when the smoothed training loss became non-finite or rose above spike_factor (default
-    chosen in bench/README.md, "Trainer: divergence") times its running minimum. worst: the largest
-    such ratio so far, the maximum over ranks so that all ranks decide alike."""
-    mixed = float(np.dot(w, [*losses.values()])) if losses else 0.0
-    if not math.isfinite(mixed) or (steps_done > 2 * schedule(cfg)[1] and mixed > UNIFORM_LOSS):
-        raise Diverged(f"diverged by step {steps_done}: val loss on the training mixture "
-                       f"{mixed:.3f} nats/byte, worse than the uniform guess {UNIFORM_LOSS:.3f}; "
-                       "lower --lr")
+    """Diverged when the smoothed training loss became non-finite or rose above spike_factor
+    (default chosen in bench/README.md, "Trainer: divergence") times its running minimum (worst:
+    the largest such ratio so far, the maximum over ranks so that all ranks decide alike); or when,
+    after twice the warmup (the first steps at the peak may overshoot), the val loss of the
+    training mixture sum_k w_k L_k is worse than the uniform guess (or not finite at all)."""
     worst = torch.nan_to_num(worst.detach().clone(), nan=math.inf)
     if ddp:
         torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
@@ -376,6 +371,11 @@ def check_divergence(worst, losses, w, steps_done, cfg, ddp):
     if not math.isfinite(ratio) or (cfg.spike_factor and ratio > cfg.spike_factor):
         rose = f"rose to {ratio:.2f}x its minimum" if math.isfinite(ratio) else "is not finite"
         raise Diverged(f"diverged by step {steps_done}: smoothed training loss {rose}; lower --lr")
+    mixed = float(np.dot(w, [*losses.values()])) if losses else 0.0
+    if not math.isfinite(mixed) or (steps_done > 2 * schedule(cfg)[1] and mixed > UNIFORM_LOSS):
+        raise Diverged(f"diverged by step {steps_done}: val loss on the training mixture "
+                       f"{mixed:.3f} nats/byte, worse than the uniform guess {UNIFORM_LOSS:.3f}; "
+                       "lower --lr")
 
 
 def train(corpus_dir, weights, cfg, log=None):
