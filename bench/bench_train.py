@@ -1,4 +1,4 @@
-"""Training throughput of train_lm.py per model size: the model's step beside the trainer's own step.
+"""Training throughput of train_lm.py per model size: the model's step beside the trainer's step.
 
   python bench/bench_train.py                                   # CPU: 0.1M, 0.8M, 3M at T=256
   python bench/bench_train.py --device cuda --sizes 25M,85M --block-size 1024 --batch-size 32
@@ -6,10 +6,11 @@
 model:   forward, backward, clip and AdamW on one batch already on the device (an upper bound).
 trainer: train_lm.train end to end, batches built from a corpus, pinned and prefetched as in a real
          run; its tokens/s over the training steps after the first, evaluation left out.
-Both use train_lm's settings: bf16 autocast, torch.compile, fused AdamW and TF32 on CUDA, fp32 eager
-on CPU. On CUDA, MFU = flops_per_token * tokens/s / peak with flops_per_token = 6 (N + V C) + 12 L C T
-(PaLM, Chowdhery et al. 2022, App. B), the dense bf16 peak looked up by the GPU's exact name in
-train_lm.PEAK_BF16_TFLOPS; a GPU not listed is refused unless --peak-tflops gives its peak.
+Both use train_lm's settings: bf16 autocast, torch.compile, fused AdamW and TF32 on CUDA, fp32
+eager on CPU. On CUDA, MFU = flops_per_token * tokens/s / peak, with flops_per_token =
+6 (N + V C) + 12 L C T (PaLM, Chowdhery et al. 2022, App. B) and the dense bf16 peak looked up by
+the GPU's exact name in train_lm.PEAK_BF16_TFLOPS; a GPU not listed is refused unless --peak-tflops
+gives its peak.
 --corpus defaults to a synthetic corpus written to a temporary folder (synthetic_corpus).
 """
 import argparse
@@ -85,7 +86,7 @@ def bench(size, block_size, batch_size, device, steps, warmup, compile_):
 def bench_trainer(size, block_size, batch_size, device, steps, compile_, corpus, peak_tflops=0.0):
     """The trainer's own step: train_lm.train for 1 + steps steps on `corpus` (uniform mixture),
     with as many CPU threads as this process; returns its run dict (tokens_per_s, mfu, ...). The
-    warmup spans the run, so a loss still above ln 256 is not judged: this times, it does not train."""
+    warmup spans the run, so a loss still above ln 256 is not judged: this times, not trains."""
     domains, _ = train_lm.load_corpus(corpus)
     cfg = train_lm.TrainConfig(size=size, block_size=block_size, batch_size=batch_size,
                                steps=steps + 1, warmup=steps + 2, val_windows=1, device=device,

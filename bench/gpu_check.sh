@@ -32,7 +32,7 @@ weights='{"synthetic0": 0.5, "synthetic1": 0.3, "synthetic2": 0.2}'
 names=()
 declare -A status
 
-stage() {                           # stage NAME SECONDS COMMAND...: run it, log it, record ok/FAILED
+stage() {                           # stage NAME SECONDS COMMAND...: run, log, record ok or FAILED
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
     names+=("$name")
@@ -42,14 +42,15 @@ stage() {                           # stage NAME SECONDS COMMAND...: run it, log
     if ((rc == 0)); then
         status[$name]="ok in $((SECONDS - start)) s"
     else
-        status[$name]="FAILED (exit $rc$( ((rc == 124)) && echo ", over ${limit} s"); $logs/$name.log)"
+        status[$name]="FAILED (exit $rc$( ((rc == 124)) && echo ", over ${limit} s"))"
     fi
     tail -n 2 "$logs/$name.log" | cut -c1-160
 }
 
 stage corpus "${limits[0]}" "$py" -c "import sys; sys.path.insert(0, 'bench'); import bench_train; \
 bench_train.synthetic_corpus(sys.argv[1], megabytes=float(sys.argv[2]))" "$logs/corpus" "$megabytes"
-stage tests "${limits[1]}" "$py" -m pytest -q -p no:cacheprovider tests/test_train_lm.py -k test_cuda
+stage tests "${limits[1]}" "$py" -m pytest -q -p no:cacheprovider tests/test_train_lm.py \
+    -k test_cuda
 stage torchrun "${limits[2]}" "$py" -m torch.distributed.run --standalone --nproc-per-node 1 \
     train_lm.py --device "$device" --corpus "$logs/corpus" --weights "$weights" --size "$size" \
     --steps "$steps" --block-size "$block" --batch-size "$batch" --val-windows 0 --seed 0 \
@@ -58,7 +59,8 @@ stage bench "${limits[3]}" "$py" bench/bench_train.py --device "$device" --sizes
     --block-size "$block" --batch-size "$batch" --steps "$bench_steps" --corpus "$logs/corpus"
 
 echo "== summary ($device; logs in $logs)"
-command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+command -v nvidia-smi > /dev/null &&
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 failed=0
 for name in "${names[@]}"; do
     echo "$name: ${status[$name]}"
