@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_lm  # noqa: E402  (repository root on the path)
+import simulate  # noqa: E402  (repository root on the path)
+import train_lm  # noqa: E402
 
 
 def mixtures(K, n, seed):
@@ -53,14 +54,15 @@ def one_run(task):
     torch.set_num_threads(1)
     cfg = train_lm.TrainConfig(size=size, block_size=args["block_size"], batch_size=args["batch_size"],
                                steps=args["steps"][-1], eval_steps=tuple(args["steps"]),
-                               val_windows=args["val_windows"], seed=seed)
+                               val_windows=args["val_windows"], stream=args["stream"], seed=seed)
     out = train_lm.train(args["corpus"], np.array(w), cfg)
     rows = []
     for c in out["checkpoints"]:
         tokens = c["steps"] * cfg.batch_size * cfg.block_size
         rows.append({"run": run_id, "seed": seed, **{f"w_{d}": repr(float(x)) for d, x in zip(args["domains"], w)},
                      "scale": out["scale"], "tokens": tokens, "steps": c["steps"],
-                     "cost": 6.0 * out["scale"] * tokens,
+                     "cost": simulate.flops_cost(out["scale"], c["steps"],
+                                                 cfg.batch_size * cfg.block_size),
                      **{f"loss_{d}": repr(v) for d, v in c["domain_losses"].items()}, "loss": repr(c["loss"])})
     return run_id, size, seed, rows, out["seconds"]
 
@@ -74,6 +76,8 @@ def main():
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--val-windows", type=int, default=64)
+    ap.add_argument("--stream", default="domain",
+                    help="train_lm's window sampler (data/runs_cpu.csv was made with 'step')")
     ap.add_argument("--mixtures", type=int, default=32, help="mixtures at the smaller sizes")
     ap.add_argument("--large", type=int, default=12, help="of which the first this many also at the largest size")
     ap.add_argument("--repeats", type=int, default=4, help="first this many mixtures retrained with seed 1")
@@ -86,7 +90,7 @@ def main():
     steps = [int(s) for s in args.steps.split(",")]
     W = mixtures(len(domains), args.mixtures, args.seed)                          # (M, K)
     shared = dict(corpus=args.corpus, domains=domains, steps=steps, block_size=args.block_size,
-                  batch_size=args.batch_size, val_windows=args.val_windows)
+                  batch_size=args.batch_size, val_windows=args.val_windows, stream=args.stream)
     deadline = time.time() + 60 * args.minutes
     # task order: largest size first within each mixture (long jobs early keep both workers busy to the end),
     # seed repeats after the first 8 mixtures, so a table cut by the deadline still has every ingredient
@@ -116,7 +120,8 @@ def main():
         "commands": [], "settings": vars(args), "domains": list(domains),
         "sizes": {s: scale_of[s] for s in sizes}, "runs": []}
     fixed = {k: v for k, v in vars(args).items() if k not in ("minutes", "workers")}
-    if any(log["settings"].get(k) != v for k, v in fixed.items()):
+    settings = {"stream": "step", **log["settings"]}        # tables made before --stream used 'step'
+    if any(settings.get(k) != v for k, v in fixed.items()):
         sys.exit(f"make_table: error: {out} was made with other settings ({sidecar}); use another --out")
     log["commands"].append("python data/make_table.py " + " ".join(sys.argv[1:]))
     print(f"{len(tasks)} runs to train with {args.workers} workers", file=sys.stderr, flush=True)
