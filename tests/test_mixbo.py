@@ -363,3 +363,52 @@ def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
             assert obj.available(np.array(r["weights"]), r["scale"], r["steps"]), (strategy, r)
             assert r["status"] == "ok", (strategy, r)
         assert tuple(res.recommendation["weights"]) in {tuple(map(float, w)) for w in obj.candidates}
+
+
+# ----------------------------------------------------------------------------------------------
+# reference ledgers: written by `python mixbo.py --sim --budget B --strategy S --candidates 64
+# [--n-init 2] --ledger tests/data/sim-S-budgetB.jsonl` (and `--table data/runs_cpu.csv` for table-*)
+# before the loop was restructured; the loop must still make the same trials and recommendations
+# (wall times and the ledger's layout aside)
+
+REFERENCES = {"sim-mfkg-budget1.jsonl": ("mfkg", 1.0, {}),
+              "sim-hyperband-budget1.jsonl": ("hyperband", 1.0, {}),
+              "sim-regression-budget1.jsonl": ("regression", 1.0, {}),
+              "sim-ei-budget4.jsonl": ("ei", 4.0, {"n_init": 2}),
+              "table-mfkg-budget2.jsonl": ("mfkg", 2.0, {})}
+TRIAL_FIELDS = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "cost", "checkpoints")
+RECOMMENDATION_FIELDS = ("weights", "loss", "sd", "source")
+
+
+def assert_same_values(got, want, where):
+    """Equal field by field; floats (also inside lists and dicts) to 1e-9."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for k in want:
+            assert_same_values(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_values(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert abs(got - want) <= 1e-9, (where, got, want)
+    else:
+        assert got == want, (where, got, want)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_the_loop_makes_the_reference_ledgers_trials(name):
+    strategy, budget, settings = REFERENCES[name]
+    lines = read_lines(os.path.join(REPO, "tests", "data", name))
+    want_trials = [r for r in lines if r["kind"] == "trial"]
+    want_recs = [r for r in lines if r["kind"] == "recommendation"]
+    objective = (simulate.load_table(os.path.join(REPO, "data", "runs_cpu.csv")) if name.startswith("table")
+                 else simulate.make_benchmark("default"))
+    res = mixbo.optimize(objective, strategy, budget, seed=0, out=None, candidates=64, **settings)
+    assert len(res.trials) == len(want_trials) and len(res.recommendations) == len(want_recs)
+    for t, (got, want) in enumerate(zip(res.trials, want_trials)):
+        for k in TRIAL_FIELDS:
+            assert_same_values(got[k], want[k], f"trial {t} {k}")
+    for t, (got, want) in enumerate(zip(res.recommendations, want_recs)):
+        for k in RECOMMENDATION_FIELDS:
+            assert_same_values(got[k], want[k], f"recommendation {t} {k}")
