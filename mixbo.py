@@ -1,25 +1,33 @@
 """mixbo: choose a language model's pre-training data mixture by multi-fidelity, multi-scale Bayesian
-optimization. A trial trains one mixture w (K weights on the simplex) at a model scale N for T steps;
+optimization. A trial trains a mixture w (K weights on the simplex) at a model scale N for T steps;
 the budget counts target-run equivalents (1.0 = one run at the target scale and steps).
 
-    python mixbo.py --sim                              # the search on a simulator (mfkg, budget 5)
-    python mixbo.py --table runs.csv --strategy ei     # replay a table of real runs
-    python mixbo.py --objective my_objective.py        # your own loss(weights, scale, steps)
-    from mixbo import optimize                         # the same from Python
+    python mixbo.py --sim                                   # the search, on a simulator
+    python mixbo.py ask --ledger L --objective space.py     # ask for a trial, run it yourself,
+    python mixbo.py tell --ledger L --trial 0 --loss 3.2    # and tell its result
+    python mixbo.py --objective space.py --launch 'sbatch --wait job.sh {weights_json} {result}'
+    from mixbo import optimize, Search                      # the same from Python
 
-Strategies: mfkg and kg, the knowledge gradient (Frazier, Powell & Dayanik 2009) over scales and steps
-as in the multi-scale mixture paper (acquisition.py); ei, ucb; hyperband (Li et al., JMLR 2018, Alg. 1);
-regression (RegMix, Liu et al. 2024, on Scheffe's 1958 quadratic mixture polynomial); random, sobol
-(Owen-scrambled Sobol' points), uniform. Every trial is appended to a ledger (JSON lines, fsync'ed), and
-everything random in trial t is seeded by (seed, t), so `--resume` continues a killed search exactly.
+Strategies: mfkg and kg, the knowledge gradient (Frazier, Powell & Dayanik 2009) over scales and
+steps as in the multi-scale mixture paper (acquisition.py); ei; ucb; hyperband (Li et al., JMLR 2018,
+Alg. 1); regression (RegMix, Liu et al. 2024, on Scheffe's 1958 mixture polynomial); random; sobol;
+uniform. Pending trials enter the GP by kriging believer (Ginsbourger, Le Riche & Carraro 2010). The
+ledger (JSON lines, fsync'ed, locked) is the single source of truth; trial t is seeded by (seed, t).
 """
 
 import argparse
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
+import re
+import shlex
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -32,11 +40,12 @@ import simulate
 
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
-# The GP that reports the recommendation's loss +- sd (recommend): a constant mean and Matern-5/2 on
-# u_N, u_T, whose intervals held their nominal rate on the loop's own ledgers where gp.fit_gp's default
-# was too narrow (chosen by bench/calibration.py, see bench/README.md).
+# The GP that reports the recommendation's loss +- sd: a constant mean and Matern-5/2 on u_N, u_T
+# (chosen by bench/calibration.py, see bench/README.md).
 REPORTING_MODEL = dict(mean="constant", kernel_N="matern52", kernel_T="matern52")
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
+WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
 RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for (trial_seed)
 
 
@@ -44,9 +53,17 @@ def silent(*args, **kwargs):
     """An `out` that prints nothing."""
 
 
+class TooManyFailures(RuntimeError):
+    """max_failures trials in a row failed; the search stopped (--resume continues it)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it stops as Ctrl-C stops it."""
+
+
 # ----------------------------------------------------------------------------------------------
-# 1. options: each is declared once, as a dataclass field whose metadata holds its help; the CLI
-#    flag is the field's name with dashes, and the ledger header records it under the same name.
+# 1. options: each is declared once, as a dataclass field holding its help; the CLI flag is the
+#    field's name with dashes, and the ledger header records it under the same name.
 
 def option(default, help, **argparse_options):
     """A dataclass field that is also the command-line option --name-with-dashes."""
@@ -55,10 +72,10 @@ def option(default, help, **argparse_options):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that decides which trials the search makes; --resume refuses a ledger whose
-    header differs."""
+    """What decides which trials the search makes; a resumed ledger must agree on all of it but
+    the budget (a larger one extends the search)."""
     strategy: str = option("mfkg", f"one of {', '.join(STRATEGIES)}; --bench: a comma list "
-                                   "(default there mfkg,ei,random)")
+                                   "(there default mfkg,ei,random)")
     budget: float = option(5.0, "in target-run equivalents (1.0 = one run at the target)")
     seed: int = option(0, "seeds every random choice of the search")
     n_init: int = option(0, "initial space-filling design size (0: the strategy's default)")
@@ -66,18 +83,18 @@ class Settings:
     candidates: int = option(256, "mixtures the acquisition scores per trial")
     fixed_cost: float = option(0.05, "mfkg: overhead added to every run's cost in KG / cost, in "
                                      "target-run equivalents (a decision floor, not charged)")
-    mixture: tuple = option((), "a mixture to run first, e.g. wikipedia=0.5,github=0.5 (repeatable; "
-                                "missing domains are 0)", action="append", metavar="D=W,...")
+    mixture: tuple = option((), "a mixture to run first, e.g. wikipedia=0.5,github=0.5 "
+                                "(repeatable; missing domains are 0)", action="append",
+                            metavar="D=W,...")
     eta: int = option(3, "hyperband: keep 1/eta of the runs at each rung")
-    regression_share: float = option(0.5, "regression: share of the budget spent on proxy runs at "
+    regression_share: float = option(0.5, "regression: share of the budget for proxy runs at "
                                           "the smallest scale")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
                              f"{', '.join(STRATEGIES)}")
-        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget)
-                and self.budget > 0):
+        if not (isinstance(self.budget, (int, float)) and 0 < self.budget < math.inf):
             raise ValueError(f"budget must be a number > 0 (target-run equivalents); "
                              f"got {self.budget}")
         if (self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2
@@ -85,10 +102,29 @@ class Settings:
             raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2 "
                              "and fixed_cost >= 0")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
-            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and sobol; "
-                             f"strategy {self.strategy} has no design to start")
+            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and "
+                             f"sobol; strategy {self.strategy} has no design to start")
         if not 0.0 < self.regression_share < 1.0:
             raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How the trials run; free to change between calls on one ledger."""
+    launch: str = option("", "run each trial as this shell command, with the placeholders {trial} "
+                             "{seed} {scale} {steps} {weights_json} {result} {w_<domain>} "
+                             "(see mixbo.fill_template)", metavar="TEMPLATE")
+    parallel: int = option(1, "--launch: trials in flight at once")
+    trial_timeout: float = option(0.0, "--launch: seconds after which a trial's command is "
+                                       "killed and the trial failed (0: no limit)")
+    max_failures: int = option(3, "stop after this many failed trials in a row (0: never)")
+
+    def __post_init__(self):
+        if self.parallel < 1 or not self.trial_timeout >= 0 or self.max_failures < 0:
+            raise ValueError("parallel must be >= 1, trial_timeout >= 0 and max_failures >= 0")
+        if self.parallel > 1 and not self.launch:
+            raise ValueError("--parallel needs --launch: an objective in this process runs one "
+                             "trial at a time")
 
 
 @dataclass(frozen=True)
@@ -96,8 +132,8 @@ class Source:
     """Where the losses come from: exactly one of sim, objective, table, train."""
     sim: str = option("", "a synthetic benchmark of simulate.py (NAME default: default)",
                       nargs="?", const="default", metavar="NAME")
-    objective: str = option("", "a Python file defining loss(weights, scale, steps) "
-                                "(simulate.load_objective_file)", metavar="PATH.py")
+    objective: str = option("", "a Python file defining the search space and loss(weights, scale, "
+                                "steps) (simulate.load_objective_file)", metavar="PATH.py")
     table: str = option("", "replay a table of real runs (simulate.load_table)", metavar="PATH.csv")
     metric: str = option("loss", "--table: the objective column")
     target_scale: float = option(None, "--table: the target scale (default: the largest)",
@@ -105,31 +141,27 @@ class Source:
     train: bool = option(False, "real training runs with train_lm.py", action="store_true")
     corpus: str = option("data/corpus", "--train: corpus folder")
     sizes: str = option("", "--train: model sizes by name, comma-separated (train_lm.SIZES)")
-    steps: str = option("", "--train: checkpoint step counts, comma-separated "
-                            "(default 30,60,120,240, as data/runs_cpu.csv)")
+    steps: str = option("", "--train: checkpoint steps, comma-separated (default 30,60,120,240); "
+                            "tell: the steps of a run made outside mixbo")
     device: str = option("cpu", "--train: cpu, cuda, cuda:N or mps")
 
 
-def parse_mixture(text, domains):
-    """'wikipedia=0.5,github=0.5' -> weights (K,) in `domains` order (missing domains are 0). Typed
-    weights summing to 1 within 1e-3 (e.g. three times 0.333) are renormalized; beyond that, an
-    error."""
+def parse_mixture(text, domains, flag="--mixture"):
+    """'wikipedia=0.5,github=0.5' -> weights (K,) in `domains` order (missing domains are 0).
+    Weights summing to 1 within 1e-3 (three times 0.333) are renormalized; beyond that, an error."""
     w = np.zeros(len(domains))
     for part in text.split(","):
-        name, sep, value = part.partition("=")
-        name = name.strip()
+        name, sep, value = (x.strip() for x in part.partition("="))
         if not sep or name not in domains:
-            raise ValueError(f"--mixture {text!r}: unknown domain {name!r}; domains are "
+            raise ValueError(f"{flag} {text!r}: unknown domain {name!r}; domains are "
                              f"{', '.join(domains)} (write name=weight pairs separated by commas)")
         try:
             w[domains.index(name)] = float(value)
         except ValueError:
-            raise ValueError(f"--mixture {text!r}: weight of {name} is not a number: "
-                             f"{value!r}") from None
+            raise ValueError(f"{flag} {text!r}: the weight of {name} is not a number") from None
     if abs(w.sum() - 1.0) <= 1e-3 and np.all(w >= 0):
         w = w / w.sum()
-    weights = simulate.check_weights(w, len(domains), tol=1e-9, what=f"--mixture {text!r}")
-    return tuple(weights.tolist())
+    return tuple(simulate.check_weights(w, len(domains), 1e-9, f"{flag} {text!r}").tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,9 +175,8 @@ def trial_seed(seed, t, purpose):
 
 def sobol_simplex(K, n, seed):
     """The first n points (n, K) of a scrambled Sobol sequence in [0,1)^K mapped to the simplex by
-    w = e / sum(e), e_k = -log(1 - u_k): the exponential map turns uniforms into Dirichlet(1) draws,
-    and it is smooth, so the sequence's even spread carries over. Prefixes agree: point t is the
-    same for every n > t."""
+    w = e / sum(e), e_k = -log(1 - u_k): the exponential map turns uniforms into Dirichlet(1)
+    draws and is smooth, so the even spread carries over. Point t is the same for every n > t."""
     m = max(1, math.ceil(math.log2(max(n, 2))))
     u = qmc.Sobol(d=K, scramble=True, seed=seed).random_base2(m)[:n]          # (n, K) in [0, 1)
     e = -np.log1p(-u)                                                          # (n, K) Exp(1)
@@ -153,9 +184,8 @@ def sobol_simplex(K, n, seed):
 
 
 def pool_choice(ctx, point, scale, steps, history, rng=None):
-    """Table replay: a mixture of the table's pool that it holds at (scale, steps) and the history
-    has not run there yet -- the nearest to `point` (Euclidean), or with point None a uniform draw
-    by rng. None if none is left."""
+    """Table replay: a pool mixture the table holds at (scale, steps) that no trial of the history
+    ran there -- the nearest to `point`, or with point None a uniform draw by rng; None if none."""
     pool = np.asarray(ctx.objective.candidates)                                # (M, K)
     done = {tuple(r["weights"]) for r in history if (r["scale"], r["steps"]) == (scale, steps)}
     free = [i for i in range(len(pool))
@@ -168,21 +198,17 @@ def pool_choice(ctx, point, scale, steps, history, rng=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. strategies
-#
-# A trial record (the ledger's "trial" line, a dict) carries: weights, scale, steps, status, loss,
-# checkpoints [{steps, loss, domain_losses}], cost. Each strategy is a function
-#     propose(ctx, history, t) -> Proposal, or None when nothing it would run is affordable,
-# and the recommendation after each trial is recommend(ctx, history) -> dict. `ctx` holds the
-# objective, the settings, the budget bookkeeping and (GP strategies) the current fitted GP.
+# 3. strategies. A trial record (a dict) carries weights, scale, steps, seed, cost, decision,
+#    status ("pending", "ok" or "failed"), loss, domain_losses, checkpoints [{steps, loss,
+#    domain_losses}]. A strategy is propose_x(ctx, history, t) -> Proposal, WAIT, or None when
+#    nothing it would run is affordable; history holds every trial asked so far, by id.
 
 @dataclass(frozen=True)
 class Proposal:
-    """What a strategy would run next, and why."""
     weights: np.ndarray     # (K,)
     scale: float
     steps: int
-    decision: str
+    decision: str           # why, for the ledger and the console
 
 
 @dataclass
@@ -191,9 +217,9 @@ class Context:
     settings: Settings
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
-    model: object = None            # gp.GP fitted on the trials so far (GP strategies), else None
-    refit: dict = dataclasses.field(default_factory=dict)   # fit_model's cache: options -> fit
-    spent: float = 0.0              # target-run equivalents spent so far
+    model: object = None            # gp.GP of the finished trials (GP strategies), else None
+    refit: dict = dataclasses.field(default_factory=dict)   # fit_model's hyperparameter cache
+    spent: float = 0.0              # target-run equivalents of every trial asked so far
 
     @property
     def K(self):
@@ -224,15 +250,25 @@ def _target(ctx):
 
 def _n_init(ctx):
     """Initial design size: n_init, else 3 target runs for single-fidelity strategies and 2K cheap
-    runs for mfkg (cheap runs at the smaller scales cost a few percent of a target run each)."""
+    runs for mfkg (runs at the smaller scales cost a few percent of a target run each)."""
     n = ctx.settings.n_init or (2 * ctx.K if ctx.settings.strategy == "mfkg" else 3)
     return max(n, len(ctx.settings.mixture))
 
 
+def _init_fidelity(ctx, i):
+    """Fidelity of the i-th initial run: the target for single-fidelity strategies; for mfkg,
+    round-robin over the scales below the target at its steps (so the GP sees the scale effect from
+    the start), or with a single scale the shortest steps."""
+    N_t, T_t = _target(ctx)
+    smaller = [float(N) for N in ctx.objective.scales if N < N_t]
+    if ctx.settings.strategy != "mfkg":
+        return N_t, T_t
+    return (smaller[i % len(smaller)], T_t) if smaller else (N_t, int(min(ctx.objective.steps)))
+
+
 def design_point(ctx, history, t, scale, steps):
-    """Mixture t of the space-filling design at (scale, steps): the user's --mixture ones first, then
-    the scrambled Sobol sequence (seeded by `seed`); on a table, the nearest pool mixture it holds
-    there."""
+    """Mixture t of the design at (scale, steps): the --mixture ones first, then the scrambled
+    Sobol sequence; on a table, the nearest pool mixture it holds there (or None)."""
     user = ctx.settings.mixture
     if t < len(user):
         w = np.asarray(user[t], dtype=np.float64)
@@ -244,21 +280,8 @@ def design_point(ctx, history, t, scale, steps):
     return w
 
 
-def _init_fidelity(ctx, i):
-    """Fidelity of the i-th initial run. Single-fidelity strategies: the target. mfkg: round-robin
-    over the scales below the target at the target's steps (so the GP sees the scale effect from the
-    start); with a single scale, the shortest steps."""
-    N_t, T_t = _target(ctx)
-    if ctx.settings.strategy != "mfkg":
-        return N_t, T_t
-    smaller = [float(N) for N in ctx.objective.scales if N < N_t]
-    if smaller:
-        return smaller[i % len(smaller)], T_t
-    return N_t, int(min(ctx.objective.steps))
-
-
 def propose_random(ctx, history, t):
-    """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run yet)."""
+    """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run)."""
     rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
     if ctx.objective.candidates is None:
         return Proposal(rng.dirichlet(np.ones(ctx.K)), *_target(ctx), "random")
@@ -273,9 +296,7 @@ def propose_sobol(ctx, history, t):
 
 
 def propose_uniform(ctx, history, t):
-    """Equal weights at the target (on a table: the nearest pool mixture); every later trial repeats
-    it with a new seed (a replicate that measures the seed noise; the recommendation never
-    changes)."""
+    """Equal weights at the target (a table: the nearest pool mixture), repeated with new seeds."""
     w = np.full(ctx.K, 1.0 / ctx.K)
     if ctx.objective.candidates is not None:
         w = pool_choice(ctx, w, *_target(ctx), history=())
@@ -283,13 +304,13 @@ def propose_uniform(ctx, history, t):
 
 
 def _hyperband_rungs(ctx):
-    """The resource ladder of Hyperband: from the target down, each rung the costliest (scale, steps)
-    that costs <= 1/eta of the rung above, along the path (smallest scale, shortest steps) ->
-    (smallest scale, target steps) -> (larger scales, target steps) -> target."""
+    """Hyperband's resource ladder: from the target down, each rung the costliest (scale, steps)
+    that costs <= 1/eta of the rung above, along (smallest scale, shortest steps) -> (smallest
+    scale, target steps) -> (larger scales, target steps) -> target."""
     N_t, T_t = _target(ctx)
     scales = [float(N) for N in ctx.objective.scales if N <= N_t]
-    steps = [int(T) for T in ctx.objective.steps if T <= T_t]
-    path = [(scales[0], T) for T in steps] + [(N, T_t) for N in scales[1:]]
+    path = [(scales[0], int(T)) for T in ctx.objective.steps if T <= T_t]
+    path += [(N, T_t) for N in scales[1:]]
     rungs = [(N_t, T_t)]
     for p in reversed(path[:-1]):
         if ctx.cost(*p) <= ctx.cost(*rungs[0]) / ctx.settings.eta:
@@ -298,8 +319,7 @@ def _hyperband_rungs(ctx):
 
 
 def _bracket_configs(ctx, bracket, n, rung):
-    """The n mixtures bracket `bracket` starts with: Dirichlet(1) draws, or on a table n pool
-    mixtures it holds at the bracket's first rung."""
+    """The n mixtures a bracket starts with: Dirichlet(1) draws, or pool mixtures held at `rung`."""
     rng = np.random.default_rng(trial_seed(ctx.settings.seed, bracket, STRATEGY))
     if ctx.objective.candidates is None:
         return list(rng.dirichlet(np.ones(ctx.K), n))
@@ -309,27 +329,27 @@ def _bracket_configs(ctx, bracket, n, rung):
 
 
 def propose_hyperband(ctx, history, t):
-    """Hyperband (Li et al. 2018, Alg. 1) over the rung ladder, brackets b = b_max..0 repeated until
-    the budget is spent. Replayed from the history: the k-th run of the (deterministic) schedule is
-    history[k], so the next run is the first one the history does not hold yet."""
+    """Hyperband (Li et al. 2018, Alg. 1) over the rung ladder, brackets b = b_max..0 repeated.
+    Replayed from the history: the k-th run of the deterministic schedule is history[k], so the next
+    run is the first one the history does not hold; WAIT while a rung needs a pending loss."""
     rungs, eta = _hyperband_rungs(ctx), ctx.settings.eta
     b_max, k = len(rungs) - 1, 0
     for bracket in range(10 ** 6):
         b = b_max - bracket % (b_max + 1)
         # Alg. 1 line 3: n = ceil((b_max + 1) / (b + 1) * eta^b) configurations
-        n = math.ceil((b_max + 1) / (b + 1) * eta ** b)
-        configs = _bracket_configs(ctx, bracket, n, rungs[b_max - b])
+        configs = _bracket_configs(ctx, bracket, math.ceil((b_max + 1) / (b + 1) * eta ** b),
+                                   rungs[b_max - b])
         if not configs:
             return None
         for i in range(b + 1):                         # successive halving, Alg. 1 lines 5-9
             rung = rungs[b_max - b + i]
             configs = [c for c in configs if ctx.available(c, *rung)]   # tables: rows they hold
-            losses = []
-            for c in configs:
-                if k == len(history):
-                    return Proposal(c, *rung, f"hyperband bracket {bracket} rung {b_max - b + i}")
-                r, k = history[k], k + 1
-                losses.append(r["loss"] if r["status"] == "ok" else math.inf)
+            for c in configs[len(history) - k:]:
+                return Proposal(c, *rung, f"hyperband bracket {bracket} rung {b_max - b + i}")
+            runs, k = history[k:k + len(configs)], k + len(configs)
+            if any(r["status"] == "pending" for r in runs):
+                return WAIT
+            losses = [r["loss"] if r["status"] == "ok" else math.inf for r in runs]
             keep = max(1, len(configs) // eta)          # the best n_i / eta go on
             configs = [configs[j] for j in np.argsort(losses, kind="stable")[:keep]]
     return None
@@ -343,58 +363,52 @@ def _scheffe_features(W):
 
 
 def _fit_regression(W, y):
-    """Ridge regression of loss on _scheffe_features, the ridge chosen by leave-one-out error over a
-    grid of ridges. Returns (coefficients, y_mean)."""
+    """Ridge regression of y on _scheffe_features, the ridge chosen by leave-one-out error over a
+    grid. Returns (coefficients, y_mean)."""
     F = _scheffe_features(W)                                               # (n, p)
-    y_mean = y.mean()
-    best = None
+    y_mean, best = y.mean(), None
     for lam in 10.0 ** np.arange(-8, 3):
         A = F.T @ F + lam * np.eye(F.shape[1])
         H = F @ np.linalg.solve(A, F.T)                                    # (n, n) hat matrix
-        # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., Sec. 7.10.1)
+        # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., 7.10.1)
         loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
-        score = float(np.mean(loo ** 2))
-        if best is None or score < best[0]:
-            best = (score, np.linalg.solve(A, F.T @ (y - y_mean)))
+        if best is None or np.mean(loo ** 2) < best[0]:
+            best = (float(np.mean(loo ** 2)), np.linalg.solve(A, F.T @ (y - y_mean)))
     return best[1], y_mean
 
 
-def _regression_fidelity(ctx):
-    return float(min(ctx.objective.scales)), _target(ctx)[1]
-
-
 def _regression_ranking(ctx, history):
-    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions; None
-    if there are too few proxy runs (fewer than the number of coefficients)."""
-    proxy = _regression_fidelity(ctx)
+    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions;
+    None while there are fewer proxy runs than coefficients."""
+    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
     runs = [r for r in history if r["status"] == "ok" and (r["scale"], r["steps"]) == proxy]
     if len(runs) < ctx.K + ctx.K * (ctx.K - 1) // 2:
         return None
-    W = np.array([r["weights"] for r in runs])
-    coef, y_mean = _fit_regression(W, np.array([r["loss"] for r in runs]))
+    coef, y_mean = _fit_regression(np.array([r["weights"] for r in runs]),
+                                   np.array([r["loss"] for r in runs]))
     pool = ctx.objective.candidates
     if pool is None:                                       # RegMix scores many random mixtures
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL))
         pool = rng.dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
-    pool = np.asarray(pool)
-    predicted = y_mean + _scheffe_features(pool) @ coef
+    predicted = y_mean + _scheffe_features(np.asarray(pool)) @ coef
     order = np.argsort(predicted, kind="stable")
-    return pool[order], predicted[order]
+    return np.asarray(pool)[order], predicted[order]
 
 
 def propose_regression(ctx, history, t):
-    """RegMix: spend regression_share of the budget on runs of random mixtures at the smallest scale,
-    fit the regression, then train its best-predicted mixtures at the target, best first."""
-    proxy = _regression_fidelity(ctx)
-    proxy_spent = sum(r["cost"] for r in history if (r["scale"], r["steps"]) == proxy)
-    if (proxy_spent + ctx.cost(*proxy) <= ctx.settings.regression_share * ctx.settings.budget
-            and proxy != _target(ctx)):
+    """RegMix: spend regression_share of the budget on random mixtures at the smallest scale, fit
+    the regression, then train its best-predicted mixtures at the target, best first."""
+    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
+    at_proxy = [r for r in history if (r["scale"], r["steps"]) == proxy]
+    if (sum(r["cost"] for r in at_proxy) + ctx.cost(*proxy)
+            <= ctx.settings.regression_share * ctx.settings.budget and proxy != _target(ctx)):
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
-        if ctx.objective.candidates is None:
-            return Proposal(rng.dirichlet(np.ones(ctx.K)), *proxy, "regression proxy")
-        w = pool_choice(ctx, None, *proxy, history, rng)
+        w = (rng.dirichlet(np.ones(ctx.K)) if ctx.objective.candidates is None
+             else pool_choice(ctx, None, *proxy, history, rng))
         if w is not None:
             return Proposal(w, *proxy, "regression proxy")
+    if any(r["status"] == "pending" for r in at_proxy):
+        return WAIT
     ranking = _regression_ranking(ctx, history)
     if ranking is None:                                    # too few proxy runs to fit: random
         return propose_random(ctx, history, t)
@@ -406,24 +420,31 @@ def propose_regression(ctx, history, t):
 
 
 def _observations(history):
-    """Every checkpoint of every ok trial: W (n, K), N (n,), T (n,), y (n,), and runs (n,), the index
-    of the trial each checkpoint comes from (gp.fit_gp's run labels: a run's checkpoints share its
-    seed's offset; two trials of the same mixture and scale are two runs with independent
-    offsets)."""
+    """The GP's data: every checkpoint of every ok trial, and every failed trial as one pessimistic
+    observation at its (scale, steps): the largest loss observed at that fidelity, else anywhere.
+    A failed run so reads as a bad result where it was tried, and the acquisition does not return
+    there endlessly (the constant liar at its maximum, Ginsbourger, Le Riche & Carraro 2010, kept
+    for a run that cannot succeed); the budget is charged as for any run. Returns W (n, K), N, T,
+    y and runs (n,): the index in history of each row's trial (gp.fit_gp's run labels)."""
     rows = [(r["weights"], r["scale"], c["steps"], c["loss"], i)
             for i, r in enumerate(history) if r["status"] == "ok" for c in r["checkpoints"]]
-    W, N, T, y, runs = zip(*rows)
+    worst = {}
+    for _, N, T, y, _ in rows:
+        worst[N, T] = max(y, worst.get((N, T), -math.inf))
+    rows += [(r["weights"], r["scale"], r["steps"], worst.get((r["scale"], r["steps"]),
+                                                               max(worst.values())), i)
+             for i, r in enumerate(history) if r["status"] == "failed" and worst]
+    W, N, T, y, runs = zip(*sorted(rows, key=lambda row: row[4]))
     return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float),
             np.array(y, dtype=float), np.array(runs))
 
 
 def fit_model(ctx, history, **options):
-    """The GP (gp.fit_gp with the model `options`, e.g. mean="constant"; none: gp.fit_gp's defaults)
-    on every ok checkpoint of the history. Hyperparameters are refitted (MAP, gp.fit_gp) when the
-    number of trials c is a multiple of refit_every; in between, the GP is conditioned on all data
-    with the hyperparameters of the last refit r = c - c % refit_every (fitted on the first r trials;
-    cached in ctx.refit per options). So the model is a function of the history only, and a resumed
-    run rebuilds it."""
+    """gp.fit_gp (with the model `options`; none: its defaults) on the finished trials `history`
+    (_observations). Hyperparameters are refitted (MAP) when the number of trials c is a multiple
+    of refit_every; in between, the GP is conditioned on all data with the hyperparameters fitted
+    on the first r = c - c % refit_every trials (cached in ctx.refit). So the model is a function of
+    the finished trials only, and a resumed search rebuilds it. None before any ok trial."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -431,42 +452,66 @@ def fit_model(ctx, history, **options):
     r = c - c % ctx.settings.refit_every
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                 # nothing to refit on yet: fit now
-    key = tuple(sorted(options.items()))
-    if ctx.refit.get(key, (None,))[0] != r:
+    key, fitted_on = tuple(sorted(options.items())), [x.get("trial") for x in history[:r]]
+    if ctx.refit.get(key, (None,))[0] != fitted_on:
         W, N, T, y, runs = _observations(history[:r])
         fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                         seed=trial_seed(ctx.settings.seed, r, MODEL), **options)
-        ctx.refit[key] = (r, fit.hyperparameters)
+        ctx.refit[key] = (fitted_on, fit.hyperparameters)
     W, N, T, y, runs = _observations(history)
     return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                      hyperparameters=ctx.refit[key][1], **options)
 
 
-def _evaluated_mixtures(history):
-    """Distinct mixtures with at least one ok run, in first-run order: (m, K)."""
+def kriging_believer(ctx, finished, pending):
+    """The model for proposals while trials are pending: the GP of the finished trials, its
+    hyperparameters fixed, conditioned on every checkpoint each pending trial will report, at
+    its current posterior mean -- the kriging believer (Ginsbourger, Le Riche & Carraro 2010).
+    The pending points' variance collapses to the noise and their neighbours' shrinks, so the next
+    proposal goes elsewhere."""
+    import gp
+    W, N, T, y, runs = _observations(finished)
+    rows = [(r["weights"], r["scale"], s, len(finished) + j) for j, r in enumerate(pending)
+            for s in simulate.checkpoint_steps(ctx.objective.steps, r["steps"])]
+    W_p, N_p, T_p, runs_p = (np.array(column) for column in zip(*rows))
+    X_p = gp.encode(W_p, N_p.astype(float), T_p.astype(float), ctx.bounds)
+    believed = gp.predict(ctx.model, X_p)[0]
+    return gp.fit_gp(np.vstack([gp.encode(W, N, T, ctx.bounds), X_p]), np.concatenate([y, believed]),
+                     n_weights=ctx.K, runs=np.concatenate([runs, runs_p]),
+                     hyperparameters=ctx.model.hyperparameters)
+
+
+def _mixtures(history, statuses=("ok",)):
+    """Distinct mixtures of the trials with these statuses, in first-run order: (m, K)."""
     import acquisition
-    return acquisition.unique_rows(np.array([r["weights"] for r in history if r["status"] == "ok"]))
+    return acquisition.unique_rows(np.array([r["weights"] for r in history
+                                             if r["status"] in statuses]))
 
 
 def propose_gp(ctx, history, t):
-    """mfkg / kg / ei / ucb: one decision of acquisition.choose_next on the GP of the history, over
-    simplex candidates (or the table's pool) and the fidelities the strategy may use and can
-    afford."""
+    """mfkg / kg / ei / ucb: one decision of acquisition.choose_next on ctx.model over simplex
+    candidates (or the table's pool) and the fidelities the strategy may use and can afford. The
+    KG's evaluated set holds the pending trials' mixtures too (the believer knows them), and a
+    pending (mixture, scale, steps) is never proposed again."""
     import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
     if not any(ctx.affordable(*f) for f in fids):
         return None
-    seed = trial_seed(ctx.settings.seed, t, STRATEGY)
-    evaluated = _evaluated_mixtures(history)                                # (E, K)
+    evaluated = _mixtures(history, ("ok", "pending"))                      # (E, K)
     if ctx.objective.candidates is None:
-        cands = acquisition.simplex_candidates(ctx.K, ctx.settings.candidates, seed,
+        cands = acquisition.simplex_candidates(ctx.K, ctx.settings.candidates,
+                                               trial_seed(ctx.settings.seed, t, STRATEGY),
                                                incumbents=evaluated)
     else:
         cands = np.asarray(ctx.objective.candidates)
+    taken = {(tuple(r["weights"]), r["scale"], r["steps"]) for r in history
+             if r["status"] == "pending"}
     allowed = None                                                          # None: any pair
-    if ctx.objective.available is not None or not all(ctx.affordable(*f) for f in fids):
-        allowed = lambda w, N, T: ctx.affordable(N, T) and ctx.available(w, N, T)
+    if (ctx.objective.available is not None or taken
+            or not all(ctx.affordable(*f) for f in fids)):
+        allowed = lambda w, N, T: (ctx.affordable(N, T) and ctx.available(w, N, T)
+                                   and (tuple(w.tolist()), N, T) not in taken)
         if not any(allowed(w, N, T) for w in cands for N, T in fids):     # e.g. all too costly
             return None
     d = acquisition.choose_next(strategy, ctx.model, cands, evaluated,
@@ -485,10 +530,9 @@ PROPOSE = {"random": propose_random, "sobol": propose_sobol, "uniform": propose_
 
 
 def propose(ctx, history, t):
-    """Trial t: the initial design first (GP strategies), then the strategy; None ends the search.
-    A proposal the budget cannot pay for ends the search too. An initial run the budget cannot pay
-    for ends the initial design instead: the acquisition then chooses among the fidelities still
-    affordable."""
+    """Trial t: the initial design first (GP strategies), then the strategy. Returns a Proposal,
+    WAIT, or None: nothing affordable, the search is over. An initial run the budget cannot pay for
+    ends the design instead; the acquisition then chooses among the fidelities still affordable."""
     in_init = (ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx)
                and all(r["decision"].startswith("init") for r in history))  # design unbroken
     if in_init:
@@ -496,45 +540,34 @@ def propose(ctx, history, t):
         in_init = ctx.affordable(N, T)
     if in_init:
         w = design_point(ctx, history, t, N, T)
-        if w is None:                                     # a table without that row: the target
+        if w is None:                                      # a table without that row: the target
             N, T = _target(ctx)
             w = design_point(ctx, history, t, N, T)
         why = "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)"
         p = None if w is None else Proposal(w, N, T, why)
-    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # all failed: explore
+    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # none ok: explore
         p = propose_sobol(ctx, history, t)
     else:
         p = PROPOSE[ctx.settings.strategy](ctx, history, t)
-    if p is None or not ctx.affordable(p.scale, p.steps):
-        return None
-    return p
-
-
-def _domain_losses_of(history, w):
-    """Observed per-domain losses of mixture w at the highest fidelity it ran at, and where."""
-    runs = [r for r in history if r["status"] == "ok" and list(r["weights"]) == list(w)]
-    if not runs:
-        return {}, "not run"
-    top = max(runs, key=lambda r: (r["scale"], r["steps"]))
-    return top["domain_losses"], f"observed at scale {fmt_scale(top['scale'])}, steps {top['steps']}"
+    if p is WAIT or p is None or ctx.affordable(p.scale, p.steps):
+        return p
+    return None
 
 
 def recommend(ctx, history):
-    """The mixture the strategy returns now, at the target. GP strategies: argmin of the posterior
-    mean at the target over the evaluated mixtures (acquisition.recommend, on the loop's GP); its
-    loss +- sd is the posterior at the target of REPORTING_MODEL fitted to the same runs.
-    Regression before any target run: the regression's argmin (a prediction at the proxy scale).
-    Otherwise: the best observed loss at the target (or, if nothing ran at the target yet, at the
-    highest fidelity reached)."""
-    target = _target(ctx)
-    ok = [r for r in history if r["status"] == "ok"]
+    """The mixture to train at the target now, from the finished trials. GP strategies: the argmin
+    of ctx.model's posterior mean at the target over the evaluated mixtures, its loss +- sd from
+    REPORTING_MODEL fitted to the same runs. Regression before any target run: its argmin (a
+    prediction at the proxy scale). Otherwise the best observed loss at the target, or if nothing
+    ran there yet at the highest fidelity reached."""
+    target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
     ran_target = any((r["scale"], r["steps"]) == target for r in ok)
     choice = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
               "domain_losses": {}, "domain_losses_source": "not run"}
     if ctx.settings.strategy in GP_STRATEGIES and ctx.model is not None:
         import acquisition
         import gp
-        mixtures = _evaluated_mixtures(history)
+        mixtures = _mixtures(history)
         i, _, _ = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
         reporter = fit_model(ctx, history, **REPORTING_MODEL)
         mean, var = gp.predict(reporter, gp.encode(mixtures[i:i + 1], *target, ctx.bounds))
@@ -552,97 +585,208 @@ def recommend(ctx, history):
                  else f"scale {fmt_scale(top[0])}, steps {top[1]} (no target run yet)")
         choice.update(weights=list(best["weights"]), loss=best["loss"],
                       source=f"best observed at {where}")
-    if choice["weights"] is not None:
-        choice["domain_losses"], choice["domain_losses_source"] = _domain_losses_of(
-            history, choice["weights"])
+    runs = [r for r in ok if list(r["weights"]) == list(choice["weights"] or ())]
+    if runs:                    # observed per-domain losses at the highest fidelity it ran at
+        top = max(runs, key=lambda r: (r["scale"], r["steps"]))
+        choice.update(domain_losses=top["domain_losses"], domain_losses_source=f"observed at "
+                      f"scale {fmt_scale(top['scale'])}, steps {top['steps']}")
     return choice
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. ledger: line 1 {"kind": "header", ...}; then per trial {"kind": "trial", ...} followed by
-#    {"kind": "recommendation", ...}. The trial line is written (and fsync'ed) as soon as the run
-#    returns, before the GP is refitted, so a kill while fitting loses no run.
+# 4. results and the ledger: JSON lines, each fsync'ed before anything depends on it. Line 1 is the
+#    header; then {"kind": "ask", ...} when a trial is handed out (pending), {"kind": "tell", ...}
+#    when its outcome is in, each tell followed by its {"kind": "recommendation", ...}, and
+#    {"kind": "budget", "budget": B} when a resumed search gets another budget.
 
-def objective_description(objective):
-    return {"name": objective.name, "domains": list(objective.domains),
-            "scales": [float(s) for s in objective.scales],
-            "steps": [int(s) for s in objective.steps],
-            "target": [float(objective.target[0]), int(objective.target[1])]}
+def check_result(result, steps):
+    """A run's result {"loss": x, "domain_losses": {domain: x}, "checkpoints": [{"steps": s,
+    "loss": x, "domain_losses": {...}}, ...]}, only loss required -> (loss, domain_losses,
+    checkpoints); checkpoints ascend in 1..steps (default: the loss at `steps`). Every loss must
+    be a finite number within LOSS_LIMIT; anything else is a one-line ValueError saying what."""
+    def number(x, what):
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise ValueError(f"the result's {what} must be a number; got {str(x)[:80]!r}")
+        if not (math.isfinite(x) and abs(x) <= LOSS_LIMIT):
+            raise ValueError(f"the result's {what} must be finite and within +-{LOSS_LIMIT:g}; "
+                             f"got {x}")
+        return float(x)
+
+    def per_domain(losses, what):
+        if not isinstance(losses, dict):
+            raise ValueError(f"the result's {what} must be an object {{domain: loss}}")
+        return {str(k): number(v, f"{what}[{k!r}]") for k, v in losses.items()}
+
+    if not isinstance(result, dict) or "loss" not in result:
+        raise ValueError(f"a result must be a JSON object with a \"loss\"; got {str(result)[:80]!r}")
+    loss = number(result["loss"], "loss")
+    losses = per_domain(result.get("domain_losses") or {}, "domain_losses")
+    checkpoints = []
+    for c in result.get("checkpoints") or [{"steps": steps, "loss": loss, "domain_losses": losses}]:
+        s = c.get("steps") if isinstance(c, dict) else None
+        if (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 < s <= steps
+                or (checkpoints and s <= checkpoints[-1]["steps"]) or "loss" not in c):
+            raise ValueError(f"the result's checkpoints must be {{\"steps\", \"loss\"}} objects, "
+                             f"steps ascending in 1..{steps}; got {str(c)[:80]!r}")
+        checkpoints.append({"steps": int(s), "loss": number(c["loss"], f"checkpoint {s} loss"),
+                            "domain_losses": per_domain(c.get("domain_losses") or {},
+                                                        f"checkpoint {s} domain_losses")})
+    return loss, losses, checkpoints
 
 
-def ledger_header(settings, objective):
-    header = {"kind": "header", "mixbo_ledger": LEDGER_VERSION,
-              "settings": dataclasses.asdict(settings),
-              "objective": objective_description(objective)}
-    return json.loads(json.dumps(header))      # the form it takes after a round trip through the file
+def check_outcome(steps, result=None, loss=None, failed=None):
+    """The tell fields of a trial's outcome: exactly one of result (check_result), loss, failed."""
+    if sum(x is not None for x in (result, loss, failed)) != 1:
+        raise ValueError("tell needs exactly one of a result, a loss or a failure reason")
+    if failed is not None:
+        return {"status": "failed", "loss": None, "domain_losses": {}, "checkpoints": [],
+                "error": " ".join(str(failed).split())[:500] or "failed"}
+    value, losses, checkpoints = check_result({"loss": loss} if result is None else result, steps)
+    return {"status": "ok", "loss": value, "domain_losses": losses, "checkpoints": checkpoints,
+            "error": None}
 
 
 def _append(f, record):
-    """One JSON line, then flush and fsync: the line is on disk before the next trial starts."""
-    f.write(json.dumps(record, allow_nan=False) + "\n")
+    """One JSON line, then flush and fsync: the line is on disk before anything depends on it."""
+    f.write((json.dumps(record, allow_nan=False) + "\n").encode())
     f.flush()
     os.fsync(f.fileno())
 
 
-def read_ledger(path, header, warn=print):
-    """Trials and recommendations of an existing ledger, after checking its header equals `header`.
-    A torn last line (a kill mid-write) is ignored with a warning and truncated away, so appending
-    continues from the last complete line. Anything else malformed is a one-line ValueError."""
-    with open(path, "rb") as f:
+def ledger_header(settings, objective, source=None, sha256=None):
+    """The header: the settings, where the objective comes from (source, with its paths resolved,
+    and the sha256 of its file or table; None from Python) and the search space."""
+    header = {"kind": "header", "mixbo_ledger": LEDGER_VERSION,
+              "settings": dataclasses.asdict(settings), "source": source, "sha256": sha256,
+              "objective": {"name": objective.name, "domains": list(objective.domains),
+                            "scales": [float(s) for s in objective.scales],
+                            "steps": [int(s) for s in objective.steps],
+                            "target": [float(objective.target[0]), int(objective.target[1])]}}
+    return json.loads(json.dumps(header))      # the form it takes after a round trip through the file
+
+
+def header_difference(old, new):
+    """What differs between a ledger's header and this search's, e.g. 'settings.seed (ledger 0,
+    now 1)', or None. Compared: the format, the settings but the budget, the search space (not the
+    objective's display name), the source and the sha256 (where both headers name them)."""
+    if not isinstance(old, dict) or old.get("mixbo_ledger") != LEDGER_VERSION:
+        found = old.get("mixbo_ledger") if isinstance(old, dict) else None
+        return f"format (ledger version {found}, this mixbo writes {LEDGER_VERSION})"
+    for part in ("settings", "objective", "source"):
+        a, b = old.get(part) or {}, new.get(part) or {}
+        if part == "source" and not (a and b):
+            continue
+        for key in sorted((set(a) | set(b)) - {"budget", "name"}):
+            if a.get(key) != b.get(key):
+                return f"{part}.{key} (ledger {a.get(key)!r}, now {b.get(key)!r})"
+    if old.get("sha256") and new.get("sha256") and old["sha256"] != new["sha256"]:
+        return "sha256 (the objective file or table changed since the ledger was started)"
+    return None
+
+
+def open_ledger(path, resume, header, warn):
+    """The ledger at `path` opened for appending and locked (fcntl.flock, exclusive, held while the
+    file is open; Linux emulates it on NFS with byte-range locks), and its records, header first.
+    A new or empty ledger gets `header`; an existing one needs resume and header_difference None.
+    A torn last line (a kill mid-write) is cut away with a warning; other damage is a ValueError."""
+    if os.path.exists(path) and os.path.getsize(path) and not resume:
+        raise ValueError(f"ledger {path} already exists; pass --resume to continue it, "
+                         f"or choose another --ledger path")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"ledger {path} is in use by another mixbo process; wait for it to "
+                         f"finish, or use another --ledger path") from None
+    try:
+        f.seek(0)
         data = f.read()
-    lines = data.split(b"\n")
-    good_end, records = 0, []
-    for i, line in enumerate(lines[:-1]):       # after the last newline: nothing, or a torn line
+        lines = data.split(b"\n")[:-1]             # after the last newline: nothing, or torn
         try:
-            records.append(json.loads(line))
+            records = [json.loads(line) for line in lines]
         except json.JSONDecodeError:
-            raise ValueError(f"ledger {path} line {i + 1} is not valid JSON; "
-                             f"the ledger is damaged beyond its last line") from None
-        good_end += len(line) + 1
-    if records and records[0] != header:
-        got = records[0].get("settings", {}) if isinstance(records[0], dict) else {}
-        diff = [k for k in header["settings"] if got.get(k) != header["settings"][k]]
-        what = f"settings differ ({', '.join(diff)})" if diff else "its objective or format differs"
-        raise ValueError(f"ledger {path} is from another run: {what}; use another --ledger path "
-                         f"or the same settings")
-    trials = [r for r in records[1:] if r.get("kind") == "trial"]
-    recommendations = [r for r in records[1:] if r.get("kind") == "recommendation"]
-    if ([r["trial"] for r in trials] != list(range(len(trials)))
-            or len(recommendations) > len(trials)
-            or [r["after_trial"] for r in recommendations] != list(range(len(recommendations)))):
-        raise ValueError(f"ledger {path} has trials out of order or repeated; "
-                         f"it was not written by this version of mixbo")
-    if good_end < len(data):                  # only now (the ledger is ours): cut the torn line away
-        warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} "
-             f"bytes; the run was killed while writing it)")
-        with open(path, "r+b") as f:
+            raise ValueError(f"ledger {path} holds a line that is not valid JSON; it is damaged "
+                             f"beyond its last line") from None
+        if not records:
+            f.truncate(0)
+            _append(f, header)
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            os.fsync(directory)                    # the new file's directory entry is on disk too
+            os.close(directory)
+            return f, [header]
+        difference = header_difference(records[0], header)
+        if difference:
+            raise ValueError(f"ledger {path} is from another search: {difference} differs; use "
+                             f"another --ledger path, or the ledger's settings")
+        good_end = sum(len(line) + 1 for line in lines)
+        if good_end < len(data):                  # only now (the ledger is ours): cut it away
+            warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} "
+                 f"bytes; the run was killed while writing it)")
             f.truncate(good_end)
             f.flush()
             os.fsync(f.fileno())
-    if not records:
-        return None
-    return trials, recommendations
+        return f, records
+    except BaseException:
+        f.close()
+        raise
+
+
+def peek_ledger(path):
+    """(header, budget) of the ledger at `path`, read without taking its lock; (None, None) for a
+    missing or empty file. The budget is the last one recorded."""
+    if not (os.path.exists(path) and os.path.getsize(path)):
+        return None, None
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    try:
+        header = json.loads(lines[0])
+        budget = header["settings"]["budget"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"ledger {path} does not start with a mixbo header line") from None
+    if header.get("mixbo_ledger") != LEDGER_VERSION:
+        raise ValueError(f"ledger {path} has format version {header.get('mixbo_ledger')}; this "
+                         f"mixbo reads and writes version {LEDGER_VERSION}")
+    for line in lines[1:]:
+        if line.startswith(b'{"kind": "budget"'):
+            budget = json.loads(line)["budget"]
+    return header, budget
 
 
 def default_ledger_path(settings, objective, resume=False):
-    """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the first
-    free runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (a default path never overwrites)."""
+    """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the
+    first free runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (a default path never overwrites)."""
     name = f"{objective.name}-{settings.strategy}-seed{settings.seed}".replace(os.sep, "_")
-    base = os.path.join("runs", name)
-    path, i = base + ".jsonl", 1
+    path, i = os.path.join("runs", name + ".jsonl"), 1
     while os.path.exists(path) and not resume:
-        path, i = f"{base}-{i}.jsonl", i + 1
+        path, i = os.path.join("runs", f"{name}-{i}.jsonl"), i + 1
     return path
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. the loop
+# 5. ask / tell
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial handed out by Search.ask: train `weights` at (scale, steps) with `seed`."""
+    trial: int
+    weights: tuple
+    scale: float
+    steps: int
+    seed: int | None
+    decision: str
+
+    def as_json(self, domains):
+        return {"trial": self.trial, "weights": dict(zip(domains, self.weights)),
+                "scale": self.scale, "steps": self.steps, "seed": self.seed}
+
 
 @dataclass(frozen=True)
 class Result:
     settings: Settings
-    trials: list               # trial records (dicts, as in the ledger)
-    recommendations: list      # one per trial: the recommendation after it
+    trials: list               # the finished trial records, by id
+    recommendations: list      # one per tell, in tell order: the recommendation after it
     spent: float               # target-run equivalents
     ledger: str | None
 
@@ -651,129 +795,366 @@ class Result:
         return self.recommendations[-1] if self.recommendations else None
 
 
-def run_trial(ctx, t, proposal):
-    """Run the objective once; any exception or non-finite loss makes a failed record (its cost is
-    charged: the compute was spent)."""
-    record = {"kind": "trial", "trial": t, "decision": proposal.decision,
-              "weights": [float(x) for x in proposal.weights], "scale": float(proposal.scale),
-              "steps": int(proposal.steps), "seed": trial_seed(ctx.settings.seed, t, RUN),
-              "status": "ok", "loss": None, "domain_losses": {}, "checkpoints": [],
-              "cost": ctx.cost(proposal.scale, proposal.steps), "spent": None, "wall_s": None,
-              "error": None}
-    start = time.perf_counter()
+class Search:
+    """Ask/tell on one objective, with the ledger as the single source of truth. The state: every
+    trial asked (pending until told), the recommendations, the GP, and the open, locked ledger.
+
+        with Search(objective, Settings(budget=3), ledger="runs/a.jsonl") as search:
+            for trial in search.ask(4): ...           # run them anywhere, tell in any order
+            search.tell(0, result={"loss": 3.2})      # or loss=3.2, or failed="why"
+
+    ledger: a path (refused if it exists unless resume=True, which continues it); None keeps the
+    trials in memory. source, sha256: the objective's origin (ledger_header), checked on resume.
+    The state after any sequence of asks and tells is a function of the ledger alone."""
+
+    def __init__(self, objective, settings=None, ledger=None, resume=False, source=None,
+                 sha256=None, warn=print):
+        self.objective, self.settings, self.ledger = objective, settings or Settings(), ledger
+        for i, m in enumerate(self.settings.mixture):
+            simulate.check_weights(m, len(objective.domains), tol=1e-9, what=f"mixture {i}")
+        for N in objective.scales:
+            for T in objective.steps:
+                if not 0 < float(objective.cost(N, T)) < math.inf:
+                    raise ValueError(f"cost({N:g}, {T}) must be a finite number > 0; "
+                                     f"got {objective.cost(N, T)}")
+        self.ctx = Context(objective, self.settings, unit=float(objective.cost(*objective.target)),
+                           bounds=(min(objective.scales), max(objective.scales),
+                                   min(objective.steps), max(objective.steps)))
+        self.records, self.recommendations = [], []      # trials by id; recommendations by tell
+        self.told, self.spent_told, self.failures_in_a_row, self.waiting = [], 0.0, 0, False
+        header = ledger_header(self.settings, objective, source, sha256)
+        self.file, lines = None, [header]
+        if ledger is not None:
+            self.file, lines = open_ledger(ledger, resume, header, warn)
+        try:
+            self._replay(lines)
+        except BaseException:
+            self.close()
+            raise
+
+    def _replay(self, lines):
+        """Rebuild the state from the ledger's records (header first), checking their order."""
+        budget = lines[0]["settings"]["budget"]
+        for r in lines[1:]:
+            kind, t = r.get("kind"), r.get("trial", r.get("after_trial"))
+            if kind == "ask" and t == len(self.records):
+                self._add(r)
+            elif (kind == "tell" and t in range(len(self.records)) and not self._owes_recommendation
+                  and self.records[t]["status"] == "pending"):
+                self._finish(r)
+            elif kind == "recommendation" and self._owes_recommendation and t == self.told[-1]:
+                self.recommendations.append(r)
+            elif kind == "budget":
+                budget = r["budget"]
+            else:
+                raise ValueError(f"ledger {self.ledger} has a {kind!r} line out of order (trial "
+                                 f"{t}); it was not written by this version of mixbo")
+        if budget != self.settings.budget:                # a resumed search, another budget
+            self._write({"kind": "budget", "budget": self.settings.budget})
+        self._refit()
+        if self._owes_recommendation:           # killed between a tell and its recommendation
+            self._recommend(self.told[-1])
+
+    @property
+    def _owes_recommendation(self):
+        return len(self.recommendations) < len(self.told)
+
+    @property
+    def finished(self):
+        return [r for r in self.records if r["status"] != "pending"]
+
+    @property
+    def pending(self):
+        return [self._trial(r) for r in self.records if r["status"] == "pending"]
+
+    def _trial(self, r):
+        return Trial(r["trial"], tuple(r["weights"]), r["scale"], r["steps"], r["seed"],
+                     r["decision"])
+
+    def _write(self, record):
+        if self.file:
+            _append(self.file, record)
+
+    def _add(self, ask):
+        self.records.append({**ask, "kind": "trial", "status": "pending", "loss": None,
+                             "domain_losses": {}, "checkpoints": [], "error": None, "spent": None,
+                             "started": None, "finished": None, "wall_s": None})
+        self.ctx.spent += ask["cost"]
+
+    def _finish(self, tell):
+        self.records[tell["trial"]].update({k: v for k, v in tell.items() if k != "kind"})
+        self.told.append(tell["trial"])
+        self.spent_told = tell["spent"]
+
+    def _refit(self):
+        gp_strategy = self.settings.strategy in GP_STRATEGIES
+        self.ctx.model = fit_model(self.ctx, self.finished) if gp_strategy else None
+
+    def _recommend(self, t):
+        choice = {"kind": "recommendation", "after_trial": t, **recommend(self.ctx, self.finished)}
+        self._write(choice)
+        self.recommendations.append(choice)
+        return choice
+
+    def _ask(self, weights, scale, steps, decision, seed):
+        t = len(self.records)
+        ask = {"kind": "ask", "trial": t, "decision": decision,
+               "weights": [float(x) for x in weights], "scale": float(scale), "steps": int(steps),
+               "seed": seed, "cost": self.ctx.cost(scale, steps)}
+        self._write(ask)
+        self._add(ask)
+        return self._trial(self.records[t])
+
+    def ask(self, n=1):
+        """Up to n new trials, each recorded as pending before it is returned. Fewer when the
+        budget cannot pay for more (the search is over once the pending ones are told) or when
+        the strategy needs a pending trial's result first (then self.waiting is True)."""
+        trials = []
+        for _ in range(n):
+            pending = [r for r in self.records if r["status"] == "pending"]
+            ctx = self.ctx
+            if pending and ctx.model is not None:
+                ctx = dataclasses.replace(ctx, model=kriging_believer(ctx, self.finished, pending))
+            proposal = propose(ctx, self.records, len(self.records))
+            self.waiting = proposal is WAIT
+            if proposal is None or proposal is WAIT:
+                break
+            trials.append(self._ask(proposal.weights, proposal.scale, proposal.steps,
+                                    proposal.decision,
+                                    trial_seed(self.settings.seed, len(self.records), RUN)))
+        return trials
+
+    def tell(self, trial, result=None, loss=None, failed=None, started=None, finished=None):
+        """Record the outcome of pending trial `trial` (check_outcome: exactly one of result,
+        loss, failed), with its Unix start and end times. Returns (trial record, recommendation).
+        A bad call is a one-line ValueError and writes nothing."""
+        if not (isinstance(trial, int) and 0 <= trial < len(self.records)):
+            raise ValueError(f"unknown trial {trial!r}; this ledger has trials "
+                             f"0..{len(self.records) - 1}")
+        record = self.records[trial]
+        if record["status"] != "pending":
+            raise ValueError(f"trial {trial} was told already ({record['status']}); a trial is "
+                             f"told once")
+        finished = time.time() if finished is None else finished
+        tell = {"kind": "tell", "trial": trial, **check_outcome(record["steps"], result, loss, failed),
+                "spent": self.spent_told + record["cost"], "started": started, "finished": finished,
+                "wall_s": None if started is None else round(finished - started, 3)}
+        self._write(tell)
+        self._finish(tell)
+        self.failures_in_a_row = self.failures_in_a_row + 1 if tell["error"] else 0
+        self._refit()
+        return record, self._recommend(trial)
+
+    def attach(self, weights, scale, steps, result=None, loss=None, failed=None):
+        """Record a run made outside mixbo (its weights, scale and steps) as a new trial and tell
+        it; returns what tell returns. Its cost counts against the budget."""
+        weights = simulate.check_weights(weights, self.ctx.K, what="the run's weights")
+        low_N, high_N, low_T, high_T = self.ctx.bounds
+        if not (low_N <= scale <= high_N and low_T <= steps <= high_T and steps == int(steps)):
+            raise ValueError(f"the run's scale {scale:g} and steps {steps} must lie within the "
+                             f"objective's scales {low_N:g}..{high_N:g} and steps {low_T}..{high_T}")
+        check_outcome(int(steps), result, loss, failed)         # a bad outcome writes nothing
+        trial = self._ask(weights, scale, steps, "told (run outside mixbo)", seed=None)
+        return self.tell(trial.trial, result, loss, failed)
+
+    def result(self):
+        return Result(self.settings, self.finished, list(self.recommendations), self.ctx.spent,
+                      self.ledger)
+
+    def close(self):
+        """Close the ledger; its lock goes with it."""
+        if self.file:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. running trials: in this process, or as shell commands; the closed loop
+
+def run_objective(objective, trial):
+    """Run `trial` in this process; returns tell's keyword arguments. An exception or sys.exit in
+    the objective, or a result check_result refuses, is a failed trial; KeyboardInterrupt stops the
+    search and leaves the trial pending (a resumed search runs it again with the same seed)."""
+    started = time.time()
     try:
-        out = ctx.objective.run(np.asarray(proposal.weights, dtype=np.float64),
-                                record["scale"], record["steps"], record["seed"])
-        loss = float(out["loss"])
-        last = {"steps": record["steps"], "loss": loss,
-                "domain_losses": out.get("domain_losses", {})}
-        checkpoints = [{"steps": int(c["steps"]), "loss": float(c["loss"]),
-                        "domain_losses": {k: float(v) for k, v in c.get("domain_losses", {}).items()}}
-                       for c in out.get("checkpoints") or [last]]
-        if not math.isfinite(loss):
-            raise ValueError(f"the objective returned a non-finite loss ({loss})")
-        checkpoints = [c for c in checkpoints if math.isfinite(c["loss"])
-                       and all(map(math.isfinite, c["domain_losses"].values()))]
-        per_domain = {k: float(v) for k, v in out.get("domain_losses", {}).items()}
-        record.update(loss=loss, checkpoints=checkpoints,
-                      domain_losses={k: v for k, v in per_domain.items() if math.isfinite(v)})
-    except Exception as e:       # a failed training run must not stop the search: record it, go on
-        record.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    record["wall_s"] = round(time.perf_counter() - start, 3)
-    ctx.spent += record["cost"]
-    record["spent"] = ctx.spent
-    return record
+        result = objective.run(np.asarray(trial.weights, dtype=np.float64), trial.scale,
+                               trial.steps, trial.seed)
+        check_result(result, trial.steps)
+        return dict(result=result, started=started, finished=time.time())
+    except (Exception, SystemExit) as e:        # a failed run must not stop the search
+        why = (f"the objective called sys.exit({e.code!r})" if isinstance(e, SystemExit)
+               else f"{type(e).__name__}: {e}")
+        return dict(failed=why.splitlines()[0], started=started, finished=time.time())
 
 
-def _open_ledger(ledger, resume, header, warn):
-    """The ledger file opened for appending, and the (trials, recommendations) it holds already."""
-    os.makedirs(os.path.dirname(os.path.abspath(ledger)), exist_ok=True)
-    if os.path.exists(ledger) and not resume:
-        raise ValueError(f"ledger {ledger} already exists; pass --resume to continue it, "
-                         f"or choose another --ledger path")
-    old = read_ledger(ledger, header, warn=warn) if os.path.exists(ledger) else None
-    f = open(ledger, "a")
-    if old is not None:
-        return f, old
-    f.truncate(0)
-    _append(f, header)
-    directory = os.open(os.path.dirname(os.path.abspath(ledger)), os.O_RDONLY)
-    os.fsync(directory)                           # the new file's directory entry is on disk too
-    os.close(directory)
-    return f, ([], [])
+def fill_template(template, trial, domains, result):
+    """The shell command of one trial: each {name} of the template (not ${name}, the shell's)
+    replaced by the trial's {trial}, {seed}, {scale}, {steps} or {w_<domain>}, plain numbers, or
+    by {weights_json}, a JSON object {domain: weight}, or {result}, the path the command must write
+    its result JSON to (check_result), both shell-quoted. An unknown name is a ValueError."""
+    values = {"trial": str(trial.trial), "seed": str(trial.seed), "steps": str(trial.steps),
+              "scale": str(int(trial.scale)) if trial.scale == int(trial.scale) else repr(trial.scale),
+              "weights_json": shlex.quote(json.dumps(dict(zip(domains, trial.weights)))),
+              "result": shlex.quote(result),
+              **{f"w_{d}": repr(float(w)) for d, w in zip(domains, trial.weights)}}
+
+    def value(match):
+        if match.group(1) not in values:
+            raise ValueError(f"--launch: unknown placeholder {{{match.group(1)}}}; the template "
+                             f"may use {' '.join('{' + k + '}' for k in values)}")
+        return values[match.group(1)]
+    return re.sub(r"(?<!\$)\{([A-Za-z_][^{}\s\"']*)\}", value, template)
+
+
+def _start(trial, template, folder, domains):
+    """Start trial's command in its own process group, output to <folder>/trial-<id>-<attempt>.log;
+    each attempt has its own result path, so a command a killed mixbo left behind cannot write
+    into a relaunched attempt's result."""
+    attempt = 1
+    while os.path.exists(os.path.join(folder, f"trial-{trial.trial}-{attempt}.log")):
+        attempt += 1
+    stem = os.path.join(folder, f"trial-{trial.trial}-{attempt}")
+    with open(stem + ".log", "wb") as log:
+        process = subprocess.Popen(fill_template(template, trial, domains, stem + ".json"),
+                                   shell=True, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return {"trial": trial, "process": process, "stem": stem, "started": time.time(),
+            "stopping": None}
+
+
+def _signal(job, signum):
+    try:
+        os.killpg(job["process"].pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _poll(job, timeout):
+    """None while job's command runs (past `timeout` seconds: SIGTERM to its process group, SIGKILL
+    5 s later); then tell's keyword arguments for its outcome."""
+    now, code = time.time(), job["process"].poll()
+    if code is None:
+        if job["stopping"] is None and timeout and now - job["started"] > timeout:
+            job["stopping"] = now
+            _signal(job, signal.SIGTERM)
+        elif job["stopping"] is not None and now - job["stopping"] > 5:
+            _signal(job, signal.SIGKILL)
+        return None
+    times, log = dict(started=job["started"], finished=now), f"(log {job['stem']}.log)"
+    if job["stopping"] is not None:
+        return dict(failed=f"timed out after {timeout:g} s; its process group was killed {log}",
+                    **times)
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return dict(failed=f"the command {how} {log}", **times)
+    try:
+        with open(job["stem"] + ".json") as f:
+            result = json.load(f)
+        check_result(result, job["trial"].steps)
+    except FileNotFoundError:
+        return dict(failed=f"the command wrote no result to {job['stem']}.json {log}", **times)
+    except ValueError as e:                     # json.JSONDecodeError is a ValueError too
+        return dict(failed=f"malformed result {job['stem']}.json: {e}", **times)
+    return dict(result=result, **times)
+
+
+def launch(search, runner, say=silent, told=silent):
+    """Run the search's trials as shell commands (fill_template with runner.launch), up to
+    runner.parallel at once, pending ones first. A command must exit 0 having written its result;
+    a non-zero exit, no result, a malformed one (check_result), or running past
+    runner.trial_timeout is a failed trial with the reason. told(record, recommendation) follows
+    every tell. On an exception (Ctrl-C, SIGTERM, TooManyFailures) the commands in flight are
+    stopped and their trials stay pending. Files: <ledger>.trials/ (no ledger: a temporary one)."""
+    folder = (os.path.splitext(search.ledger)[0] + ".trials" if search.ledger
+              else tempfile.mkdtemp(prefix="mixbo-trials-"))
+    os.makedirs(folder, exist_ok=True)
+    domains, (scale, steps) = search.objective.domains, search.objective.target
+    example = Trial(0, (1.0 / len(domains),) * len(domains), float(scale), int(steps), 0, "")
+    fill_template(runner.launch, example, domains, "result.json")   # refused before any start
+    queue, running, asking = search.pending, {}, True
+    try:
+        while True:
+            while len(running) < runner.parallel and (queue or asking):
+                queue = queue or search.ask(1)
+                asking = bool(queue)
+                if queue:
+                    trial = queue.pop(0)
+                    running[trial.trial] = _start(trial, runner.launch, folder, domains)
+                    say(f"trial {trial.trial}: {trial.decision}: started at scale "
+                        f"{fmt_scale(trial.scale)}, {trial.steps} steps ({len(running)} running)")
+            if not running:
+                return
+            time.sleep(0.05)
+            for t, job in list(running.items()):
+                outcome = _poll(job, runner.trial_timeout)
+                if outcome is not None:
+                    del running[t]
+                    asking = True
+                    told(*search.tell(t, **outcome))
+    finally:
+        for job in running.values():
+            _signal(job, signal.SIGTERM)
+        for job in running.values():
+            try:
+                job["process"].wait(5)
+            except subprocess.TimeoutExpired:
+                _signal(job, signal.SIGKILL)
 
 
 def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=None,
-             resume=False, out=print, verbose=True, on_trial=None, **settings):
-    """Run the search on `objective` (a simulate.Objective, or anything with its fields) and return
-    a Result; `settings` are the other fields of Settings.
-    ledger: a path to write (refused if it exists, unless resume=True, which continues it); None
-    keeps the trials in memory only. out: a print-like function for the report (None: silent);
-    verbose=False prints the summary only. on_trial(record, recommendation) is called after each
-    new trial."""
-    if "mixture" in settings:
-        settings["mixture"] = tuple(tuple(float(x) for x in m) for m in settings["mixture"])
-    settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **settings)
-    for i, m in enumerate(settings.mixture):
-        simulate.check_weights(m, len(objective.domains), tol=1e-9, what=f"mixture {i}")
+             resume=False, out=print, verbose=True, on_trial=None, source=None, sha256=None,
+             **options):
+    """The closed loop: on a Search (ledger, resume, source, sha256 as there), ask one trial, run
+    it, tell it, until nothing is left to ask; returns the Result. So ask/tell with the tells in
+    order makes the same trials. options: any other Settings or Runner field. Trials run in this
+    process (objective.run) or, with launch, as shell commands (launch); pending trials of a
+    resumed ledger run first, with their own id and seed. out: print-like (None: silent);
+    verbose=False prints the summary only; on_trial(record, recommendation) follows each tell.
+    Raises TooManyFailures after max_failures failed trials in a row."""
+    runner = Runner(**{f.name: options.pop(f.name) for f in dataclasses.fields(Runner)
+                       if f.name in options})
+    options["mixture"] = tuple(tuple(float(x) for x in m) for m in options.get("mixture", ()))
+    settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **options)
+    if not runner.launch and objective.run is None:
+        raise ValueError(f"objective {objective.name} defines the search space only (no loss); "
+                         f"run its trials with --launch, or ask and tell")
     summary = out or silent
     say = summary if verbose else silent
-    ctx = Context(objective, settings, unit=float(objective.cost(*objective.target)),
-                  bounds=(min(objective.scales), max(objective.scales),
-                          min(objective.steps), max(objective.steps)))
-    if not (math.isfinite(ctx.unit) and ctx.unit > 0):
-        raise ValueError(f"cost(*target) must be a finite number > 0; got {ctx.unit}")
-    f, (trials, recommendations) = None, ([], [])
-    if ledger is not None:
-        f, (trials, recommendations) = _open_ledger(ledger, resume,
-                                                    ledger_header(settings, objective), summary)
-    _print_header(say, settings, objective, ledger)
-    for r in trials:
-        ctx.spent += r["cost"]
-    if trials:
-        say(f"resumed {len(trials)} finished trial(s) from the ledger "
-            f"({ctx.spent:.3f} of {settings.budget:g} spent)")
-        for r, choice in zip(trials, recommendations):
-            _print_trial(say, ctx, r, choice)
-    gp_strategy = settings.strategy in GP_STRATEGIES
-    try:
-        ctx.model = fit_model(ctx, trials) if gp_strategy else None
-        if len(recommendations) < len(trials):       # killed between a trial and its recommendation
-            choice = {"kind": "recommendation", "after_trial": len(trials) - 1,
-                      **recommend(ctx, trials)}
-            if f:
-                _append(f, choice)
-            recommendations.append(choice)
-            _print_trial(say, ctx, trials[-1], choice)
-        while True:
-            t = len(trials)
-            proposal = propose(ctx, trials, t)
-            if proposal is None:
-                break
-            say(f"trial {t}: {proposal.decision}: running scale {fmt_scale(proposal.scale)} "
-                f"for {proposal.steps} steps ...")
-            record = run_trial(ctx, t, proposal)
-            if f:
-                _append(f, record)
-            trials.append(record)
-            ctx.model = fit_model(ctx, trials) if gp_strategy else None
-            choice = {"kind": "recommendation", "after_trial": t, **recommend(ctx, trials)}
-            if f:
-                _append(f, choice)
-            recommendations.append(choice)
-            _print_trial(say, ctx, record, choice)
+    with Search(objective, settings, ledger, resume, source, sha256, warn=summary) as search:
+        _print_header(say, settings, objective, ledger)
+        if search.records:
+            say(f"resumed {len(search.finished)} finished and {len(search.pending)} pending "
+                f"trial(s) from the ledger ({search.ctx.spent:.3f} of {settings.budget:g} spent)")
+        for choice in search.recommendations:
+            _print_trial(say, search.ctx, search.records[choice["after_trial"]], choice)
+
+        def told(record, choice):
+            _print_trial(say, search.ctx, record, choice)
             if on_trial:
                 on_trial(record, choice)
-    finally:
-        if f:
-            f.close()
-    result = Result(settings, trials, recommendations, ctx.spent, ledger)
-    _print_summary(summary, ctx, result)
+            if runner.max_failures and search.failures_in_a_row >= runner.max_failures:
+                raise TooManyFailures(f"{search.failures_in_a_row} trials in a row failed (the "
+                                      f"last: {record['error']}); fix the objective, then resume")
+        if runner.launch:
+            launch(search, runner, say, told)
+        else:
+            while trials := search.pending or search.ask(1):
+                say(f"trial {trials[0].trial}: {trials[0].decision}: running scale "
+                    f"{fmt_scale(trials[0].scale)} for {trials[0].steps} steps ...")
+                told(*search.tell(trials[0].trial, **run_objective(objective, trials[0])))
+        result = search.result()
+    _print_summary(summary, search.ctx, result)
     return result
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. output for a person
+# 7. output for a person
 
 def fmt_scale(n):
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -798,8 +1179,8 @@ def _print_header(say, settings, objective, ledger):
         f"steps {', '.join(map(str, objective.steps))}; "
         f"target scale {fmt_scale(objective.target[0])}, steps {objective.target[1]}")
     say(f"ledger: {ledger if ledger else '(none, in memory only)'}")
-    say("columns: loss = observed at the trial's own scale and steps; recommendation = the mixture "
-        "to train at the target, with its predicted target loss +- sd")
+    say("columns: loss = observed at the trial's own scale and steps; recommendation = the "
+        "mixture to train at the target, with its predicted target loss +- sd")
     say(f"{'trial':>5}  {'decision':<28} {'weights':<{6 + 5 * len(objective.domains)}} "
         f"{'scale':>6} {'steps':>6} {'loss':>8} {'spent/budget':>13}  "
         f"recommendation (weights, loss +- sd)")
@@ -810,10 +1191,10 @@ def _print_trial(say, ctx, r, choice):
     sd = f" +- {choice['sd']:.4f}" if choice.get("sd") is not None else ""
     predicted = f"{choice['loss']:.4f}{sd}" if choice.get("loss") is not None else "-"
     say(f"{r['trial']:>5}  {r['decision'][:28]:<28} {fmt_weights(r['weights']):<{6 + 5 * ctx.K}} "
-        f"{fmt_scale(r['scale']):>6} {r['steps']:>6} {loss:>8} "
-        f"{r['spent']:>6.3f}/{ctx.settings.budget:<6g}  {fmt_weights(choice['weights'])} {predicted}")
+        f"{fmt_scale(r['scale']):>6} {r['steps']:>6} {loss:>8} {r['spent']:>6.3f}/"
+        f"{ctx.settings.budget:<6g}  {fmt_weights(choice['weights'])} {predicted}")
     if r["status"] == "failed":
-        say(f"       failed: {r['error']} (recorded; its cost counts; the loop goes on)")
+        say(f"       failed: {r['error']} (recorded; its cost counts; the search goes on)")
 
 
 def _print_summary(say, ctx, result):
@@ -839,7 +1220,7 @@ def _print_summary(say, ctx, result):
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. command line: the flags are generated from Settings and Source
+# 8. command line: python mixbo.py [ask | tell] [flags]; the flags are generated from the dataclasses
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):       # argparse prints usage + message; mixbo promises ONE line
@@ -867,65 +1248,88 @@ def given_options(args, options):
 
 
 def build_parser():
-    parser = _Parser(prog="mixbo.py", description="Choose a pre-training data mixture by "
-                     "multi-fidelity, multi-scale Bayesian optimization.")
-    add_options(parser.add_argument_group("objective (choose one)"), Source)
+    parser = _Parser(prog="mixbo.py", usage="python mixbo.py [ask | tell] [flags]",
+                     description="Choose a pre-training data mixture by multi-fidelity, "
+                     "multi-scale Bayesian optimization: the closed loop, or (ask, tell) one step "
+                     "of it on a ledger. Commands and formats: docs in README.md.")
+    add_options(parser.add_argument_group("objective (one; on a ledger's first call only)"), Source)
     add_options(parser.add_argument_group("search (the ledger header records these)"), Settings)
-    output = parser.add_argument_group("ledger and output")
-    output.add_argument("--ledger", help="JSON-lines ledger "
-                        "(default runs/<objective>-<strategy>-seed<seed>.jsonl)")
-    output.add_argument("--resume", action="store_true",
-                        help="continue the ledger: finished trials are reused, never repeated")
-    output.add_argument("--quiet", action="store_true", help="print only the final recommendation")
-    parser.add_argument("--bench", action="store_true",
-                        help="strategies x seeds scored through the true loss (bench/loop_bench.py; "
-                             "its flags: python bench/loop_bench.py --help)")
+    add_options(parser.add_argument_group("running trials"), Runner)
+    group = parser.add_argument_group("ledger, ask and tell")
+    group.add_argument("--ledger", help="the JSON-lines ledger "
+                       "(default runs/<objective>-<strategy>-seed<seed>.jsonl)")
+    group.add_argument("--resume", action="store_true", help="continue the ledger: finished "
+                       "trials are reused, pending ones run again; flags not given come from it")
+    group.add_argument("--quiet", action="store_true", help="print only the recommendation")
+    group.add_argument("--n", type=int, default=1, help="ask: how many trials (default 1)")
+    group.add_argument("--trial", type=int, help="tell: the trial's id")
+    group.add_argument("--result", metavar="FILE", help="tell: the run's result JSON")
+    group.add_argument("--loss", type=float, help="tell: the run's loss")
+    group.add_argument("--failed", metavar="WHY", help="tell: the run failed, and why")
+    group.add_argument("--weights", metavar="D=W,...", help="tell: a run made outside mixbo, with "
+                       "--scale and --steps")
+    group.add_argument("--scale", type=float, help="tell: that run's scale")
+    parser.add_argument("--bench", action="store_true", help="strategies x seeds scored through "
+                        "the true loss (bench/loop_bench.py)")
     return parser
+
+
+def resolve_source(source):
+    """source with its paths resolved, and the sha256 of what decides its losses (the objective
+    file, the table, or the corpus's manifest, which lists its files' hashes); None for --sim."""
+    paths = {k: os.path.realpath(getattr(source, k)) for k in ("objective", "table", "corpus")
+             if getattr(source, k) and (k != "corpus" or source.train)}
+    hashed = paths.get("objective") or paths.get("table") or (
+        paths.get("corpus") and os.path.join(paths["corpus"], "manifest.json"))
+    if not (hashed and os.path.isfile(hashed)):
+        return dataclasses.replace(source, **paths), None
+    with open(hashed, "rb") as f:
+        return dataclasses.replace(source, **paths), hashlib.sha256(f.read()).hexdigest()
 
 
 def build_objective(source):
     """The objective a Source names (exactly one of sim, objective, table, train)."""
-    chosen = [f"--{name}" for name in ("sim", "objective", "table", "train")
-              if getattr(source, name)]
+    chosen = [f"--{k}" for k in ("sim", "objective", "table", "train") if getattr(source, k)]
     if len(chosen) != 1:
-        raise ValueError("choose exactly one objective: --sim, --objective PATH.py, "
-                         "--table PATH.csv or --train" + (f" (got {' '.join(chosen)})" if chosen
-                                                          else ""))
+        raise ValueError("choose exactly one objective: --sim, --objective PATH.py, --table "
+                         "PATH.csv or --train" + (f" (got {' '.join(chosen)})" if chosen else ""))
     if source.sim:
         return simulate.make_benchmark(source.sim)
     if source.objective:
         return simulate.load_objective_file(source.objective)
     if source.table:
-        return simulate.load_table(source.table, metric=source.metric,
-                                   target_scale=source.target_scale)
+        return simulate.load_table(source.table, source.metric, source.target_scale)
     import torch
     try:
         device = torch.device(source.device)
     except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {source.device!r} is not a device; use cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available on this machine; use --device cpu")
+        raise ValueError(f"--device {source.device!r} is not a device; use cpu, cuda, cuda:N "
+                         f"or mps") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(),
+              "mps": torch.backends.mps.is_available()}
+    if not usable.get(device.type):
+        raise ValueError(f"--device {source.device}: not available on this machine; "
+                         f"use --device cpu")
     import train_lm      # imported only here: the trainer is needed for --train alone
     kwargs = {"device": source.device}
     if source.sizes:
         kwargs["sizes"] = tuple(x.strip() for x in source.sizes.split(","))
     if source.steps:
-        try:
-            kwargs["steps"] = tuple(int(x) for x in source.steps.split(","))
-        except ValueError:
-            raise ValueError(f"--steps must be comma-separated integers; "
-                             f"got {source.steps!r}") from None
+        kwargs["steps"] = tuple(_integer(x, "--steps") for x in source.steps.split(","))
     return train_lm.make_objective(source.corpus, **kwargs)
 
 
+def _integer(text, flag):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{flag} takes integers; got {text!r}") from None
+
+
 def one_thread(strategies, source):
-    """One thread for the GP's small matrices, where more only spin against each other: torch's, and
-    numpy's and scipy's OpenBLAS, which read their count at import, so it is set through OpenBLAS's
-    own call (as threadpoolctl does). --train keeps the defaults: the trainer uses every core."""
+    """One thread for the GP's small matrices, where more only spin against each other: torch's,
+    and numpy's and scipy's OpenBLAS, which read their count at import, so it is set through
+    OpenBLAS's own call (as threadpoolctl does). --train keeps the defaults for the trainer."""
     if source.train or not any(name in GP_STRATEGIES for name in strategies):
         return
     import ctypes
@@ -942,46 +1346,118 @@ def one_thread(strategies, source):
                     getattr(library, name)(1)
 
 
+def _search_from(args, command):
+    """The objective, Settings keywords, source and sha256 for a command: flags not given come from
+    an existing ledger's header (tell: everything does); the identity check is Search's."""
+    header, budget = (None, None)
+    if args.ledger and (args.resume or command != "run"):
+        header, budget = peek_ledger(args.ledger)
+    if (command == "tell" and not header) or (command == "ask" and not args.ledger):
+        raise ValueError(f"{command} needs --ledger PATH of a ledger (start one with: python "
+                         f"mixbo.py ask --ledger PATH --n 0 and the objective flags)")
+    given = given_options(args, Source) if command != "tell" else {}
+    if header and not given:
+        if not header["source"]:
+            raise ValueError(f"ledger {args.ledger} was written from Python; give its objective")
+        given = header["source"]
+    source = Source(**given)
+    objective = build_objective(source)
+    source, sha256 = resolve_source(source)
+    settings = dict(header["settings"], budget=budget) if header else {}
+    settings.update(given_options(args, Settings) if command != "tell" else {})
+    settings["mixture"] = tuple(parse_mixture(m, tuple(objective.domains)) if isinstance(m, str)
+                                else tuple(m) for m in settings.get("mixture", ()))
+    return objective, settings, dataclasses.asdict(source), sha256
+
+
+def _ask_or_tell(command, args, objective, settings, source, sha256):
+    """One ask (JSON lines on stdout) or tell (one line) on args.ledger."""
+    warn = lambda text: print(text, file=sys.stderr)
+    with Search(objective, settings, args.ledger, True, source, sha256, warn) as search:
+        if command == "ask":
+            if args.n < 0:
+                raise ValueError(f"--n must be >= 0; got {args.n}")
+            trials = search.ask(args.n)
+            for trial in trials:
+                print(json.dumps(trial.as_json(objective.domains)))
+            if len(trials) < args.n:
+                warn("mixbo: " + ("the strategy needs the results of pending trials first"
+                                  if search.waiting else "the budget can pay for no more trials")
+                     + f" ({len(search.pending)} pending)")
+            return 0
+        result = None
+        if args.result:
+            with open(args.result) as f:
+                try:
+                    result = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"--result {args.result} is not valid JSON ({e})") from None
+        outcome = dict(result=result, loss=args.loss, failed=args.failed)
+        if args.trial is not None:
+            record, choice = search.tell(args.trial, **outcome)
+        elif args.weights and args.scale and getattr(args, "steps", None):
+            weights = parse_mixture(args.weights, objective.domains, "--weights")
+            steps = _integer(args.steps, "--steps")
+            record, choice = search.attach(weights, args.scale, steps, **outcome)
+        else:
+            raise ValueError("tell needs --trial ID, or --weights, --scale and --steps of a run "
+                             "made outside mixbo")
+    told = f"loss {record['loss']:.6g}" if record["status"] == "ok" else "failed"
+    print(f"mixbo: trial {record['trial']} told ({told}); recommendation "
+          f"{fmt_weights(choice['weights'])}" + (f", loss {choice['loss']:.4f}"
+                                                 if choice["loss"] is not None else ""))
+    return 0
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
-    """The CLI: parse, build the objective, run optimize (or the benchmark). Bad input: exit 2 with
-    one line."""
+    """The CLI. Bad input: one line on stderr, exit 2; too many failed trials: exit 3; Ctrl-C or
+    SIGTERM: the resumable-stop line, exit 130 or 143."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv.pop(0) if argv and argv[0] in ("ask", "tell") else "run"
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         parser = build_parser()
         if "--bench" in argv:
             from bench import loop_bench
             loop_bench.add_arguments(parser)
         args = parser.parse_args(argv)
-        source = Source(**given_options(args, Source))
-        objective = build_objective(source)
-        chosen = given_options(args, Settings)
-        chosen["mixture"] = tuple(parse_mixture(m, tuple(objective.domains))
-                                  for m in chosen.get("mixture", ()))
+        objective, settings, source, sha256 = _search_from(args, command)
         if args.bench:
-            strategies = chosen.pop("strategy", "mfkg,ei,random").split(",")
-            one_thread(strategies, source)
-            return loop_bench.run(args, objective, strategies, chosen, argv, say=print)
-        one_thread([chosen.get("strategy", Settings.strategy)], source)
-        settings = Settings(**chosen)
+            strategies = settings.pop("strategy", "mfkg,ei,random").split(",")
+            one_thread(strategies, Source(**source))
+            return loop_bench.run(args, objective, strategies, settings, argv, say=print)
+        settings = Settings(**settings)
+        one_thread([settings.strategy], Source(**source))
+        if command != "run":
+            return _ask_or_tell(command, args, objective, settings, source, sha256)
         ledger = args.ledger or default_ledger_path(settings, objective, args.resume)
         optimize(objective, ledger=ledger, resume=args.resume, verbose=not args.quiet,
-                 **dataclasses.asdict(settings))
+                 source=source, sha256=sha256, **dataclasses.asdict(settings),
+                 **given_options(args, Runner))
         return 0
     except BrokenPipeError:
-        # The reader closed our stdout (e.g. `| head`): not bad input. Point stdout at devnull so the
-        # flush at exit cannot fail again, and exit 1 (the Python docs' "Note on SIGPIPE").
+        # The reader closed our stdout (e.g. `| head`): not bad input. Point stdout at devnull so
+        # the flush at exit cannot fail again, and exit 1 (the Python docs' "Note on SIGPIPE").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("mixbo: output closed (broken pipe); the ledger holds every finished trial; "
               "--resume continues", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"mixbo: error: {message}", file=sys.stderr)
+        print(f"mixbo: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except TooManyFailures as e:
+        print(f"mixbo: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as e:
         print("mixbo: interrupted; the ledger holds every finished trial; --resume continues",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
