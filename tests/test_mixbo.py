@@ -3,6 +3,7 @@ objectives, the budget, the --bench table, ask/tell, pending trials, the launche
 Cheap settings throughout: a 3-domain objective file with 3 scales x 2 step counts written by the
 tests, small candidate sets and budgets."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -343,11 +344,27 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
     b = json.loads(out.read_text())
     assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 2
     for s, row in b["results"].items():
-        for key in ("final_regret", "final_true_loss", "cost_to_reach_random", "speedup_vs_random",
-                    "cost_to_reach_ei", "speedup_vs_ei", "cost_share_by_scale"):
+        for key in ("final_regret", "final_true_loss", "cost_to_stay_random", "speedup_vs_random",
+                    "cost_to_stay_ei", "speedup_vs_ei", "cost_share_by_scale", "curves"):
             assert key in row, (s, key)
         assert row["final_regret"][0] >= 0
         assert sum(row["cost_share_by_scale"].values()) == pytest.approx(1.0)
+        assert [c["seed"] for c in row["curves"]] == [0, 1]
+        for c in row["curves"]:
+            assert len(c["cost"]) == len(c["true_loss"]) == len(c["predicted_loss"]) == len(c["sd"]) > 0
+            assert c["cost"] == sorted(c["cost"]) and c["cost"][-1] <= 2 + 1e-9
+        final = [c["true_loss"][-1] - b["optimum_loss"] for c in row["curves"]]
+        assert row["final_regret"][0] == pytest.approx(float(np.median(final)))
+
+
+def test_the_speedup_counts_the_cost_from_which_the_recommendation_stays_below_q():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import loop_bench
+    curve = [(0.1, 3.0), (0.2, 2.0), (0.3, 2.5), (0.4, 1.9), (0.5, 1.8)]
+    assert loop_bench._cost_to_stay(curve, 2.0) == 0.4                   # reached at 0.2, regressed at 0.3
+    assert loop_bench._cost_to_stay(curve, 3.0) == 0.1
+    assert loop_bench._cost_to_stay(curve + [(0.6, 2.1)], 2.0) == math.inf   # ends above q
+    assert loop_bench._cost_to_stay([], 2.0) == math.inf
 
 
 def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
