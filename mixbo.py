@@ -1,6 +1,6 @@
-"""mixbo: choose a language model's pre-training data mixture by multi-fidelity, multi-scale Bayesian
-optimization. A trial trains a mixture w (K weights on the simplex) at a model scale N for T steps;
-the budget counts target-run equivalents (1.0 = one run at the target scale and steps).
+"""mixbo: choose a language model's pre-training data mixture by multi-fidelity, multi-scale
+Bayesian optimization. A trial trains a mixture w (K weights on the simplex) at a model scale N for
+T steps; the budget counts target-run equivalents (1.0 = one run at the target scale and steps).
 
     python mixbo.py --sim                                   # the search, on a simulator
     python mixbo.py ask --ledger L --objective space.py     # ask for a trial, run it yourself,
@@ -9,11 +9,11 @@ the budget counts target-run equivalents (1.0 = one run at the target scale and 
     from mixbo import optimize, Search                      # the same from Python
 
 Strategies: mfkg and kg, the knowledge gradient (Frazier, Powell & Dayanik 2009) over scales and
-steps as in the multi-scale mixture paper (acquisition.py); ei; ucb; hyperband (Li et al., JMLR 2018,
-Alg. 1); regression (RegMix, Liu et al. 2024, on Scheffe's 1958 mixture polynomial); random; sobol;
-uniform. Pending trials enter the GP by kriging believer (Ginsbourger, Le Riche & Carraro 2010). The
-ledger (JSON lines, fsync'ed, locked) is the single source of truth; trial t is seeded by (seed, t).
-"""
+steps as in the multi-scale mixture paper (acquisition.py); ei; ucb; hyperband (Li et al., JMLR
+2018, Alg. 1); regression (RegMix, Liu et al. 2024, on Scheffe's 1958 mixture polynomial); random;
+sobol; uniform. Pending trials enter the GP by kriging believer (Ginsbourger, Le Riche & Carraro
+2010). The ledger (JSON lines, fsync'ed, locked) is the single source of truth; trial t is seeded by
+(seed, t)."""
 
 import argparse
 import dataclasses
@@ -35,8 +35,7 @@ import numpy as np
 from scipy.stats import qmc
 
 import simulate
-# gp.py and acquisition.py (they import torch) are imported where a GP strategy first needs them,
-# so the baselines and every input check start fast.
+# gp.py and acquisition.py (they import torch) are imported where a GP strategy first needs them.
 
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
@@ -72,23 +71,19 @@ def option(default, help, **argparse_options):
 
 @dataclass(frozen=True)
 class Settings:
-    """What decides which trials the search makes; a resumed ledger must agree on all of it but
-    the budget (a larger one extends the search)."""
-    strategy: str = option("mfkg", f"one of {', '.join(STRATEGIES)}; --bench: a comma list "
-                                   "(there default mfkg,ei,random)")
+    """What decides the trials; a resumed ledger must agree on all of it but the budget."""
+    strategy: str = option("mfkg", f"one of {', '.join(STRATEGIES)} (--bench: a comma list)")
     budget: float = option(5.0, "in target-run equivalents (1.0 = one run at the target)")
     seed: int = option(0, "seeds every random choice of the search")
     n_init: int = option(0, "initial space-filling design size (0: the strategy's default)")
     refit_every: int = option(10, "refit GP hyperparameters every N trials; condition in between")
     candidates: int = option(256, "mixtures the acquisition scores per trial")
-    fixed_cost: float = option(0.05, "mfkg: overhead added to every run's cost in KG / cost, in "
-                                     "target-run equivalents (a decision floor, not charged)")
-    mixture: tuple = option((), "a mixture to run first, e.g. wikipedia=0.5,github=0.5 "
-                                "(repeatable; missing domains are 0)", action="append",
-                            metavar="D=W,...")
+    fixed_cost: float = option(0.05, "mfkg: overhead added to every run's cost in KG / cost "
+                                     "(target-run equivalents; not charged)")
+    mixture: tuple = option((), "a mixture to run first, e.g. web=0.5,code=0.5 (repeatable; "
+                                "missing domains are 0)", action="append", metavar="D=W,...")
     eta: int = option(3, "hyperband: keep 1/eta of the runs at each rung")
-    regression_share: float = option(0.5, "regression: share of the budget for proxy runs at "
-                                          "the smallest scale")
+    regression_share: float = option(0.5, "regression: budget share for smallest-scale proxies")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -98,14 +93,12 @@ class Settings:
             raise ValueError(f"budget must be a number > 0 (target-run equivalents); "
                              f"got {self.budget}")
         if (self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2
-                or not self.fixed_cost >= 0):
-            raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2 "
-                             "and fixed_cost >= 0")
+                or not self.fixed_cost >= 0 or not 0 < self.regression_share < 1):
+            raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2, "
+                             "fixed_cost >= 0 and regression_share in (0, 1)")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
             raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and "
                              f"sobol; strategy {self.strategy} has no design to start")
-        if not 0.0 < self.regression_share < 1.0:
-            raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +106,7 @@ class Runner:
     """How the trials run; free to change between calls on one ledger."""
     launch: str = option("", "run each trial as this shell command, with the placeholders {trial} "
                              "{seed} {scale} {steps} {weights_json} {result} {w_<domain>} "
-                             "(see mixbo.fill_template)", metavar="TEMPLATE")
+                             "(mixbo.fill_template)", metavar="TEMPLATE")
     parallel: int = option(1, "--launch: trials in flight at once")
     trial_timeout: float = option(0.0, "--launch: seconds after which a trial's command is "
                                        "killed and the trial failed (0: no limit)")
@@ -123,8 +116,7 @@ class Runner:
         if self.parallel < 1 or not self.trial_timeout >= 0 or self.max_failures < 0:
             raise ValueError("parallel must be >= 1, trial_timeout >= 0 and max_failures >= 0")
         if self.parallel > 1 and not self.launch:
-            raise ValueError("--parallel needs --launch: an objective in this process runs one "
-                             "trial at a time")
+            raise ValueError("--parallel needs --launch (in this process trials run one by one)")
 
 
 @dataclass(frozen=True)
@@ -147,8 +139,8 @@ class Source:
 
 
 def parse_mixture(text, domains, flag="--mixture"):
-    """'wikipedia=0.5,github=0.5' -> weights (K,) in `domains` order (missing domains are 0).
-    Weights summing to 1 within 1e-3 (three times 0.333) are renormalized; beyond that, an error."""
+    """'web=0.5,code=0.5' -> weights (K,) in `domains` order (missing domains are 0). Weights
+    summing to 1 within 1e-3 (three times 0.333) are renormalized; beyond that, an error."""
     w = np.zeros(len(domains))
     for part in text.split(","):
         name, sep, value = (x.strip() for x in part.partition("="))
@@ -168,8 +160,8 @@ def parse_mixture(text, domains, flag="--mixture"):
 # 2. designs and seeds
 
 def trial_seed(seed, t, purpose):
-    """The seed of trial t for one purpose (the objective's run, the strategy's draws, the GP fit):
-    a function of (seed, t, purpose) only, so resumed and uninterrupted runs draw the same numbers."""
+    """The seed of trial t for one purpose (RUN, STRATEGY, MODEL): a function of (seed, t, purpose)
+    only, so resumed and uninterrupted searches draw the same numbers."""
     return int(np.random.SeedSequence([seed, t, purpose]).generate_state(1)[0])
 
 
@@ -184,8 +176,8 @@ def sobol_simplex(K, n, seed):
 
 
 def pool_choice(ctx, point, scale, steps, history, rng=None):
-    """Table replay: a pool mixture the table holds at (scale, steps) that no trial of the history
-    ran there -- the nearest to `point`, or with point None a uniform draw by rng; None if none."""
+    """Table replay: a pool mixture the table holds at (scale, steps) that no trial ran there --
+    the nearest to `point`, or with point None a uniform draw by rng; None if none is left."""
     pool = np.asarray(ctx.objective.candidates)                                # (M, K)
     done = {tuple(r["weights"]) for r in history if (r["scale"], r["steps"]) == (scale, steps)}
     free = [i for i in range(len(pool))
@@ -256,9 +248,8 @@ def _n_init(ctx):
 
 
 def _init_fidelity(ctx, i):
-    """Fidelity of the i-th initial run: the target for single-fidelity strategies; for mfkg,
-    round-robin over the scales below the target at its steps (so the GP sees the scale effect from
-    the start), or with a single scale the shortest steps."""
+    """The i-th initial run's fidelity: the target, or for mfkg round-robin over the scales below it
+    at its steps (the GP sees the scale effect from the start); one scale: the shortest steps."""
     N_t, T_t = _target(ctx)
     smaller = [float(N) for N in ctx.objective.scales if N < N_t]
     if ctx.settings.strategy != "mfkg":
@@ -267,8 +258,8 @@ def _init_fidelity(ctx, i):
 
 
 def design_point(ctx, history, t, scale, steps):
-    """Mixture t of the design at (scale, steps): the --mixture ones first, then the scrambled
-    Sobol sequence; on a table, the nearest pool mixture it holds there (or None)."""
+    """Mixture t of the design at (scale, steps): the --mixture ones, then the scrambled Sobol
+    sequence; on a table, the nearest pool mixture it holds there (or None)."""
     user = ctx.settings.mixture
     if t < len(user):
         w = np.asarray(user[t], dtype=np.float64)
@@ -305,8 +296,8 @@ def propose_uniform(ctx, history, t):
 
 def _hyperband_rungs(ctx):
     """Hyperband's resource ladder: from the target down, each rung the costliest (scale, steps)
-    that costs <= 1/eta of the rung above, along (smallest scale, shortest steps) -> (smallest
-    scale, target steps) -> (larger scales, target steps) -> target."""
+    costing <= 1/eta of the rung above, along (smallest scale, shortest steps) -> (smallest scale,
+    target steps) -> (larger scales, target steps) -> target."""
     N_t, T_t = _target(ctx)
     scales = [float(N) for N in ctx.objective.scales if N <= N_t]
     path = [(scales[0], int(T)) for T in ctx.objective.steps if T <= T_t]
@@ -318,16 +309,6 @@ def _hyperband_rungs(ctx):
     return rungs
 
 
-def _bracket_configs(ctx, bracket, n, rung):
-    """The n mixtures a bracket starts with: Dirichlet(1) draws, or pool mixtures held at `rung`."""
-    rng = np.random.default_rng(trial_seed(ctx.settings.seed, bracket, STRATEGY))
-    if ctx.objective.candidates is None:
-        return list(rng.dirichlet(np.ones(ctx.K), n))
-    pool = np.asarray(ctx.objective.candidates)
-    free = [j for j in range(len(pool)) if ctx.available(pool[j], *rung)]
-    return [pool[j] for j in rng.permutation(free)[:n]]
-
-
 def propose_hyperband(ctx, history, t):
     """Hyperband (Li et al. 2018, Alg. 1) over the rung ladder, brackets b = b_max..0 repeated.
     Replayed from the history: the k-th run of the deterministic schedule is history[k], so the next
@@ -337,8 +318,14 @@ def propose_hyperband(ctx, history, t):
     for bracket in range(10 ** 6):
         b = b_max - bracket % (b_max + 1)
         # Alg. 1 line 3: n = ceil((b_max + 1) / (b + 1) * eta^b) configurations
-        configs = _bracket_configs(ctx, bracket, math.ceil((b_max + 1) / (b + 1) * eta ** b),
-                                   rungs[b_max - b])
+        n = math.ceil((b_max + 1) / (b + 1) * eta ** b)
+        rng = np.random.default_rng(trial_seed(ctx.settings.seed, bracket, STRATEGY))
+        if ctx.objective.candidates is None:
+            configs = list(rng.dirichlet(np.ones(ctx.K), n))
+        else:                                           # a table: pool mixtures held at rung 0
+            pool = np.asarray(ctx.objective.candidates)
+            free = [j for j in range(len(pool)) if ctx.available(pool[j], *rungs[b_max - b])]
+            configs = [pool[j] for j in rng.permutation(free)[:n]]
         if not configs:
             return None
         for i in range(b + 1):                         # successive halving, Alg. 1 lines 5-9
@@ -362,10 +349,16 @@ def _scheffe_features(W):
     return np.column_stack([W, W[:, iu[0]] * W[:, iu[1]]])
 
 
-def _fit_regression(W, y):
-    """Ridge regression of y on _scheffe_features, the ridge chosen by leave-one-out error over a
-    grid. Returns (coefficients, y_mean)."""
-    F = _scheffe_features(W)                                               # (n, p)
+def _regression_ranking(ctx, history):
+    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions;
+    None while there are fewer proxy runs than coefficients. The regression is ridge on
+    _scheffe_features, the ridge chosen by leave-one-out error over a grid."""
+    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
+    runs = [r for r in history if r["status"] == "ok" and (r["scale"], r["steps"]) == proxy]
+    if len(runs) < ctx.K + ctx.K * (ctx.K - 1) // 2:
+        return None
+    F = _scheffe_features(np.array([r["weights"] for r in runs]))            # (n, p)
+    y = np.array([r["loss"] for r in runs])
     y_mean, best = y.mean(), None
     for lam in 10.0 ** np.arange(-8, 3):
         A = F.T @ F + lam * np.eye(F.shape[1])
@@ -374,23 +367,11 @@ def _fit_regression(W, y):
         loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
         if best is None or np.mean(loo ** 2) < best[0]:
             best = (float(np.mean(loo ** 2)), np.linalg.solve(A, F.T @ (y - y_mean)))
-    return best[1], y_mean
-
-
-def _regression_ranking(ctx, history):
-    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions;
-    None while there are fewer proxy runs than coefficients."""
-    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
-    runs = [r for r in history if r["status"] == "ok" and (r["scale"], r["steps"]) == proxy]
-    if len(runs) < ctx.K + ctx.K * (ctx.K - 1) // 2:
-        return None
-    coef, y_mean = _fit_regression(np.array([r["weights"] for r in runs]),
-                                   np.array([r["loss"] for r in runs]))
     pool = ctx.objective.candidates
     if pool is None:                                       # RegMix scores many random mixtures
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL))
         pool = rng.dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
-    predicted = y_mean + _scheffe_features(np.asarray(pool)) @ coef
+    predicted = y_mean + _scheffe_features(np.asarray(pool)) @ best[1]
     order = np.argsort(predicted, kind="stable")
     return np.asarray(pool)[order], predicted[order]
 
@@ -420,12 +401,11 @@ def propose_regression(ctx, history, t):
 
 
 def _observations(history):
-    """The GP's data: every checkpoint of every ok trial, and every failed trial as one pessimistic
-    observation at its (scale, steps): the largest loss observed at that fidelity, else anywhere.
-    A failed run so reads as a bad result where it was tried, and the acquisition does not return
-    there endlessly (the constant liar at its maximum, Ginsbourger, Le Riche & Carraro 2010, kept
-    for a run that cannot succeed); the budget is charged as for any run. Returns W (n, K), N, T,
-    y and runs (n,): the index in history of each row's trial (gp.fit_gp's run labels)."""
+    """The GP's data: every checkpoint of every ok trial, and each failed trial as one pessimistic
+    observation at its (scale, steps), the largest loss observed at that fidelity (else anywhere):
+    the failing region then looks bad and is not re-picked endlessly (the constant liar at its
+    maximum, Ginsbourger, Le Riche & Carraro 2010, kept for a run that cannot succeed). Returns
+    W (n, K), N, T, y and runs (n,): the index in history of each row's trial (gp.fit_gp's runs)."""
     rows = [(r["weights"], r["scale"], c["steps"], c["loss"], i)
             for i, r in enumerate(history) if r["status"] == "ok" for c in r["checkpoints"]]
     worst = {}
@@ -440,11 +420,10 @@ def _observations(history):
 
 
 def fit_model(ctx, history, **options):
-    """gp.fit_gp (with the model `options`; none: its defaults) on the finished trials `history`
-    (_observations). Hyperparameters are refitted (MAP) when the number of trials c is a multiple
-    of refit_every; in between, the GP is conditioned on all data with the hyperparameters fitted
-    on the first r = c - c % refit_every trials (cached in ctx.refit). So the model is a function of
-    the finished trials only, and a resumed search rebuilds it. None before any ok trial."""
+    """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
+    one. Hyperparameters are refitted (MAP) when the number of trials c is a multiple of
+    refit_every; in between, the GP is conditioned on all data with those fitted on the first
+    r = c - c % refit_every trials (cached in ctx.refit): a function of the finished trials only."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -465,19 +444,18 @@ def fit_model(ctx, history, **options):
 
 def kriging_believer(ctx, finished, pending):
     """The model for proposals while trials are pending: the GP of the finished trials, its
-    hyperparameters fixed, conditioned on every checkpoint each pending trial will report, at
-    its current posterior mean -- the kriging believer (Ginsbourger, Le Riche & Carraro 2010).
-    The pending points' variance collapses to the noise and their neighbours' shrinks, so the next
-    proposal goes elsewhere."""
+    hyperparameters fixed, conditioned on every checkpoint each pending trial will report at its
+    current posterior mean -- the kriging believer (Ginsbourger, Le Riche & Carraro 2010). The
+    pending points' variance collapses to the noise, so the next proposal goes elsewhere."""
     import gp
     W, N, T, y, runs = _observations(finished)
     rows = [(r["weights"], r["scale"], s, len(finished) + j) for j, r in enumerate(pending)
             for s in simulate.checkpoint_steps(ctx.objective.steps, r["steps"])]
     W_p, N_p, T_p, runs_p = (np.array(column) for column in zip(*rows))
     X_p = gp.encode(W_p, N_p.astype(float), T_p.astype(float), ctx.bounds)
-    believed = gp.predict(ctx.model, X_p)[0]
-    return gp.fit_gp(np.vstack([gp.encode(W, N, T, ctx.bounds), X_p]), np.concatenate([y, believed]),
-                     n_weights=ctx.K, runs=np.concatenate([runs, runs_p]),
+    X = np.vstack([gp.encode(W, N, T, ctx.bounds), X_p])
+    y = np.concatenate([y, gp.predict(ctx.model, X_p)[0]])
+    return gp.fit_gp(X, y, n_weights=ctx.K, runs=np.concatenate([runs, runs_p]),
                      hyperparameters=ctx.model.hyperparameters)
 
 
@@ -489,10 +467,9 @@ def _mixtures(history, statuses=("ok",)):
 
 
 def propose_gp(ctx, history, t):
-    """mfkg / kg / ei / ucb: one decision of acquisition.choose_next on ctx.model over simplex
-    candidates (or the table's pool) and the fidelities the strategy may use and can afford. The
-    KG's evaluated set holds the pending trials' mixtures too (the believer knows them), and a
-    pending (mixture, scale, steps) is never proposed again."""
+    """mfkg / kg / ei / ucb: one acquisition.choose_next on ctx.model over simplex candidates (or
+    the table's pool) and the fidelities the strategy may use and can afford. Pending trials'
+    mixtures join the evaluated set; a pending (mixture, scale, steps) is not proposed again."""
     import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
@@ -530,9 +507,9 @@ PROPOSE = {"random": propose_random, "sobol": propose_sobol, "uniform": propose_
 
 
 def propose(ctx, history, t):
-    """Trial t: the initial design first (GP strategies), then the strategy. Returns a Proposal,
-    WAIT, or None: nothing affordable, the search is over. An initial run the budget cannot pay for
-    ends the design instead; the acquisition then chooses among the fidelities still affordable."""
+    """Trial t: the initial design first (GP strategies), then the strategy. A Proposal, WAIT, or
+    None: nothing affordable, the search is over. An initial run the budget cannot pay for ends the
+    design instead; the acquisition then chooses among the fidelities still affordable."""
     in_init = (ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx)
                and all(r["decision"].startswith("init") for r in history))  # design unbroken
     if in_init:
@@ -549,17 +526,14 @@ def propose(ctx, history, t):
         p = propose_sobol(ctx, history, t)
     else:
         p = PROPOSE[ctx.settings.strategy](ctx, history, t)
-    if p is WAIT or p is None or ctx.affordable(p.scale, p.steps):
-        return p
-    return None
+    return p if p is WAIT or p is None or ctx.affordable(p.scale, p.steps) else None
 
 
 def recommend(ctx, history):
-    """The mixture to train at the target now, from the finished trials. GP strategies: the argmin
-    of ctx.model's posterior mean at the target over the evaluated mixtures, its loss +- sd from
-    REPORTING_MODEL fitted to the same runs. Regression before any target run: its argmin (a
-    prediction at the proxy scale). Otherwise the best observed loss at the target, or if nothing
-    ran there yet at the highest fidelity reached."""
+    """The mixture to train at the target, from the finished trials. GP strategies: the argmin of
+    ctx.model's posterior mean at the target over the evaluated mixtures, its loss +- sd from
+    REPORTING_MODEL. Regression before any target run: its argmin (a proxy-scale prediction).
+    Otherwise the best loss observed at the target, else at the highest fidelity reached."""
     target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
     ran_target = any((r["scale"], r["steps"]) == target for r in ok)
     choice = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
@@ -602,8 +576,8 @@ def recommend(ctx, history):
 def check_result(result, steps):
     """A run's result {"loss": x, "domain_losses": {domain: x}, "checkpoints": [{"steps": s,
     "loss": x, "domain_losses": {...}}, ...]}, only loss required -> (loss, domain_losses,
-    checkpoints); checkpoints ascend in 1..steps (default: the loss at `steps`). Every loss must
-    be a finite number within LOSS_LIMIT; anything else is a one-line ValueError saying what."""
+    checkpoints ascending in 1..steps; default the loss at `steps`). Every loss must be a finite
+    number within +-LOSS_LIMIT; anything else is a one-line ValueError saying what."""
     def number(x, what):
         if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
             raise ValueError(f"the result's {what} must be a number; got {str(x)[:80]!r}")
@@ -618,7 +592,8 @@ def check_result(result, steps):
         return {str(k): number(v, f"{what}[{k!r}]") for k, v in losses.items()}
 
     if not isinstance(result, dict) or "loss" not in result:
-        raise ValueError(f"a result must be a JSON object with a \"loss\"; got {str(result)[:80]!r}")
+        raise ValueError(f"a result must be a JSON object with a \"loss\"; "
+                         f"got {str(result)[:80]!r}")
     loss = number(result["loss"], "loss")
     losses = per_domain(result.get("domain_losses") or {}, "domain_losses")
     checkpoints = []
@@ -654,29 +629,27 @@ def _append(f, record):
 
 
 def ledger_header(settings, objective, source=None, sha256=None):
-    """The header: the settings, where the objective comes from (source, with its paths resolved,
-    and the sha256 of its file or table; None from Python) and the search space."""
+    """The header: the settings, the objective's origin (source with resolved paths, the sha256 of
+    its file, table or corpus manifest; None from Python) and the search space."""
     header = {"kind": "header", "mixbo_ledger": LEDGER_VERSION,
               "settings": dataclasses.asdict(settings), "source": source, "sha256": sha256,
               "objective": {"name": objective.name, "domains": list(objective.domains),
                             "scales": [float(s) for s in objective.scales],
                             "steps": [int(s) for s in objective.steps],
                             "target": [float(objective.target[0]), int(objective.target[1])]}}
-    return json.loads(json.dumps(header))      # the form it takes after a round trip through the file
+    return json.loads(json.dumps(header))      # as it reads after a round trip through the file
 
 
 def header_difference(old, new):
     """What differs between a ledger's header and this search's, e.g. 'settings.seed (ledger 0,
-    now 1)', or None. Compared: the format, the settings but the budget, the search space (not the
-    objective's display name), the source and the sha256 (where both headers name them)."""
+    now 1)', or None: the format, the settings but the budget, the search space (not the display
+    name), and the source and the sha256 where both headers have them."""
     if not isinstance(old, dict) or old.get("mixbo_ledger") != LEDGER_VERSION:
         found = old.get("mixbo_ledger") if isinstance(old, dict) else None
         return f"format (ledger version {found}, this mixbo writes {LEDGER_VERSION})"
     for part in ("settings", "objective", "source"):
         a, b = old.get(part) or {}, new.get(part) or {}
-        if part == "source" and not (a and b):
-            continue
-        for key in sorted((set(a) | set(b)) - {"budget", "name"}):
+        for key in sorted((set(a) | set(b)) - {"budget", "name"} if a and b else ()):
             if a.get(key) != b.get(key):
                 return f"{part}.{key} (ledger {a.get(key)!r}, now {b.get(key)!r})"
     if old.get("sha256") and new.get("sha256") and old["sha256"] != new["sha256"]:
@@ -687,7 +660,7 @@ def header_difference(old, new):
 def open_ledger(path, resume, header, warn):
     """The ledger at `path` opened for appending and locked (fcntl.flock, exclusive, held while the
     file is open; Linux emulates it on NFS with byte-range locks), and its records, header first.
-    A new or empty ledger gets `header`; an existing one needs resume and header_difference None.
+    A new or empty ledger gets `header`; an existing one needs resume and no header_difference.
     A torn last line (a kill mid-write) is cut away with a warning; other damage is a ValueError."""
     if os.path.exists(path) and os.path.getsize(path) and not resume:
         raise ValueError(f"ledger {path} already exists; pass --resume to continue it, "
@@ -695,20 +668,19 @@ def open_ledger(path, resume, header, warn):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     f = open(path, "a+b")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise ValueError(f"ledger {path} is in use by another mixbo process; wait for it to "
-                         f"finish, or use another --ledger path") from None
-    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"ledger {path} is in use by another mixbo process; wait for it to "
+                             f"finish, or use another --ledger path") from None
         f.seek(0)
         data = f.read()
         lines = data.split(b"\n")[:-1]             # after the last newline: nothing, or torn
         try:
             records = [json.loads(line) for line in lines]
         except json.JSONDecodeError:
-            raise ValueError(f"ledger {path} holds a line that is not valid JSON; it is damaged "
-                             f"beyond its last line") from None
+            raise ValueError(f"ledger {path} has a line that is not JSON before its last line; "
+                             f"it is damaged") from None
         if not records:
             f.truncate(0)
             _append(f, header)
@@ -716,16 +688,13 @@ def open_ledger(path, resume, header, warn):
             os.fsync(directory)                    # the new file's directory entry is on disk too
             os.close(directory)
             return f, [header]
-        difference = header_difference(records[0], header)
-        if difference:
+        if difference := header_difference(records[0], header):
             raise ValueError(f"ledger {path} is from another search: {difference} differs; use "
                              f"another --ledger path, or the ledger's settings")
-        good_end = sum(len(line) + 1 for line in lines)
-        if good_end < len(data):                  # only now (the ledger is ours): cut it away
-            warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} "
-                 f"bytes; the run was killed while writing it)")
-            f.truncate(good_end)
-            f.flush()
+        if sum(len(line) + 1 for line in lines) < len(data):     # only now (it is ours): cut it
+            warn(f"mixbo: warning: ignoring the torn last line of {path} (the run was killed "
+                 f"while writing it)")
+            f.truncate(sum(len(line) + 1 for line in lines))
             os.fsync(f.fileno())
         return f, records
     except BaseException:
@@ -734,29 +703,26 @@ def open_ledger(path, resume, header, warn):
 
 
 def peek_ledger(path):
-    """(header, budget) of the ledger at `path`, read without taking its lock; (None, None) for a
-    missing or empty file. The budget is the last one recorded."""
+    """(header, budget) of the ledger at `path` without taking its lock; (None, None) for a missing
+    or empty file. The budget is the last one recorded."""
     if not (os.path.exists(path) and os.path.getsize(path)):
         return None, None
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
     try:
         header = json.loads(lines[0])
-        budget = header["settings"]["budget"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"ledger {path} does not start with a mixbo header line") from None
-    if header.get("mixbo_ledger") != LEDGER_VERSION:
-        raise ValueError(f"ledger {path} has format version {header.get('mixbo_ledger')}; this "
-                         f"mixbo reads and writes version {LEDGER_VERSION}")
-    for line in lines[1:]:
-        if line.startswith(b'{"kind": "budget"'):
-            budget = json.loads(line)["budget"]
-    return header, budget
+        assert header["mixbo_ledger"] == LEDGER_VERSION
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"ledger {path} does not start with a version-{LEDGER_VERSION} mixbo "
+                         f"header line") from None
+    budgets = [json.loads(line)["budget"] for line in lines
+               if line.startswith(b'{"kind": "budget"')]
+    return header, (budgets or [header["settings"]["budget"]])[-1]
 
 
 def default_ledger_path(settings, objective, resume=False):
     """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the
-    first free runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (a default path never overwrites)."""
+    first free runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (it never overwrites)."""
     name = f"{objective.name}-{settings.strategy}-seed{settings.seed}".replace(os.sep, "_")
     path, i = os.path.join("runs", name + ".jsonl"), 1
     while os.path.exists(path) and not resume:
@@ -796,32 +762,31 @@ class Result:
 
 
 class Search:
-    """Ask/tell on one objective, with the ledger as the single source of truth. The state: every
-    trial asked (pending until told), the recommendations, the GP, and the open, locked ledger.
+    """Ask/tell on one objective, with the ledger as the single source of truth: the state (every
+    trial asked, pending until told; the recommendations; the GP; the open, locked ledger) is a
+    function of the ledger alone.
 
         with Search(objective, Settings(budget=3), ledger="runs/a.jsonl") as search:
             for trial in search.ask(4): ...           # run them anywhere, tell in any order
             search.tell(0, result={"loss": 3.2})      # or loss=3.2, or failed="why"
 
     ledger: a path (refused if it exists unless resume=True, which continues it); None keeps the
-    trials in memory. source, sha256: the objective's origin (ledger_header), checked on resume.
-    The state after any sequence of asks and tells is a function of the ledger alone."""
+    trials in memory. source, sha256: the objective's origin (ledger_header), checked on resume."""
 
     def __init__(self, objective, settings=None, ledger=None, resume=False, source=None,
                  sha256=None, warn=print):
         self.objective, self.settings, self.ledger = objective, settings or Settings(), ledger
         for i, m in enumerate(self.settings.mixture):
             simulate.check_weights(m, len(objective.domains), tol=1e-9, what=f"mixture {i}")
-        for N in objective.scales:
-            for T in objective.steps:
-                if not 0 < float(objective.cost(N, T)) < math.inf:
-                    raise ValueError(f"cost({N:g}, {T}) must be a finite number > 0; "
-                                     f"got {objective.cost(N, T)}")
+        for N, T in ((N, T) for N in objective.scales for T in objective.steps):
+            if not 0 < float(objective.cost(N, T)) < math.inf:
+                raise ValueError(f"cost({N:g}, {T}) must be a finite number > 0; "
+                                 f"got {objective.cost(N, T)}")
         self.ctx = Context(objective, self.settings, unit=float(objective.cost(*objective.target)),
                            bounds=(min(objective.scales), max(objective.scales),
                                    min(objective.steps), max(objective.steps)))
-        self.records, self.recommendations = [], []      # trials by id; recommendations by tell
-        self.told, self.spent_told, self.failures_in_a_row, self.waiting = [], 0.0, 0, False
+        self.records, self.recommendations, self.told = [], [], []   # by id; by tell; told ids
+        self.spent_told, self.failures_in_a_row, self.waiting = 0.0, 0, False
         header = ledger_header(self.settings, objective, source, sha256)
         self.file, lines = None, [header]
         if ledger is not None:
@@ -837,27 +802,24 @@ class Search:
         budget = lines[0]["settings"]["budget"]
         for r in lines[1:]:
             kind, t = r.get("kind"), r.get("trial", r.get("after_trial"))
+            owed = len(self.recommendations) < len(self.told)
             if kind == "ask" and t == len(self.records):
                 self._add(r)
-            elif (kind == "tell" and t in range(len(self.records)) and not self._owes_recommendation
-                  and self.records[t]["status"] == "pending"):
+            elif kind == "tell" and not owed and t in range(len(self.records)) and (
+                    self.records[t]["status"] == "pending"):
                 self._finish(r)
-            elif kind == "recommendation" and self._owes_recommendation and t == self.told[-1]:
+            elif kind == "recommendation" and owed and t == self.told[-1]:
                 self.recommendations.append(r)
             elif kind == "budget":
                 budget = r["budget"]
             else:
                 raise ValueError(f"ledger {self.ledger} has a {kind!r} line out of order (trial "
                                  f"{t}); it was not written by this version of mixbo")
-        if budget != self.settings.budget:                # a resumed search, another budget
+        if budget != self.settings.budget:               # a resumed search, another budget
             self._write({"kind": "budget", "budget": self.settings.budget})
         self._refit()
-        if self._owes_recommendation:           # killed between a tell and its recommendation
+        if len(self.recommendations) < len(self.told):  # killed between a tell and its advice
             self._recommend(self.told[-1])
-
-    @property
-    def _owes_recommendation(self):
-        return len(self.recommendations) < len(self.told)
 
     @property
     def finished(self):
@@ -865,11 +827,8 @@ class Search:
 
     @property
     def pending(self):
-        return [self._trial(r) for r in self.records if r["status"] == "pending"]
-
-    def _trial(self, r):
-        return Trial(r["trial"], tuple(r["weights"]), r["scale"], r["steps"], r["seed"],
-                     r["decision"])
+        return [Trial(*(r[k] for k in ("trial", "weights", "scale", "steps", "seed", "decision")))
+                for r in self.records if r["status"] == "pending"]
 
     def _write(self, record):
         if self.file:
@@ -903,7 +862,7 @@ class Search:
                "seed": seed, "cost": self.ctx.cost(scale, steps)}
         self._write(ask)
         self._add(ask)
-        return self._trial(self.records[t])
+        return Trial(t, tuple(ask["weights"]), ask["scale"], ask["steps"], seed, decision)
 
     def ask(self, n=1):
         """Up to n new trials, each recorded as pending before it is returned. Fewer when the
@@ -919,9 +878,9 @@ class Search:
             self.waiting = proposal is WAIT
             if proposal is None or proposal is WAIT:
                 break
+            seed = trial_seed(self.settings.seed, len(self.records), RUN)
             trials.append(self._ask(proposal.weights, proposal.scale, proposal.steps,
-                                    proposal.decision,
-                                    trial_seed(self.settings.seed, len(self.records), RUN)))
+                                    proposal.decision, seed))
         return trials
 
     def tell(self, trial, result=None, loss=None, failed=None, started=None, finished=None):
@@ -936,8 +895,10 @@ class Search:
             raise ValueError(f"trial {trial} was told already ({record['status']}); a trial is "
                              f"told once")
         finished = time.time() if finished is None else finished
-        tell = {"kind": "tell", "trial": trial, **check_outcome(record["steps"], result, loss, failed),
-                "spent": self.spent_told + record["cost"], "started": started, "finished": finished,
+        tell = {"kind": "tell", "trial": trial,
+                **check_outcome(record["steps"], result, loss, failed),
+                "spent": self.spent_told + record["cost"], "started": started,
+                "finished": finished,
                 "wall_s": None if started is None else round(finished - started, 3)}
         self._write(tell)
         self._finish(tell)
@@ -952,7 +913,7 @@ class Search:
         low_N, high_N, low_T, high_T = self.ctx.bounds
         if not (low_N <= scale <= high_N and low_T <= steps <= high_T and steps == int(steps)):
             raise ValueError(f"the run's scale {scale:g} and steps {steps} must lie within the "
-                             f"objective's scales {low_N:g}..{high_N:g} and steps {low_T}..{high_T}")
+                             f"objective's scales {low_N:g}..{high_N:g}, steps {low_T}..{high_T}")
         check_outcome(int(steps), result, loss, failed)         # a bad outcome writes nothing
         trial = self._ask(weights, scale, steps, "told (run outside mixbo)", seed=None)
         return self.tell(trial.trial, result, loss, failed)
@@ -998,10 +959,10 @@ def fill_template(template, trial, domains, result):
     replaced by the trial's {trial}, {seed}, {scale}, {steps} or {w_<domain>}, plain numbers, or
     by {weights_json}, a JSON object {domain: weight}, or {result}, the path the command must write
     its result JSON to (check_result), both shell-quoted. An unknown name is a ValueError."""
+    scale = str(int(trial.scale)) if trial.scale == int(trial.scale) else repr(trial.scale)
     values = {"trial": str(trial.trial), "seed": str(trial.seed), "steps": str(trial.steps),
-              "scale": str(int(trial.scale)) if trial.scale == int(trial.scale) else repr(trial.scale),
+              "scale": scale, "result": shlex.quote(result),
               "weights_json": shlex.quote(json.dumps(dict(zip(domains, trial.weights)))),
-              "result": shlex.quote(result),
               **{f"w_{d}": repr(float(w)) for d, w in zip(domains, trial.weights)}}
 
     def value(match):
@@ -1014,7 +975,7 @@ def fill_template(template, trial, domains, result):
 
 def _start(trial, template, folder, domains):
     """Start trial's command in its own process group, output to <folder>/trial-<id>-<attempt>.log;
-    each attempt has its own result path, so a command a killed mixbo left behind cannot write
+    each attempt has its own result path, so a command a killed mixbo left running cannot write
     into a relaunched attempt's result."""
     attempt = 1
     while os.path.exists(os.path.join(folder, f"trial-{trial.trial}-{attempt}.log")):
@@ -1067,10 +1028,10 @@ def _poll(job, timeout):
 def launch(search, runner, say=silent, told=silent):
     """Run the search's trials as shell commands (fill_template with runner.launch), up to
     runner.parallel at once, pending ones first. A command must exit 0 having written its result;
-    a non-zero exit, no result, a malformed one (check_result), or running past
-    runner.trial_timeout is a failed trial with the reason. told(record, recommendation) follows
-    every tell. On an exception (Ctrl-C, SIGTERM, TooManyFailures) the commands in flight are
-    stopped and their trials stay pending. Files: <ledger>.trials/ (no ledger: a temporary one)."""
+    a non-zero exit, no result, a malformed one, or running past runner.trial_timeout is a failed
+    trial with the reason. told(record, recommendation) follows every tell. On an exception
+    (Ctrl-C, SIGTERM, TooManyFailures) the commands in flight get SIGTERM and their trials stay
+    pending. Files: <ledger>.trials/ (no ledger: a temporary folder)."""
     folder = (os.path.splitext(search.ledger)[0] + ".trials" if search.ledger
               else tempfile.mkdtemp(prefix="mixbo-trials-"))
     os.makedirs(folder, exist_ok=True)
@@ -1092,8 +1053,7 @@ def launch(search, runner, say=silent, told=silent):
                 return
             time.sleep(0.05)
             for t, job in list(running.items()):
-                outcome = _poll(job, runner.trial_timeout)
-                if outcome is not None:
+                if (outcome := _poll(job, runner.trial_timeout)) is not None:
                     del running[t]
                     asking = True
                     told(*search.tell(t, **outcome))
@@ -1220,7 +1180,7 @@ def _print_summary(say, ctx, result):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. command line: python mixbo.py [ask | tell] [flags]; the flags are generated from the dataclasses
+# 8. command line: python mixbo.py [ask | tell] [flags]; flags generated from the dataclasses
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):       # argparse prints usage + message; mixbo promises ONE line
@@ -1251,7 +1211,7 @@ def build_parser():
     parser = _Parser(prog="mixbo.py", usage="python mixbo.py [ask | tell] [flags]",
                      description="Choose a pre-training data mixture by multi-fidelity, "
                      "multi-scale Bayesian optimization: the closed loop, or (ask, tell) one step "
-                     "of it on a ledger. Commands and formats: docs in README.md.")
+                     "of it on a ledger.")
     add_options(parser.add_argument_group("objective (one; on a ledger's first call only)"), Source)
     add_options(parser.add_argument_group("search (the ledger header records these)"), Settings)
     add_options(parser.add_argument_group("running trials"), Runner)
@@ -1308,8 +1268,7 @@ def build_objective(source):
     usable = {"cpu": True, "cuda": torch.cuda.is_available(),
               "mps": torch.backends.mps.is_available()}
     if not usable.get(device.type):
-        raise ValueError(f"--device {source.device}: not available on this machine; "
-                         f"use --device cpu")
+        raise ValueError(f"--device {source.device}: not available here; use --device cpu")
     import train_lm      # imported only here: the trainer is needed for --train alone
     kwargs = {"device": source.device}
     if source.sizes:
@@ -1347,11 +1306,10 @@ def one_thread(strategies, source):
 
 
 def _search_from(args, command):
-    """The objective, Settings keywords, source and sha256 for a command: flags not given come from
-    an existing ledger's header (tell: everything does); the identity check is Search's."""
-    header, budget = (None, None)
-    if args.ledger and (args.resume or command != "run"):
-        header, budget = peek_ledger(args.ledger)
+    """The objective, Settings keywords, source and sha256 of a command: flags not given come from
+    an existing ledger's header (for tell, all of them); the identity check is Search's."""
+    header, budget = peek_ledger(args.ledger) if args.ledger and (
+        args.resume or command != "run") else (None, None)
     if (command == "tell" and not header) or (command == "ask" and not args.ledger):
         raise ValueError(f"{command} needs --ledger PATH of a ledger (start one with: python "
                          f"mixbo.py ask --ledger PATH --n 0 and the objective flags)")
@@ -1360,9 +1318,8 @@ def _search_from(args, command):
         if not header["source"]:
             raise ValueError(f"ledger {args.ledger} was written from Python; give its objective")
         given = header["source"]
-    source = Source(**given)
-    objective = build_objective(source)
-    source, sha256 = resolve_source(source)
+    objective = build_objective(Source(**given))
+    source, sha256 = resolve_source(Source(**given))
     settings = dict(header["settings"], budget=budget) if header else {}
     settings.update(given_options(args, Settings) if command != "tell" else {})
     settings["mixture"] = tuple(parse_mixture(m, tuple(objective.domains)) if isinstance(m, str)
