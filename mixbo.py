@@ -1,157 +1,174 @@
-"""
-mixbo.py -- choose a language model's pre-training data mixture by multi-fidelity, multi-scale Bayesian
-optimization. The program users run; read it top to bottom.
+"""mixbo: choose a language model's pre-training data mixture by multi-fidelity, multi-scale
+Bayesian optimization. A trial trains a mixture w (K weights on the simplex) at a model scale N for
+T steps; the budget counts target-run equivalents (1.0 = one run at the target scale and steps).
 
-    python mixbo.py --sim                                   # default benchmark, strategy mfkg, budget 5
-    python mixbo.py --sim --strategy ei --budget 6 --seed 3
-    python mixbo.py --table runs.csv --metric loss          # replay a table of real runs
-    python mixbo.py --objective my_objective.py             # your own loss(weights, scale, steps)
-    python mixbo.py --train --corpus data/corpus            # real training runs with train_lm.py
-    python mixbo.py --sim --bench --strategy mfkg,ei,random --seeds 10 --json bench.json
+    python mixbo.py --sim                                   # the search, on a simulator
+    python mixbo.py ask --ledger L --objective space.py     # ask for a trial, run it yourself,
+    python mixbo.py tell --ledger L --trial 0 --loss 3.2    # and tell its result
+    python mixbo.py --objective space.py --launch 'sbatch --wait job.sh {weights_json} {result}'
+    from mixbo import optimize, Search                      # the same from Python
 
-    from mixbo import optimize                              # the same loop from Python
-    result = optimize(objective, strategy="mfkg", budget=5, seed=0, ledger="runs/my.jsonl")
-
-A trial is one training run: a mixture w (K weights on the simplex), a model scale N and a number of
-steps T. Every trial is appended to a ledger (JSON lines, fsync'ed) before the next one starts, so a
-killed run loses nothing and `--resume` continues exactly where it stopped.
-
-The budget is counted in TARGET-RUN EQUIVALENTS: 1.0 is the cost of one run at the target (scale, steps).
-A strategy only chooses among (scale, steps) it can still afford, so the budget is never exceeded; the
-loop stops when nothing the strategy would run is affordable. A failed run (exception, non-finite loss)
-is recorded as failed and its full cost is charged (the compute was spent).
-
-What is in this file, in order:
-  1. Settings               the loop's settings: field names are the CLI flags and the README words.
-  2. designs                scrambled Sobol and Dirichlet mixtures on the simplex, seeds per trial.
-  3. strategies             mfkg / kg / ei / ucb (GP + acquisition.py), random, sobol, uniform,
-                            hyperband, regression; each one proposes the next trial and recommends.
-  4. ledger                 header + one JSON line per trial and per recommendation, fsync'ed; resume.
-  5. optimize               the loop (the Python entry point).
-  6. bench                  strategies x seeds, regret and speed-ups scored through true_loss.
-  7. main                   the command line.
-
-Determinism: everything random in trial t is seeded by (seed, t) (np.random.SeedSequence), and the state
-before trial t is a function of the ledger's first t trials only -- so a resumed run writes the same
-ledger as an uninterrupted one (wall times aside).
-
-References
-  [FPD]  P. Frazier, W. Powell, S. Dayanik, The knowledge-gradient policy for correlated normal beliefs,
-         INFORMS J. Computing 21(4), 2009 (kg, mfkg: see acquisition.py).
-  [MS]   Data mixture optimization: a multi-scale, multi-fidelity Bayesian framework (the multi-scale
-         paper; code at github.com/namkoong-lab/data-recipes): mfkg vs random and multi-fidelity BO.
-  [HB]   L. Li, K. Jamieson, G. DeSalvo, A. Rostamizadeh, A. Talwalkar, Hyperband, JMLR 18, 2018, Alg. 1.
-  [RM]   Q. Liu et al., RegMix: Data Mixture as Regression for Language Model Pre-training, 2024.
-  [SCH]  H. Scheffe, Experiments with mixtures, JRSS-B 20, 1958 (the quadratic mixture polynomial).
-  [SOB]  I. M. Sobol', 1967; scrambled by Owen (scipy.stats.qmc.Sobol).
-"""
+Strategies: mfkg and kg, the knowledge gradient (Frazier, Powell & Dayanik 2009) over scales and
+steps as in the multi-scale mixture paper (acquisition.py); ei; ucb; hyperband (Li et al., JMLR
+2018, Alg. 1); regression (RegMix, Liu et al. 2024, on Scheffe's 1958 mixture polynomial); random;
+sobol; uniform. Pending trials enter the GP by kriging believer (Ginsbourger, Le Riche & Carraro
+2010). The ledger (JSON lines, fsync'ed, locked) is the single source of truth; trial t is seeded by
+(seed, t)."""
 
 import argparse
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
+import re
+import shlex
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-
-if __name__ == "__main__" and "--train" not in sys.argv[1:]:
-    # One BLAS / OpenMP thread for the command line (set before numpy and torch start their pools; an
-    # explicit setting wins). The GP's matrices are small, and extra threads only spin against each other:
-    # measured on this shared 2-core box, `--sim --budget 2` took 6.3 s CPU with one thread and 145 s CPU
-    # (191 s wall) with the libraries' default two. (--train keeps the defaults: the trainer uses every core.)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
 
 import numpy as np
 from scipy.stats import qmc
 
 import simulate
-# gp.py and acquisition.py (which import torch, ~1.5 s) are imported where a GP strategy first needs
-# them (fit_model, propose_gp, recommend), so the baselines and every input check start fast.
+# gp.py and acquisition.py (they import torch) are imported where a GP strategy first needs them.
 
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
-# The GP that reports the recommendation's loss +- sd (recommend): a constant mean, and Matern-5/2 on
-# u_N, u_T instead of gp.fit_gp's RBF. On mixbo's own ledgers, which hold no run at the target, the loop's
-# scaling-law GP is too narrow there, and a constant-mean GP with RBF on u_N, u_T reverts towards the
-# data's mean (+0.02 to +0.05 nats pessimistic at half the budget); this one held its nominal rate
-# (bench/calibration.py, README "Calibration").
+# The GP that reports the recommendation's loss +- sd: a constant mean and Matern-5/2 on u_N, u_T
+# (chosen by bench/calibration.py, see bench/README.md).
 REPORTING_MODEL = dict(mean="constant", kernel_N="matern52", kernel_T="matern52")
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
+WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
+RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for (trial_seed)
+
+
+def silent(*args, **kwargs):
+    """An `out` that prints nothing."""
+
+
+class TooManyFailures(RuntimeError):
+    """max_failures trials in a row failed; the search stopped (--resume continues it)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it stops as Ctrl-C stops it."""
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. settings
+# 1. options: each is declared once, as a dataclass field holding its help; the CLI flag is the
+#    field's name with dashes, and the ledger header records it under the same name.
+
+def option(default, help, **argparse_options):
+    """A dataclass field that is also the command-line option --name-with-dashes."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_options})
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that decides which trials the loop runs. Field names are the CLI flags
-    (--n-init is n_init) and are written to the ledger header; --resume refuses a ledger whose header
-    differs."""
-    strategy: str = "mfkg"          # one of STRATEGIES
-    budget: float = 5.0             # in target-run equivalents (1.0 = one run at the target scale and steps)
-    seed: int = 0
-    n_init: int = 0                 # initial space-filling design; 0 = the strategy's default (see _n_init)
-    refit_every: int = 10           # refit GP hyperparameters every this many trials; condition in between
-                                    # (--sim, 4 seeds: regret as good as refitting every trial, 3.5x less time)
-    candidates: int = 256           # mixtures the acquisition scores per trial (acquisition.simplex_candidates)
-    fixed_cost: float = 0.05        # mfkg: overhead added to every run's cost in KG / cost (target-run
-                                    # equivalents; a decision floor, NOT charged to the budget)
-    mixture: tuple = ()             # user mixtures evaluated first (tuples of K weights, domain order)
-    eta: int = 3                    # hyperband: keep 1/eta of the runs at each rung [HB]
-    regression_share: float = 0.5   # regression: share of the budget spent on smallest-scale proxy runs [RM]
+    """What decides the trials; a resumed ledger must agree on all of it but the budget."""
+    strategy: str = option("mfkg", f"one of {', '.join(STRATEGIES)} (--bench: a comma list)")
+    budget: float = option(5.0, "in target-run equivalents (1.0 = one run at the target)")
+    seed: int = option(0, "seeds every random choice of the search")
+    n_init: int = option(0, "initial space-filling design size (0: the strategy's default)")
+    refit_every: int = option(10, "refit GP hyperparameters every N trials; condition in between")
+    candidates: int = option(256, "mixtures the acquisition scores per trial")
+    fixed_cost: float = option(0.05, "mfkg: overhead added to every run's cost in KG / cost "
+                                     "(target-run equivalents; not charged)")
+    mixture: tuple = option((), "a mixture to run first, e.g. web=0.5,code=0.5 (repeatable; "
+                                "missing domains are 0)", action="append", metavar="D=W,...")
+    eta: int = option(3, "hyperband: keep 1/eta of the runs at each rung")
+    regression_share: float = option(0.5, "regression: budget share for smallest-scale proxies")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
-            raise ValueError(f"budget must be a number > 0 (target-run equivalents); got {self.budget}")
-        if self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2 or not self.fixed_cost >= 0:
-            raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2 and fixed_cost >= 0")
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
+                             f"{', '.join(STRATEGIES)}")
+        if not (isinstance(self.budget, (int, float)) and 0 < self.budget < math.inf):
+            raise ValueError(f"budget must be a number > 0 (target-run equivalents); "
+                             f"got {self.budget}")
+        if (self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2
+                or not self.fixed_cost >= 0 or not 0 < self.regression_share < 1):
+            raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2, "
+                             "fixed_cost >= 0 and regression_share in (0, 1)")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
-            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and sobol; "
-                             f"strategy {self.strategy} has no design to start")
-        if not 0.0 < self.regression_share < 1.0:
-            raise ValueError(f"regression_share must be in (0, 1); got {self.regression_share}")
+            raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and "
+                             f"sobol; strategy {self.strategy} has no design to start")
 
 
-def parse_mixture(text, domains):
-    """'Wikipedia=0.5,Github=0.5' -> weights (K,) in `domains` order (missing domains are 0). Typed
-    weights summing to 1 within 1e-3 (e.g. three times 0.333) are renormalized; beyond that, an error."""
+@dataclass(frozen=True)
+class Runner:
+    """How the trials run; free to change between calls on one ledger."""
+    launch: str = option("", "run each trial as this shell command, with the placeholders {trial} "
+                             "{seed} {scale} {steps} {weights_json} {result} {w_<domain>} "
+                             "(mixbo.fill_template)", metavar="TEMPLATE")
+    parallel: int = option(1, "--launch: trials in flight at once")
+    trial_timeout: float = option(0.0, "--launch: seconds after which a trial's command is "
+                                       "killed and the trial failed (0: no limit)")
+    max_failures: int = option(3, "stop after this many failed trials in a row (0: never)")
+
+    def __post_init__(self):
+        if self.parallel < 1 or not self.trial_timeout >= 0 or self.max_failures < 0:
+            raise ValueError("parallel must be >= 1, trial_timeout >= 0 and max_failures >= 0")
+        if self.parallel > 1 and not self.launch:
+            raise ValueError("--parallel needs --launch (in this process trials run one by one)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the losses come from: exactly one of sim, objective, table, train."""
+    sim: str = option("", "a synthetic benchmark of simulate.py (NAME default: default)",
+                      nargs="?", const="default", metavar="NAME")
+    objective: str = option("", "a Python file defining the search space and loss(weights, scale, "
+                                "steps) (simulate.load_objective_file)", metavar="PATH.py")
+    table: str = option("", "replay a table of real runs (simulate.load_table)", metavar="PATH.csv")
+    metric: str = option("loss", "--table: the objective column")
+    target_scale: float = option(None, "--table: the target scale (default: the largest)",
+                                 type=float)
+    train: bool = option(False, "real training runs with train_lm.py", action="store_true")
+    corpus: str = option("data/corpus", "--train: corpus folder")
+    sizes: str = option("", "--train: model sizes by name, comma-separated (train_lm.SIZES)")
+    steps: str = option("", "--train: checkpoint steps, comma-separated (default 30,60,120,240); "
+                            "tell: the steps of a run made outside mixbo")
+    device: str = option("cpu", "--train: cpu, cuda, cuda:N or mps")
+
+
+def parse_mixture(text, domains, flag="--mixture"):
+    """'web=0.5,code=0.5' -> weights (K,) in `domains` order (missing domains are 0). Weights
+    summing to 1 within 1e-3 (three times 0.333) are renormalized; beyond that, an error."""
     w = np.zeros(len(domains))
     for part in text.split(","):
-        name, sep, value = part.partition("=")
-        name = name.strip()
+        name, sep, value = (x.strip() for x in part.partition("="))
         if not sep or name not in domains:
-            raise ValueError(f"--mixture {text!r}: unknown domain {name!r}; domains are {', '.join(domains)} "
-                             f"(write name=weight pairs separated by commas)")
+            raise ValueError(f"{flag} {text!r}: unknown domain {name!r}; domains are "
+                             f"{', '.join(domains)} (write name=weight pairs separated by commas)")
         try:
             w[domains.index(name)] = float(value)
         except ValueError:
-            raise ValueError(f"--mixture {text!r}: weight of {name} is not a number: {value!r}") from None
+            raise ValueError(f"{flag} {text!r}: the weight of {name} is not a number") from None
     if abs(w.sum() - 1.0) <= 1e-3 and np.all(w >= 0):
         w = w / w.sum()
-    return tuple(simulate.check_weights(w, len(domains), tol=1e-9, what=f"--mixture {text!r}").tolist())
+    return tuple(simulate.check_weights(w, len(domains), 1e-9, f"{flag} {text!r}").tolist())
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. designs and seeds
 
-RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for
-
-
 def trial_seed(seed, t, purpose):
-    """The seed of trial t for one purpose (the objective's run, the strategy's draws, the GP fit):
-    a function of (seed, t, purpose) only, so resumed and uninterrupted runs draw the same numbers."""
+    """The seed of trial t for one purpose (RUN, STRATEGY, MODEL): a function of (seed, t, purpose)
+    only, so resumed and uninterrupted searches draw the same numbers."""
     return int(np.random.SeedSequence([seed, t, purpose]).generate_state(1)[0])
 
 
 def sobol_simplex(K, n, seed):
     """The first n points (n, K) of a scrambled Sobol sequence in [0,1)^K mapped to the simplex by
-    w = e / sum(e), e_k = -log(1 - u_k): the exponential map turns uniforms into Dirichlet(1) draws, and
-    it is smooth, so the sequence's even spread carries over. Prefixes agree: point t is the same for
-    every n > t."""
+    w = e / sum(e), e_k = -log(1 - u_k): the exponential map turns uniforms into Dirichlet(1)
+    draws and is smooth, so the even spread carries over. Point t is the same for every n > t."""
     m = max(1, math.ceil(math.log2(max(n, 2))))
     u = qmc.Sobol(d=K, scramble=True, seed=seed).random_base2(m)[:n]          # (n, K) in [0, 1)
     e = -np.log1p(-u)                                                          # (n, K) Exp(1)
@@ -159,12 +176,12 @@ def sobol_simplex(K, n, seed):
 
 
 def pool_choice(ctx, point, scale, steps, history, rng=None):
-    """Table replay: a mixture of the table's pool that it holds at (scale, steps) and the history has not
-    run there yet -- the nearest to `point` (Euclidean), or with point None a uniform draw by rng. None if
-    none is left."""
+    """Table replay: a pool mixture the table holds at (scale, steps) that no trial ran there --
+    the nearest to `point`, or with point None a uniform draw by rng; None if none is left."""
     pool = np.asarray(ctx.objective.candidates)                                # (M, K)
     done = {tuple(r["weights"]) for r in history if (r["scale"], r["steps"]) == (scale, steps)}
-    free = [i for i in range(len(pool)) if tuple(pool[i].tolist()) not in done and ctx.available(pool[i], scale, steps)]
+    free = [i for i in range(len(pool))
+            if tuple(pool[i].tolist()) not in done and ctx.available(pool[i], scale, steps)]
     if not free:
         return None
     if point is None:
@@ -173,13 +190,18 @@ def pool_choice(ctx, point, scale, steps, history, rng=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. strategies
-#
-# A trial record (the ledger's "trial" line, a dict) carries: weights, scale, steps, status, loss,
-# checkpoints [{steps, loss, domain_losses}], cost. Each strategy is a function
-#     propose(ctx, history, t) -> (weights (K,), scale, steps, decision text) or None (nothing affordable)
-# and the recommendation after each trial is recommend(ctx, history) -> dict. `ctx` holds the objective,
-# the settings, the budget bookkeeping and (GP strategies) the current fitted GP.
+# 3. strategies. A trial record (a dict) carries weights, scale, steps, seed, cost, decision,
+#    status ("pending", "ok" or "failed"), loss, domain_losses, checkpoints [{steps, loss,
+#    domain_losses}]. A strategy is propose_x(ctx, history, t) -> Proposal, WAIT, or None when
+#    nothing it would run is affordable; history holds every trial asked so far, by id.
+
+@dataclass(frozen=True)
+class Proposal:
+    weights: np.ndarray     # (K,)
+    scale: float
+    steps: int
+    decision: str           # why, for the ledger and the console
+
 
 @dataclass
 class Context:
@@ -187,9 +209,9 @@ class Context:
     settings: Settings
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
-    model: object = None            # gp.GP fitted on the trials so far (GP strategies), else None
-    refit: dict = dataclasses.field(default_factory=dict)  # fit_model options -> (r, hyperparameters)
-    spent: float = 0.0              # target-run equivalents spent so far
+    model: object = None            # gp.GP of the finished trials (GP strategies), else None
+    refit: dict = dataclasses.field(default_factory=dict)   # fit_model's hyperparameter cache
+    spent: float = 0.0              # target-run equivalents of every trial asked so far
 
     @property
     def K(self):
@@ -209,7 +231,8 @@ class Context:
 def _fidelities(ctx):
     """Every (scale, steps) at or below the target, cheapest first."""
     N_t, T_t = ctx.objective.target
-    pairs = [(float(N), int(T)) for N in ctx.objective.scales for T in ctx.objective.steps if N <= N_t and T <= T_t]
+    pairs = [(float(N), int(T)) for N in ctx.objective.scales for T in ctx.objective.steps
+             if N <= N_t and T <= T_t]
     return sorted(pairs, key=lambda p: (ctx.cost(*p), p))
 
 
@@ -218,70 +241,67 @@ def _target(ctx):
 
 
 def _n_init(ctx):
-    """Initial design size: n_init, else 3 target runs for single-fidelity strategies and 2K cheap runs
-    for mfkg (cheap runs at the smaller scales cost a few percent of a target run each)."""
+    """Initial design size: n_init, else 3 target runs for single-fidelity strategies and 2K cheap
+    runs for mfkg (runs at the smaller scales cost a few percent of a target run each)."""
     n = ctx.settings.n_init or (2 * ctx.K if ctx.settings.strategy == "mfkg" else 3)
     return max(n, len(ctx.settings.mixture))
 
 
+def _init_fidelity(ctx, i):
+    """The i-th initial run's fidelity: the target, or for mfkg round-robin over the scales below it
+    at its steps (the GP sees the scale effect from the start); one scale: the shortest steps."""
+    N_t, T_t = _target(ctx)
+    smaller = [float(N) for N in ctx.objective.scales if N < N_t]
+    if ctx.settings.strategy != "mfkg":
+        return N_t, T_t
+    return (smaller[i % len(smaller)], T_t) if smaller else (N_t, int(min(ctx.objective.steps)))
+
+
 def design_point(ctx, history, t, scale, steps):
-    """Mixture t of the space-filling design at (scale, steps): the user's --mixture ones first, then the
-    scrambled Sobol sequence (seeded by `seed`); on a table, the nearest pool mixture it holds there."""
+    """Mixture t of the design at (scale, steps): the --mixture ones, then the scrambled Sobol
+    sequence; on a table, the nearest pool mixture it holds there (or None)."""
     user = ctx.settings.mixture
     if t < len(user):
         w = np.asarray(user[t], dtype=np.float64)
     else:
-        w = sobol_simplex(ctx.K, t + 1 - len(user), trial_seed(ctx.settings.seed, 0, STRATEGY))[t - len(user)]
+        seed = trial_seed(ctx.settings.seed, 0, STRATEGY)
+        w = sobol_simplex(ctx.K, t + 1 - len(user), seed)[t - len(user)]
     if ctx.objective.candidates is not None:
         w = pool_choice(ctx, w, scale, steps, history)
     return w
 
 
-def _init_fidelity(ctx, i):
-    """Fidelity of the i-th initial run. Single-fidelity strategies: the target. mfkg: round-robin over
-    the scales below the target at the target's steps (so the GP sees the scale effect from the start);
-    with a single scale, the shortest steps."""
-    N_t, T_t = _target(ctx)
-    if ctx.settings.strategy != "mfkg":
-        return N_t, T_t
-    smaller = [float(N) for N in ctx.objective.scales if N < N_t]
-    if smaller:
-        return smaller[i % len(smaller)], T_t
-    return N_t, int(min(ctx.objective.steps))
-
-
 def propose_random(ctx, history, t):
-    """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run yet)."""
+    """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run)."""
     rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
     if ctx.objective.candidates is None:
-        return rng.dirichlet(np.ones(ctx.K)), *_target(ctx), "random"
+        return Proposal(rng.dirichlet(np.ones(ctx.K)), *_target(ctx), "random")
     w = pool_choice(ctx, None, *_target(ctx), history, rng)
-    return None if w is None else (w, *_target(ctx), "random")
+    return None if w is None else Proposal(w, *_target(ctx), "random")
 
 
 def propose_sobol(ctx, history, t):
     """Point t of the scrambled Sobol sequence on the simplex, at the target."""
     w = design_point(ctx, history, t, *_target(ctx))
-    return None if w is None else (w, *_target(ctx), "sobol")
+    return None if w is None else Proposal(w, *_target(ctx), "sobol")
 
 
 def propose_uniform(ctx, history, t):
-    """Equal weights at the target (on a table: the nearest pool mixture); every later trial repeats it
-    with a new seed (a replicate that measures the seed noise; the recommendation never changes)."""
+    """Equal weights at the target (a table: the nearest pool mixture), repeated with new seeds."""
     w = np.full(ctx.K, 1.0 / ctx.K)
     if ctx.objective.candidates is not None:
         w = pool_choice(ctx, w, *_target(ctx), history=())
-    return w, *_target(ctx), "uniform" if t == 0 else "uniform (replicate)"
+    return Proposal(w, *_target(ctx), "uniform" if t == 0 else "uniform (replicate)")
 
 
 def _hyperband_rungs(ctx):
-    """The resource ladder of [HB]: from the target down, each rung the costliest (scale, steps) that costs
-    <= 1/eta of the rung above, along the path (smallest scale, shortest steps) -> (smallest scale,
+    """Hyperband's resource ladder: from the target down, each rung the costliest (scale, steps)
+    costing <= 1/eta of the rung above, along (smallest scale, shortest steps) -> (smallest scale,
     target steps) -> (larger scales, target steps) -> target."""
     N_t, T_t = _target(ctx)
     scales = [float(N) for N in ctx.objective.scales if N <= N_t]
-    steps = [int(T) for T in ctx.objective.steps if T <= T_t]
-    path = [(scales[0], T) for T in steps] + [(N, T_t) for N in scales[1:]]
+    path = [(scales[0], int(T)) for T in ctx.objective.steps if T <= T_t]
+    path += [(N, T_t) for N in scales[1:]]
     rungs = [(N_t, T_t)]
     for p in reversed(path[:-1]):
         if ctx.cost(*p) <= ctx.cost(*rungs[0]) / ctx.settings.eta:
@@ -290,332 +310,449 @@ def _hyperband_rungs(ctx):
 
 
 def propose_hyperband(ctx, history, t):
-    """Hyperband [HB Alg. 1] over the rung ladder, brackets s = s_max..0 repeated until the budget is
-    spent. Replayed from the history: the k-th run of the (deterministic) schedule is history[k], so the
-    next run is the first one the history does not hold yet."""
+    """Hyperband (Li et al. 2018, Alg. 1) over the rung ladder, brackets b = b_max..0 repeated.
+    Replayed from the history: the k-th run of the deterministic schedule is history[k], so the next
+    run is the first one the history does not hold; WAIT while a rung needs a pending loss."""
     rungs, eta = _hyperband_rungs(ctx), ctx.settings.eta
-    s_max, k = len(rungs) - 1, 0
+    b_max, k = len(rungs) - 1, 0
     for bracket in range(10 ** 6):
-        s = s_max - bracket % (s_max + 1)
-        n = math.ceil((s_max + 1) / (s + 1) * eta ** s)                     # [HB] Alg. 1 line 3
+        b = b_max - bracket % (b_max + 1)
+        # Alg. 1 line 3: n = ceil((b_max + 1) / (b + 1) * eta^b) configurations
+        n = math.ceil((b_max + 1) / (b + 1) * eta ** b)
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, bracket, STRATEGY))
         if ctx.objective.candidates is None:
-            configs = list(rng.dirichlet(np.ones(ctx.K), n))                  # n random mixtures
-        else:                                                               # table: n pool mixtures held at rung 0
+            configs = list(rng.dirichlet(np.ones(ctx.K), n))
+        else:                                           # a table: pool mixtures held at rung 0
             pool = np.asarray(ctx.objective.candidates)
-            free = [j for j in range(len(pool)) if ctx.available(pool[j], *rungs[s_max - s])]
+            free = [j for j in range(len(pool)) if ctx.available(pool[j], *rungs[b_max - b])]
             configs = [pool[j] for j in rng.permutation(free)[:n]]
         if not configs:
             return None
-        for i in range(s + 1):                                             # successive halving, Alg. 1 lines 5-9
-            rung = rungs[s_max - s + i]
-            configs = [c for c in configs if ctx.available(c, *rung)]      # (tables: only rows they hold)
-            losses = []
-            for c in configs:
-                if k == len(history):
-                    return c, *rung, f"hyperband bracket {bracket} rung {s_max - s + i}"
-                r, k = history[k], k + 1
-                losses.append(r["loss"] if r["status"] == "ok" else math.inf)
-            keep = max(1, len(configs) // eta)                              # top n_i / eta
+        for i in range(b + 1):                         # successive halving, Alg. 1 lines 5-9
+            rung = rungs[b_max - b + i]
+            configs = [c for c in configs if ctx.available(c, *rung)]   # tables: rows they hold
+            for c in configs[len(history) - k:]:
+                return Proposal(c, *rung, f"hyperband bracket {bracket} rung {b_max - b + i}")
+            runs, k = history[k:k + len(configs)], k + len(configs)
+            if any(r["status"] == "pending" for r in runs):
+                return WAIT
+            losses = [r["loss"] if r["status"] == "ok" else math.inf for r in runs]
+            keep = max(1, len(configs) // eta)          # the best n_i / eta go on
             configs = [configs[j] for j in np.argsort(losses, kind="stable")[:keep]]
     return None
 
 
 def _scheffe_features(W):
-    """Scheffe's quadratic mixture polynomial [SCH]: y = sum_i b_i w_i + sum_{i<j} b_ij w_i w_j
-    (no intercept: sum w = 1 absorbs it). W (n, K) -> (n, K + K(K-1)/2)."""
+    """Scheffe's quadratic mixture polynomial, y = sum_i b_i w_i + sum_{i<j} b_ij w_i w_j (no
+    intercept: sum w = 1 absorbs it). W (n, K) -> (n, K + K(K-1)/2)."""
     iu = np.triu_indices(W.shape[1], k=1)
     return np.column_stack([W, W[:, iu[0]] * W[:, iu[1]]])
 
 
-def _fit_regression(W, y):
-    """Ridge regression of loss on _scheffe_features, the ridge chosen by leave-one-out error
-    (closed form e_i / (1 - H_ii) for linear smoothers, Hastie, Tibshirani & Friedman, ESL 2nd ed.,
-    Sec. 7.10.1) over a grid of ridges. Returns (coefficients, y_mean)."""
-    F = _scheffe_features(W)                                               # (n, p)
-    y_mean = y.mean()
-    best = None
-    for lam in 10.0 ** np.arange(-8, 3):
-        A = F.T @ F + lam * np.eye(F.shape[1])
-        H = F @ np.linalg.solve(A, F.T)                                    # (n, n) hat matrix
-        loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
-        score = float(np.mean(loo ** 2))
-        if best is None or score < best[0]:
-            best = (score, np.linalg.solve(A, F.T @ (y - y_mean)))
-    return best[1], y_mean
-
-
 def _regression_ranking(ctx, history):
-    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions; None if
-    there are too few proxy runs (fewer than the number of coefficients)."""
-    proxy = _regression_fidelity(ctx)
+    """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions;
+    None while there are fewer proxy runs than coefficients. The regression is ridge on
+    _scheffe_features, the ridge chosen by leave-one-out error over a grid."""
+    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
     runs = [r for r in history if r["status"] == "ok" and (r["scale"], r["steps"]) == proxy]
     if len(runs) < ctx.K + ctx.K * (ctx.K - 1) // 2:
         return None
-    W = np.array([r["weights"] for r in runs])
-    coef, y_mean = _fit_regression(W, np.array([r["loss"] for r in runs]))
+    F = _scheffe_features(np.array([r["weights"] for r in runs]))            # (n, p)
+    y = np.array([r["loss"] for r in runs])
+    y_mean, best = y.mean(), None
+    for lam in 10.0 ** np.arange(-8, 3):
+        A = F.T @ F + lam * np.eye(F.shape[1])
+        H = F @ np.linalg.solve(A, F.T)                                    # (n, n) hat matrix
+        # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., 7.10.1)
+        loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
+        if best is None or np.mean(loo ** 2) < best[0]:
+            best = (float(np.mean(loo ** 2)), np.linalg.solve(A, F.T @ (y - y_mean)))
     pool = ctx.objective.candidates
-    if pool is None:                                                       # RegMix scores many random mixtures
+    if pool is None:                                       # RegMix scores many random mixtures
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL))
         pool = rng.dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
-    pool = np.asarray(pool)
-    pred = y_mean + _scheffe_features(pool) @ coef
-    order = np.argsort(pred, kind="stable")
-    return pool[order], pred[order]
-
-
-def _regression_fidelity(ctx):
-    return float(min(ctx.objective.scales)), _target(ctx)[1]
+    predicted = y_mean + _scheffe_features(np.asarray(pool)) @ best[1]
+    order = np.argsort(predicted, kind="stable")
+    return np.asarray(pool)[order], predicted[order]
 
 
 def propose_regression(ctx, history, t):
-    """RegMix [RM]: spend regression_share of the budget on runs of random mixtures at the smallest scale,
-    fit the regression, then train its best-predicted mixtures at the target, best first."""
-    proxy = _regression_fidelity(ctx)
-    proxy_spent = sum(r["cost"] for r in history if (r["scale"], r["steps"]) == proxy)
-    if proxy_spent + ctx.cost(*proxy) <= ctx.settings.regression_share * ctx.settings.budget and proxy != _target(ctx):
+    """RegMix: spend regression_share of the budget on random mixtures at the smallest scale, fit
+    the regression, then train its best-predicted mixtures at the target, best first."""
+    proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
+    at_proxy = [r for r in history if (r["scale"], r["steps"]) == proxy]
+    if (sum(r["cost"] for r in at_proxy) + ctx.cost(*proxy)
+            <= ctx.settings.regression_share * ctx.settings.budget and proxy != _target(ctx)):
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
-        if ctx.objective.candidates is None:
-            return rng.dirichlet(np.ones(ctx.K)), *proxy, "regression proxy"
-        w = pool_choice(ctx, None, *proxy, history, rng)
+        w = (rng.dirichlet(np.ones(ctx.K)) if ctx.objective.candidates is None
+             else pool_choice(ctx, None, *proxy, history, rng))
         if w is not None:
-            return w, *proxy, "regression proxy"
+            return Proposal(w, *proxy, "regression proxy")
+    if any(r["status"] == "pending" for r in at_proxy):
+        return WAIT
     ranking = _regression_ranking(ctx, history)
-    if ranking is None:                                                   # too few proxy runs to fit: random
+    if ranking is None:                                    # too few proxy runs to fit: random
         return propose_random(ctx, history, t)
     done = [r["weights"] for r in history if (r["scale"], r["steps"]) == _target(ctx)]
-    for w, p in zip(*ranking):
+    for w, predicted in zip(*ranking):
         if not any(np.allclose(w, d) for d in done):
-            return w, *_target(ctx), f"regression argmin (pred {p:.4f} at proxy)"
+            return Proposal(w, *_target(ctx), f"regression argmin (pred {predicted:.4f} at proxy)")
     return None
 
 
 def _observations(history):
-    """Every checkpoint of every ok trial: W (n, K), N (n,), T (n,), y (n,), and runs (n,), the index of
-    the trial each checkpoint comes from (gp.fit_gp's run labels: a run's checkpoints share its seed's
-    offset; two trials of the same mixture and scale are two runs with independent offsets)."""
+    """The GP's data: every checkpoint of every ok trial, and each failed trial as one pessimistic
+    observation at its (scale, steps), the largest loss observed at that fidelity (else anywhere):
+    the failing region then looks bad and is not re-picked endlessly (the constant liar at its
+    maximum, Ginsbourger, Le Riche & Carraro 2010, kept for a run that cannot succeed). Returns
+    W (n, K), N, T, y and runs (n,): the index in history of each row's trial (gp.fit_gp's runs)."""
     rows = [(r["weights"], r["scale"], c["steps"], c["loss"], i)
             for i, r in enumerate(history) if r["status"] == "ok" for c in r["checkpoints"]]
-    W, N, T, y, runs = zip(*rows)
-    return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y, dtype=float),
-            np.array(runs))
+    worst = {}
+    for _, N, T, y, _ in rows:
+        worst[N, T] = max(y, worst.get((N, T), -math.inf))
+    rows += [(r["weights"], r["scale"], r["steps"], worst.get((r["scale"], r["steps"]),
+                                                               max(worst.values())), i)
+             for i, r in enumerate(history) if r["status"] == "failed" and worst]
+    W, N, T, y, runs = zip(*sorted(rows, key=lambda row: row[4]))
+    return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float),
+            np.array(y, dtype=float), np.array(runs))
 
 
 def fit_model(ctx, history, **options):
-    """The GP (gp.fit_gp with the model `options`, e.g. mean="constant"; none: gp.fit_gp's defaults) on every
-    ok checkpoint of the history. Hyperparameters are refitted (MAP, gp.fit_gp) when the number of trials c
-    is a multiple of refit_every; in between, the GP is conditioned on all data with the hyperparameters of
-    the last refit r = c - c % refit_every (fitted on the first r trials; cached in ctx.refit per options).
-    So the model is a function of the history only, and a resumed run rebuilds it."""
+    """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
+    one. Hyperparameters are refitted (MAP) when the number of trials c is a multiple of
+    refit_every; in between, the GP is conditioned on all data with those fitted on the first
+    r = c - c % refit_every trials (cached in ctx.refit): a function of the finished trials only."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
     c = len(history)
     r = c - c % ctx.settings.refit_every
     if not any(x["status"] == "ok" for x in history[:r]):
-        r = c                                                       # nothing to refit on yet: fit now
-    key = tuple(sorted(options.items()))
-    if ctx.refit.get(key, (None,))[0] != r:
+        r = c                                                 # nothing to refit on yet: fit now
+    key, fitted_on = tuple(sorted(options.items())), [x.get("trial") for x in history[:r]]
+    if ctx.refit.get(key, (None,))[0] != fitted_on:
         W, N, T, y, runs = _observations(history[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
-                        seed=trial_seed(ctx.settings.seed, r, MODEL), **options).hyperparameters
-        ctx.refit[key] = (r, hyp)
+        fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
+                        seed=trial_seed(ctx.settings.seed, r, MODEL), **options)
+        ctx.refit[key] = (fitted_on, fit.hyperparameters)
     W, N, T, y, runs = _observations(history)
     return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                      hyperparameters=ctx.refit[key][1], **options)
 
 
-def _evaluated_mixtures(history):
-    """Distinct mixtures with at least one ok run, in first-run order: (m, K)."""
+def kriging_believer(ctx, finished, pending):
+    """The model for proposals while trials are pending: the GP of the finished trials, its
+    hyperparameters fixed, conditioned on every checkpoint each pending trial will report at its
+    current posterior mean -- the kriging believer (Ginsbourger, Le Riche & Carraro 2010). The
+    pending points' variance collapses to the noise, so the next proposal goes elsewhere."""
+    import gp
+    W, N, T, y, runs = _observations(finished)
+    rows = [(r["weights"], r["scale"], s, len(finished) + j) for j, r in enumerate(pending)
+            for s in simulate.checkpoint_steps(ctx.objective.steps, r["steps"])]
+    W_p, N_p, T_p, runs_p = (np.array(column) for column in zip(*rows))
+    X_p = gp.encode(W_p, N_p.astype(float), T_p.astype(float), ctx.bounds)
+    X = np.vstack([gp.encode(W, N, T, ctx.bounds), X_p])
+    y = np.concatenate([y, gp.predict(ctx.model, X_p)[0]])
+    return gp.fit_gp(X, y, n_weights=ctx.K, runs=np.concatenate([runs, runs_p]),
+                     hyperparameters=ctx.model.hyperparameters)
+
+
+def _mixtures(history, statuses=("ok",)):
+    """Distinct mixtures of the trials with these statuses, in first-run order: (m, K)."""
     import acquisition
-    return acquisition.unique_rows(np.array([r["weights"] for r in history if r["status"] == "ok"]))
+    return acquisition.unique_rows(np.array([r["weights"] for r in history
+                                             if r["status"] in statuses]))
 
 
 def propose_gp(ctx, history, t):
-    """mfkg / kg / ei / ucb: one decision of acquisition.choose_next on the GP of the history, over
-    simplex candidates (or the table's pool) and the fidelities the strategy may use and can afford."""
+    """mfkg / kg / ei / ucb: one acquisition.choose_next on ctx.model over simplex candidates (or
+    the table's pool) and the fidelities the strategy may use and can afford. Pending trials'
+    mixtures join the evaluated set; a pending (mixture, scale, steps) is not proposed again."""
     import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
     if not any(ctx.affordable(*f) for f in fids):
         return None
-    seed = trial_seed(ctx.settings.seed, t, STRATEGY)
-    evaluated = _evaluated_mixtures(history)                              # (E, K)
+    evaluated = _mixtures(history, ("ok", "pending"))                      # (E, K)
     if ctx.objective.candidates is None:
-        cands = acquisition.simplex_candidates(ctx.K, ctx.settings.candidates, seed, incumbents=evaluated)
+        cands = acquisition.simplex_candidates(ctx.K, ctx.settings.candidates,
+                                               trial_seed(ctx.settings.seed, t, STRATEGY),
+                                               incumbents=evaluated)
     else:
         cands = np.asarray(ctx.objective.candidates)
-    allowed = None                                                        # None: every pair may be run
-    if ctx.objective.available is not None or not all(ctx.affordable(*f) for f in fids):
-        allowed = lambda w, N, T: ctx.affordable(N, T) and ctx.available(w, N, T)
-        if not any(allowed(w, N, T) for w in cands for N, T in fids):   # e.g. a table's rows all too costly
+    taken = {(tuple(r["weights"]), r["scale"], r["steps"]) for r in history
+             if r["status"] == "pending"}
+    allowed = None                                                          # None: any pair
+    if (ctx.objective.available is not None or taken
+            or not all(ctx.affordable(*f) for f in fids)):
+        allowed = lambda w, N, T: (ctx.affordable(N, T) and ctx.available(w, N, T)
+                                   and (tuple(w.tolist()), N, T) not in taken)
+        if not any(allowed(w, N, T) for w in cands for N, T in fids):     # e.g. all too costly
             return None
     d = acquisition.choose_next(strategy, ctx.model, cands, evaluated,
-                                scales=sorted({N for N, _ in fids}), steps=sorted({T for _, T in fids}),
-                                target=_target(ctx), bounds=ctx.bounds, cost=ctx.cost,
+                                scales=sorted({N for N, _ in fids}),
+                                steps=sorted({T for _, T in fids}), target=_target(ctx),
+                                bounds=ctx.bounds, cost=ctx.cost,
                                 fixed_cost=ctx.settings.fixed_cost, available=allowed)
     why = {"mfkg": f"mfkg log(KG/cost) {d.value:.2f}", "kg": f"kg log KG {d.value:.2f}",
            "ei": f"ei log EI {d.value:.2f}", "ucb": f"ucb -LCB {d.value:.3f}"}[strategy]
-    return d.weights, d.scale, d.steps, why
+    return Proposal(d.weights, d.scale, d.steps, why)
 
 
 PROPOSE = {"random": propose_random, "sobol": propose_sobol, "uniform": propose_uniform,
            "hyperband": propose_hyperband, "regression": propose_regression,
-           **{s: propose_gp for s in GP_STRATEGIES}}
+           **{name: propose_gp for name in GP_STRATEGIES}}
 
 
 def propose(ctx, history, t):
-    """Trial t: the initial design first (GP strategies), then the strategy; None ends the loop. A
-    proposal the budget cannot pay for ends the loop too. An initial run the budget cannot pay for ends the
-    initial design instead: the acquisition then chooses among the fidelities still affordable (before this,
-    `--sim --budget 1` stopped after 5 trials with 0.41 of its budget unspent)."""
+    """Trial t: the initial design first (GP strategies), then the strategy. A Proposal, WAIT, or
+    None: nothing affordable, the search is over. An initial run the budget cannot pay for ends the
+    design instead; the acquisition then chooses among the fidelities still affordable."""
     in_init = (ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx)
-               and all(r["decision"].startswith("init") for r in history))    # the design is still unbroken
+               and all(r["decision"].startswith("init") for r in history))  # design unbroken
     if in_init:
         N, T = _init_fidelity(ctx, t)
         in_init = ctx.affordable(N, T)
     if in_init:
         w = design_point(ctx, history, t, N, T)
-        if w is None:                                                   # a table without that row: at the target
+        if w is None:                                      # a table without that row: the target
             N, T = _target(ctx)
             w = design_point(ctx, history, t, N, T)
-        p = None if w is None else (w, N, T, "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)")
-    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # every run so far failed: keep exploring
+        why = "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)"
+        p = None if w is None else Proposal(w, N, T, why)
+    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # none ok: explore
         p = propose_sobol(ctx, history, t)
     else:
         p = PROPOSE[ctx.settings.strategy](ctx, history, t)
-    if p is None or not ctx.affordable(p[1], p[2]):
-        return None
-    return p
-
-
-def _domain_losses_of(ctx, history, w):
-    """Observed per-domain losses of mixture w at the highest fidelity it ran at, and where."""
-    runs = [r for r in history if r["status"] == "ok" and list(r["weights"]) == list(w)]
-    if not runs:
-        return {}, "not run"
-    r = max(runs, key=lambda r: (r["scale"], r["steps"]))
-    return r["domain_losses"], f"observed at scale {fmt_scale(r['scale'])}, steps {r['steps']}"
+    return p if p is WAIT or p is None or ctx.affordable(p.scale, p.steps) else None
 
 
 def recommend(ctx, history):
-    """The mixture the strategy returns now, at the target. GP strategies: argmin of the posterior mean at
-    the target over the evaluated mixtures (acquisition.recommend, on the loop's GP); its loss +- sd is the
-    posterior at the target of REPORTING_MODEL, a constant-mean GP fitted to the same runs: on the loop's
-    own data the scaling-law GP's intervals there were too narrow and this one's held their nominal rate
-    (bench/calibration.py, README "Calibration"). Regression before any target run: the regression's
-    argmin (a prediction at the proxy scale). Otherwise: the best observed loss at the target (or, if
-    nothing ran at the target yet, at the highest fidelity reached)."""
-    s = ctx.settings.strategy
-    tgt = _target(ctx)
-    ok = [r for r in history if r["status"] == "ok"]
-    rec = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
-           "domain_losses": {}, "domain_losses_source": "not run"}
-    if s in GP_STRATEGIES and ctx.model is not None:
+    """The mixture to train at the target, from the finished trials. GP strategies: the argmin of
+    ctx.model's posterior mean at the target over the evaluated mixtures, its loss +- sd from
+    REPORTING_MODEL. Regression before any target run: its argmin (a proxy-scale prediction).
+    Otherwise the best loss observed at the target, else at the highest fidelity reached."""
+    target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
+    ran_target = any((r["scale"], r["steps"]) == target for r in ok)
+    choice = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
+              "domain_losses": {}, "domain_losses_source": "not run"}
+    if ctx.settings.strategy in GP_STRATEGIES and ctx.model is not None:
         import acquisition
         import gp
-        mixtures = _evaluated_mixtures(history)
-        i, _, _ = acquisition.recommend(ctx.model, mixtures, tgt, ctx.bounds)
-        reporter = fit_model(ctx, history, **REPORTING_MODEL)                     # the calibrated +-
-        mean, var = gp.predict(reporter, gp.encode(mixtures[i:i + 1], *tgt, ctx.bounds))  # (1,), (1,)
-        rec.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
-                   source="constant-mean GP posterior at the target")
-    elif (s == "regression" and not any((r["scale"], r["steps"]) == tgt for r in ok)
+        mixtures = _mixtures(history)
+        i, _, _ = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
+        reporter = fit_model(ctx, history, **REPORTING_MODEL)
+        mean, var = gp.predict(reporter, gp.encode(mixtures[i:i + 1], *target, ctx.bounds))
+        choice.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
+                      source="constant-mean GP posterior at the target")
+    elif (ctx.settings.strategy == "regression" and not ran_target
           and _regression_ranking(ctx, history)):
-        W, pred = _regression_ranking(ctx, history)
-        rec.update(weights=W[0].tolist(), loss=float(pred[0]), source="regression prediction at the proxy scale")
+        W, predicted = _regression_ranking(ctx, history)
+        choice.update(weights=W[0].tolist(), loss=float(predicted[0]),
+                      source="regression prediction at the proxy scale")
     elif ok:
-        top = max((r["scale"], r["steps"]) for r in ok) if not any((r["scale"], r["steps"]) == tgt for r in ok) else tgt
+        top = target if ran_target else max((r["scale"], r["steps"]) for r in ok)
         best = min((r for r in ok if (r["scale"], r["steps"]) == top), key=lambda r: r["loss"])
-        where = "the target" if top == tgt else f"scale {fmt_scale(top[0])}, steps {top[1]} (no target run yet)"
-        rec.update(weights=list(best["weights"]), loss=best["loss"], source=f"best observed at {where}")
-    if rec["weights"] is not None:
-        rec["domain_losses"], rec["domain_losses_source"] = _domain_losses_of(ctx, history, rec["weights"])
-    return rec
+        where = ("the target" if ran_target
+                 else f"scale {fmt_scale(top[0])}, steps {top[1]} (no target run yet)")
+        choice.update(weights=list(best["weights"]), loss=best["loss"],
+                      source=f"best observed at {where}")
+    runs = [r for r in ok if list(r["weights"]) == list(choice["weights"] or ())]
+    if runs:                    # observed per-domain losses at the highest fidelity it ran at
+        top = max(runs, key=lambda r: (r["scale"], r["steps"]))
+        choice.update(domain_losses=top["domain_losses"], domain_losses_source=f"observed at "
+                      f"scale {fmt_scale(top['scale'])}, steps {top['steps']}")
+    return choice
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. ledger: line 1 {"kind": "header", ...}; then per trial {"kind": "trial", ...} followed by
-#    {"kind": "recommendation", ...}. The trial line is written (and fsync'ed) as soon as the run returns,
-#    before the GP is refitted, so a kill while fitting loses no run.
+# 4. results and the ledger: JSON lines, each fsync'ed before anything depends on it. Line 1 is the
+#    header; then {"kind": "ask", ...} when a trial is handed out (pending), {"kind": "tell", ...}
+#    when its outcome is in, each tell followed by its {"kind": "recommendation", ...}, and
+#    {"kind": "budget", "budget": B} when a resumed search gets another budget.
 
-def objective_description(objective):
-    return {"name": objective.name, "domains": list(objective.domains),
-            "scales": [float(s) for s in objective.scales], "steps": [int(s) for s in objective.steps],
-            "target": [float(objective.target[0]), int(objective.target[1])]}
+def check_result(result, steps):
+    """A run's result {"loss": x, "domain_losses": {domain: x}, "checkpoints": [{"steps": s,
+    "loss": x, "domain_losses": {...}}, ...]}, only loss required -> (loss, domain_losses,
+    checkpoints ascending in 1..steps; default the loss at `steps`). Every loss must be a finite
+    number within +-LOSS_LIMIT; anything else is a one-line ValueError saying what."""
+    def number(x, what):
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise ValueError(f"the result's {what} must be a number; got {str(x)[:80]!r}")
+        if not (math.isfinite(x) and abs(x) <= LOSS_LIMIT):
+            raise ValueError(f"the result's {what} must be finite and within +-{LOSS_LIMIT:g}; "
+                             f"got {x}")
+        return float(x)
+
+    def per_domain(losses, what):
+        if not isinstance(losses, dict):
+            raise ValueError(f"the result's {what} must be an object {{domain: loss}}")
+        return {str(k): number(v, f"{what}[{k!r}]") for k, v in losses.items()}
+
+    if not isinstance(result, dict) or "loss" not in result:
+        raise ValueError(f"a result must be a JSON object with a \"loss\"; "
+                         f"got {str(result)[:80]!r}")
+    loss = number(result["loss"], "loss")
+    losses = per_domain(result.get("domain_losses") or {}, "domain_losses")
+    checkpoints = []
+    for c in result.get("checkpoints") or [{"steps": steps, "loss": loss, "domain_losses": losses}]:
+        s = c.get("steps") if isinstance(c, dict) else None
+        if (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 < s <= steps
+                or (checkpoints and s <= checkpoints[-1]["steps"]) or "loss" not in c):
+            raise ValueError(f"the result's checkpoints must be {{\"steps\", \"loss\"}} objects, "
+                             f"steps ascending in 1..{steps}; got {str(c)[:80]!r}")
+        checkpoints.append({"steps": int(s), "loss": number(c["loss"], f"checkpoint {s} loss"),
+                            "domain_losses": per_domain(c.get("domain_losses") or {},
+                                                        f"checkpoint {s} domain_losses")})
+    return loss, losses, checkpoints
 
 
-def ledger_header(settings, objective):
-    h = {"kind": "header", "mixbo_ledger": LEDGER_VERSION,
-         "settings": dataclasses.asdict(settings), "objective": objective_description(objective)}
-    return json.loads(json.dumps(h))             # the form it takes after a round trip through the file
+def check_outcome(steps, result=None, loss=None, failed=None):
+    """The tell fields of a trial's outcome: exactly one of result (check_result), loss, failed."""
+    if sum(x is not None for x in (result, loss, failed)) != 1:
+        raise ValueError("tell needs exactly one of a result, a loss or a failure reason")
+    if failed is not None:
+        return {"status": "failed", "loss": None, "domain_losses": {}, "checkpoints": [],
+                "error": " ".join(str(failed).split())[:500] or "failed"}
+    value, losses, checkpoints = check_result({"loss": loss} if result is None else result, steps)
+    return {"status": "ok", "loss": value, "domain_losses": losses, "checkpoints": checkpoints,
+            "error": None}
 
 
 def _append(f, record):
-    """One JSON line, then flush and fsync: the line is on disk before the next trial starts."""
-    f.write(json.dumps(record, allow_nan=False) + "\n")
+    """One JSON line, then flush and fsync: the line is on disk before anything depends on it."""
+    f.write((json.dumps(record, allow_nan=False) + "\n").encode())
     f.flush()
     os.fsync(f.fileno())
 
 
-def read_ledger(path, header, warn=print):
-    """Trials and recommendations of an existing ledger, after checking its header equals `header`.
-    A torn last line (a kill mid-write) is ignored with a warning and truncated away, so appending
-    continues from the last complete line. Anything else malformed is a one-line ValueError."""
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    good_end, records = 0, []
-    for i, line in enumerate(lines):
-        if i == len(lines) - 1:          # text after the last newline: empty, or a torn line (no newline yet)
-            break
+def ledger_header(settings, objective, source=None, sha256=None):
+    """The header: the settings, the objective's origin (source with resolved paths, the sha256 of
+    its file, table or corpus manifest; None from Python) and the search space."""
+    header = {"kind": "header", "mixbo_ledger": LEDGER_VERSION,
+              "settings": dataclasses.asdict(settings), "source": source, "sha256": sha256,
+              "objective": {"name": objective.name, "domains": list(objective.domains),
+                            "scales": [float(s) for s in objective.scales],
+                            "steps": [int(s) for s in objective.steps],
+                            "target": [float(objective.target[0]), int(objective.target[1])]}}
+    return json.loads(json.dumps(header))      # as it reads after a round trip through the file
+
+
+def header_difference(old, new):
+    """What differs between a ledger's header and this search's, e.g. 'settings.seed (ledger 0,
+    now 1)', or None: the format, the settings but the budget, the search space (not the display
+    name), and the source and the sha256 where both headers have them."""
+    if not isinstance(old, dict) or old.get("mixbo_ledger") != LEDGER_VERSION:
+        found = old.get("mixbo_ledger") if isinstance(old, dict) else None
+        return f"format (ledger version {found}, this mixbo writes {LEDGER_VERSION})"
+    for part in ("settings", "objective", "source"):
+        a, b = old.get(part) or {}, new.get(part) or {}
+        for key in sorted((set(a) | set(b)) - {"budget", "name"} if a and b else ()):
+            if a.get(key) != b.get(key):
+                return f"{part}.{key} (ledger {a.get(key)!r}, now {b.get(key)!r})"
+    if old.get("sha256") and new.get("sha256") and old["sha256"] != new["sha256"]:
+        return "sha256 (the objective file or table changed since the ledger was started)"
+    return None
+
+
+def open_ledger(path, resume, header, warn):
+    """The ledger at `path` opened for appending and locked (fcntl.flock, exclusive, held while the
+    file is open; Linux emulates it on NFS with byte-range locks), and its records, header first.
+    A new or empty ledger gets `header`; an existing one needs resume and no header_difference.
+    A torn last line (a kill mid-write) is cut away with a warning; other damage is a ValueError."""
+    if os.path.exists(path) and os.path.getsize(path) and not resume:
+        raise ValueError(f"ledger {path} already exists; pass --resume to continue it, "
+                         f"or choose another --ledger path")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+b")
+    try:
         try:
-            records.append(json.loads(line))
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"ledger {path} is in use by another mixbo process; wait for it to "
+                             f"finish, or use another --ledger path") from None
+        f.seek(0)
+        data = f.read()
+        lines = data.split(b"\n")[:-1]             # after the last newline: nothing, or torn
+        try:
+            records = [json.loads(line) for line in lines]
         except json.JSONDecodeError:
-            raise ValueError(f"ledger {path} line {i + 1} is not valid JSON; "
-                             f"the ledger is damaged beyond its last line") from None
-        good_end += len(line) + 1
-    if records and records[0] != header:
-        got = records[0].get("settings", {}) if isinstance(records[0], dict) else {}
-        diff = [k for k in header["settings"] if got.get(k) != header["settings"][k]]
-        what = f"settings differ ({', '.join(diff)})" if diff else "its objective or format differs"
-        raise ValueError(f"ledger {path} is from another run: {what}; use another --ledger path or the same settings")
-    trials = [r for r in records[1:] if r.get("kind") == "trial"]
-    recs = [r for r in records[1:] if r.get("kind") == "recommendation"]
-    if ([r["trial"] for r in trials] != list(range(len(trials))) or len(recs) > len(trials)
-            or [r["after_trial"] for r in recs] != list(range(len(recs)))):
-        raise ValueError(f"ledger {path} has trials out of order or repeated; "
-                         f"it was not written by this version of mixbo")
-    if good_end < len(data):                 # only now (the ledger is ours): cut the torn line away
-        warn(f"mixbo: warning: ignoring the torn last line of {path} ({len(data) - good_end} bytes; "
-             f"the run was killed while writing it)")
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
+            raise ValueError(f"ledger {path} has a line that is not JSON before its last line; "
+                             f"it is damaged") from None
+        if not records:
+            f.truncate(0)
+            _append(f, header)
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            os.fsync(directory)                    # the new file's directory entry is on disk too
+            os.close(directory)
+            return f, [header]
+        if difference := header_difference(records[0], header):
+            raise ValueError(f"ledger {path} is from another search: {difference} differs; use "
+                             f"another --ledger path, or the ledger's settings")
+        if sum(len(line) + 1 for line in lines) < len(data):     # only now (it is ours): cut it
+            warn(f"mixbo: warning: ignoring the torn last line of {path} (the run was killed "
+                 f"while writing it)")
+            f.truncate(sum(len(line) + 1 for line in lines))
             os.fsync(f.fileno())
-    if not records:
-        return None
-    return trials, recs
+        return f, records
+    except BaseException:
+        f.close()
+        raise
+
+
+def peek_ledger(path):
+    """(header, budget) of the ledger at `path` without taking its lock; (None, None) for a missing
+    or empty file. The budget is the last one recorded."""
+    if not (os.path.exists(path) and os.path.getsize(path)):
+        return None, None
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    try:
+        header = json.loads(lines[0])
+        assert header["mixbo_ledger"] == LEDGER_VERSION
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"ledger {path} does not start with a version-{LEDGER_VERSION} mixbo "
+                         f"header line") from None
+    budgets = [json.loads(line)["budget"] for line in lines
+               if line.startswith(b'{"kind": "budget"')]
+    return header, (budgets or [header["settings"]["budget"]])[-1]
 
 
 def default_ledger_path(settings, objective, resume=False):
-    """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the first free
-    runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (a default path never overwrites or refuses)."""
-    base = os.path.join("runs", f"{objective.name}-{settings.strategy}-seed{settings.seed}".replace(os.sep, "_"))
-    path, i = base + ".jsonl", 1
+    """runs/<objective>-<strategy>-seed<seed>.jsonl; if that exists and we are not resuming, the
+    first free runs/<objective>-<strategy>-seed<seed>-<i>.jsonl (it never overwrites)."""
+    name = f"{objective.name}-{settings.strategy}-seed{settings.seed}".replace(os.sep, "_")
+    path, i = os.path.join("runs", name + ".jsonl"), 1
     while os.path.exists(path) and not resume:
-        path, i = f"{base}-{i}.jsonl", i + 1
+        path, i = os.path.join("runs", f"{name}-{i}.jsonl"), i + 1
     return path
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. the loop
+# 5. ask / tell
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial handed out by Search.ask: train `weights` at (scale, steps) with `seed`."""
+    trial: int
+    weights: tuple
+    scale: float
+    steps: int
+    seed: int | None
+    decision: str
+
+    def as_json(self, domains):
+        return {"trial": self.trial, "weights": dict(zip(domains, self.weights)),
+                "scale": self.scale, "steps": self.steps, "seed": self.seed}
+
 
 @dataclass(frozen=True)
 class Result:
     settings: Settings
-    trials: list               # trial records (dicts, as in the ledger)
-    recommendations: list      # one per trial: the recommendation after it
+    trials: list               # the finished trial records, by id
+    recommendations: list      # one per tell, in tell order: the recommendation after it
     spent: float               # target-run equivalents
     ledger: str | None
 
@@ -624,121 +761,360 @@ class Result:
         return self.recommendations[-1] if self.recommendations else None
 
 
-def run_trial(ctx, t, weights, scale, steps, decision):
-    """Run the objective once; any exception or non-finite loss makes a failed record (cost charged)."""
-    obj = ctx.objective
-    seed = trial_seed(ctx.settings.seed, t, RUN)
-    rec = {"kind": "trial", "trial": t, "decision": decision, "weights": [float(x) for x in weights],
-           "scale": float(scale), "steps": int(steps), "seed": seed, "status": "ok", "loss": None,
-           "domain_losses": {}, "checkpoints": [], "cost": ctx.cost(scale, steps), "spent": None,
-           "wall_s": None, "error": None}
-    t0 = time.perf_counter()
-    try:
-        out = obj.run(np.asarray(weights, dtype=np.float64), float(scale), int(steps), seed)
-        loss = float(out["loss"])
-        last = {"steps": steps, "loss": loss, "domain_losses": out.get("domain_losses", {})}
-        cks = [{"steps": int(c["steps"]), "loss": float(c["loss"]),
-                "domain_losses": {k: float(v) for k, v in c.get("domain_losses", {}).items()}}
-               for c in out.get("checkpoints") or [last]]
-        if not math.isfinite(loss):
-            raise ValueError(f"the objective returned a non-finite loss ({loss})")
-        cks = [c for c in cks if math.isfinite(c["loss"]) and all(map(math.isfinite, c["domain_losses"].values()))]
-        dl = {k: float(v) for k, v in out.get("domain_losses", {}).items()}
-        rec.update(loss=loss, checkpoints=cks, domain_losses={k: v for k, v in dl.items() if math.isfinite(v)})
-    except Exception as e:        # a failed training run must not stop the search: record it and go on
-        rec.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    rec["wall_s"] = round(time.perf_counter() - t0, 3)
-    ctx.spent += rec["cost"]
-    rec["spent"] = ctx.spent
-    return rec
+class Search:
+    """Ask/tell on one objective, with the ledger as the single source of truth: the state (every
+    trial asked, pending until told; the recommendations; the GP; the open, locked ledger) is a
+    function of the ledger alone.
 
+        with Search(objective, Settings(budget=3), ledger="runs/a.jsonl") as search:
+            for trial in search.ask(4): ...           # run them anywhere, tell in any order
+            search.tell(0, result={"loss": 3.2})      # or loss=3.2, or failed="why"
 
-def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=None, resume=False,
-             out=print, verbose=True, progress=False, on_trial=None, **settings):
-    """Run the loop on `objective` (simulate.Objective or anything with its fields) and return a Result.
-    settings: the other Settings fields (n_init, refit_every, candidates, fixed_cost, mixture, eta,
-    regression_share).
-    ledger: a path to write (refused if it exists, unless resume=True, which continues it); None keeps
-    the trials in memory only. out: a print-like function for the report (None: silent); verbose=False
-    prints the final recommendation only; progress: a line before each trial starts (long trials).
-    on_trial(record, recommendation): called after each new trial (the benchmark scores it there)."""
-    if "mixture" in settings:
-        settings["mixture"] = tuple(tuple(float(x) for x in m) for m in settings["mixture"])
-    settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **settings)
-    K = len(objective.domains)
-    for i, m in enumerate(settings.mixture):
-        simulate.check_weights(m, K, tol=1e-9, what=f"mixture {i}")
-    summary = out or (lambda *a, **k: None)
-    say = summary if verbose else (lambda *a, **k: None)
-    N_t, T_t = objective.target
-    ctx = Context(objective, settings, unit=float(objective.cost(N_t, T_t)),
-                  bounds=(min(objective.scales), max(objective.scales), min(objective.steps), max(objective.steps)))
-    if not (math.isfinite(ctx.unit) and ctx.unit > 0):
-        raise ValueError(f"cost(*target) must be a finite number > 0; got {ctx.unit}")
-    header = ledger_header(settings, objective)
-    trials, recs = [], []
-    f = None
-    if ledger is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(ledger)), exist_ok=True)
-        if os.path.exists(ledger) and not resume:
-            raise ValueError(f"ledger {ledger} already exists; pass --resume to continue it, "
-                             f"or choose another --ledger path")
-        old = read_ledger(ledger, header, warn=summary) if os.path.exists(ledger) else None
-        f = open(ledger, "a")
-        if old is None:
-            f.truncate(0)
-            _append(f, header)
-            dir_fd = os.open(os.path.dirname(os.path.abspath(ledger)), os.O_RDONLY)
-            os.fsync(dir_fd)                                  # the new file's directory entry is on disk too
-            os.close(dir_fd)
-        else:
-            trials, recs = old
-    _print_header(say, settings, objective, ledger)
-    for r in trials:
-        ctx.spent += r["cost"]
-    if trials:
-        say(f"resumed {len(trials)} finished trial(s) from the ledger ({ctx.spent:.3f} of {settings.budget:g} spent)")
-        for r, rec in zip(trials, recs):
-            _print_trial(say, ctx, r, rec)
-    try:
-        ctx.model = fit_model(ctx, trials) if settings.strategy in GP_STRATEGIES else None
-        if len(recs) < len(trials):                       # killed between a trial line and its recommendation
-            rec = {"kind": "recommendation", "after_trial": len(trials) - 1, **recommend(ctx, trials)}
-            if f:
-                _append(f, rec)
-            recs.append(rec)
-            _print_trial(say, ctx, trials[-1], rec)
-        while True:
-            t = len(trials)
-            p = propose(ctx, trials, t)
-            if p is None:
+    ledger: a path (refused if it exists unless resume=True, which continues it); None keeps the
+    trials in memory. source, sha256: the objective's origin (ledger_header), checked on resume."""
+
+    def __init__(self, objective, settings=None, ledger=None, resume=False, source=None,
+                 sha256=None, warn=print):
+        self.objective, self.settings, self.ledger = objective, settings or Settings(), ledger
+        for i, m in enumerate(self.settings.mixture):
+            simulate.check_weights(m, len(objective.domains), tol=1e-9, what=f"mixture {i}")
+        for N, T in ((N, T) for N in objective.scales for T in objective.steps):
+            if not 0 < float(objective.cost(N, T)) < math.inf:
+                raise ValueError(f"cost({N:g}, {T}) must be a finite number > 0; "
+                                 f"got {objective.cost(N, T)}")
+        self.ctx = Context(objective, self.settings, unit=float(objective.cost(*objective.target)),
+                           bounds=(min(objective.scales), max(objective.scales),
+                                   min(objective.steps), max(objective.steps)))
+        self.records, self.recommendations, self.told = [], [], []   # by id; by tell; told ids
+        self.spent_told, self.failures_in_a_row, self.waiting = 0.0, 0, False
+        header = ledger_header(self.settings, objective, source, sha256)
+        self.file, lines = None, [header]
+        if ledger is not None:
+            self.file, lines = open_ledger(ledger, resume, header, warn)
+        try:
+            self._replay(lines)
+        except BaseException:
+            self.close()
+            raise
+
+    def _replay(self, lines):
+        """Rebuild the state from the ledger's records (header first), checking their order."""
+        budget = lines[0]["settings"]["budget"]
+        for r in lines[1:]:
+            kind, t = r.get("kind"), r.get("trial", r.get("after_trial"))
+            owed = len(self.recommendations) < len(self.told)
+            if kind == "ask" and t == len(self.records):
+                self._add(r)
+            elif kind == "tell" and not owed and t in range(len(self.records)) and (
+                    self.records[t]["status"] == "pending"):
+                self._finish(r)
+            elif kind == "recommendation" and owed and t == self.told[-1]:
+                self.recommendations.append(r)
+            elif kind == "budget":
+                budget = r["budget"]
+            else:
+                raise ValueError(f"ledger {self.ledger} has a {kind!r} line out of order (trial "
+                                 f"{t}); it was not written by this version of mixbo")
+        if budget != self.settings.budget:               # a resumed search, another budget
+            self._write({"kind": "budget", "budget": self.settings.budget})
+        self._refit()
+        if len(self.recommendations) < len(self.told):  # killed between a tell and its advice
+            self._recommend(self.told[-1])
+
+    @property
+    def finished(self):
+        return [r for r in self.records if r["status"] != "pending"]
+
+    @property
+    def pending(self):
+        return [Trial(*(r[k] for k in ("trial", "weights", "scale", "steps", "seed", "decision")))
+                for r in self.records if r["status"] == "pending"]
+
+    def _write(self, record):
+        if self.file:
+            _append(self.file, record)
+
+    def _add(self, ask):
+        self.records.append({**ask, "kind": "trial", "status": "pending", "loss": None,
+                             "domain_losses": {}, "checkpoints": [], "error": None, "spent": None,
+                             "started": None, "finished": None, "wall_s": None})
+        self.ctx.spent += ask["cost"]
+
+    def _finish(self, tell):
+        self.records[tell["trial"]].update({k: v for k, v in tell.items() if k != "kind"})
+        self.told.append(tell["trial"])
+        self.spent_told = tell["spent"]
+
+    def _refit(self):
+        gp_strategy = self.settings.strategy in GP_STRATEGIES
+        self.ctx.model = fit_model(self.ctx, self.finished) if gp_strategy else None
+
+    def _recommend(self, t):
+        choice = {"kind": "recommendation", "after_trial": t, **recommend(self.ctx, self.finished)}
+        self._write(choice)
+        self.recommendations.append(choice)
+        return choice
+
+    def _ask(self, weights, scale, steps, decision, seed):
+        t = len(self.records)
+        ask = {"kind": "ask", "trial": t, "decision": decision,
+               "weights": [float(x) for x in weights], "scale": float(scale), "steps": int(steps),
+               "seed": seed, "cost": self.ctx.cost(scale, steps)}
+        self._write(ask)
+        self._add(ask)
+        return Trial(t, tuple(ask["weights"]), ask["scale"], ask["steps"], seed, decision)
+
+    def ask(self, n=1):
+        """Up to n new trials, each recorded as pending before it is returned. Fewer when the
+        budget cannot pay for more (the search is over once the pending ones are told) or when
+        the strategy needs a pending trial's result first (then self.waiting is True)."""
+        trials = []
+        for _ in range(n):
+            pending = [r for r in self.records if r["status"] == "pending"]
+            ctx = self.ctx
+            if pending and ctx.model is not None:
+                ctx = dataclasses.replace(ctx, model=kriging_believer(ctx, self.finished, pending))
+            proposal = propose(ctx, self.records, len(self.records))
+            self.waiting = proposal is WAIT
+            if proposal is None or proposal is WAIT:
                 break
-            w, scale, steps, decision = p
-            if progress:
-                say(f"trial {t}: {decision}: training scale {fmt_scale(scale)} for {steps} steps ...")
-                sys.stdout.flush()
-            r = run_trial(ctx, t, w, scale, steps, decision)
-            if f:
-                _append(f, r)
-            trials.append(r)
-            ctx.model = fit_model(ctx, trials) if settings.strategy in GP_STRATEGIES else None
-            rec = {"kind": "recommendation", "after_trial": t, **recommend(ctx, trials)}
-            if f:
-                _append(f, rec)
-            recs.append(rec)
-            _print_trial(say, ctx, r, rec)
-            if on_trial:
-                on_trial(r, rec)
+            seed = trial_seed(self.settings.seed, len(self.records), RUN)
+            trials.append(self._ask(proposal.weights, proposal.scale, proposal.steps,
+                                    proposal.decision, seed))
+        return trials
+
+    def tell(self, trial, result=None, loss=None, failed=None, started=None, finished=None):
+        """Record the outcome of pending trial `trial` (check_outcome: exactly one of result,
+        loss, failed), with its Unix start and end times. Returns (trial record, recommendation).
+        A bad call is a one-line ValueError and writes nothing."""
+        if not (isinstance(trial, int) and 0 <= trial < len(self.records)):
+            raise ValueError(f"unknown trial {trial!r}; this ledger has trials "
+                             f"0..{len(self.records) - 1}")
+        record = self.records[trial]
+        if record["status"] != "pending":
+            raise ValueError(f"trial {trial} was told already ({record['status']}); a trial is "
+                             f"told once")
+        finished = time.time() if finished is None else finished
+        tell = {"kind": "tell", "trial": trial,
+                **check_outcome(record["steps"], result, loss, failed),
+                "spent": self.spent_told + record["cost"], "started": started,
+                "finished": finished,
+                "wall_s": None if started is None else round(finished - started, 3)}
+        self._write(tell)
+        self._finish(tell)
+        self.failures_in_a_row = self.failures_in_a_row + 1 if tell["error"] else 0
+        self._refit()
+        return record, self._recommend(trial)
+
+    def attach(self, weights, scale, steps, result=None, loss=None, failed=None):
+        """Record a run made outside mixbo (its weights, scale and steps) as a new trial and tell
+        it; returns what tell returns. Its cost counts against the budget."""
+        weights = simulate.check_weights(weights, self.ctx.K, what="the run's weights")
+        low_N, high_N, low_T, high_T = self.ctx.bounds
+        if not (low_N <= scale <= high_N and low_T <= steps <= high_T and steps == int(steps)):
+            raise ValueError(f"the run's scale {scale:g} and steps {steps} must lie within the "
+                             f"objective's scales {low_N:g}..{high_N:g}, steps {low_T}..{high_T}")
+        check_outcome(int(steps), result, loss, failed)         # a bad outcome writes nothing
+        trial = self._ask(weights, scale, steps, "told (run outside mixbo)", seed=None)
+        return self.tell(trial.trial, result, loss, failed)
+
+    def result(self):
+        return Result(self.settings, self.finished, list(self.recommendations), self.ctx.spent,
+                      self.ledger)
+
+    def close(self):
+        """Close the ledger; its lock goes with it."""
+        if self.file:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. running trials: in this process, or as shell commands; the closed loop
+
+def run_objective(objective, trial):
+    """Run `trial` in this process; returns tell's keyword arguments. An exception or sys.exit in
+    the objective, or a result check_result refuses, is a failed trial; KeyboardInterrupt stops the
+    search and leaves the trial pending (a resumed search runs it again with the same seed)."""
+    started = time.time()
+    try:
+        result = objective.run(np.asarray(trial.weights, dtype=np.float64), trial.scale,
+                               trial.steps, trial.seed)
+        check_result(result, trial.steps)
+        return dict(result=result, started=started, finished=time.time())
+    except (Exception, SystemExit) as e:        # a failed run must not stop the search
+        why = (f"the objective called sys.exit({e.code!r})" if isinstance(e, SystemExit)
+               else f"{type(e).__name__}: {e}")
+        return dict(failed=why.splitlines()[0], started=started, finished=time.time())
+
+
+def fill_template(template, trial, domains, result):
+    """The shell command of one trial: each {name} of the template (not ${name}, the shell's)
+    replaced by the trial's {trial}, {seed}, {scale}, {steps} or {w_<domain>}, plain numbers, or
+    by {weights_json}, a JSON object {domain: weight}, or {result}, the path the command must write
+    its result JSON to (check_result), both shell-quoted. An unknown name is a ValueError."""
+    scale = str(int(trial.scale)) if trial.scale == int(trial.scale) else repr(trial.scale)
+    values = {"trial": str(trial.trial), "seed": str(trial.seed), "steps": str(trial.steps),
+              "scale": scale, "result": shlex.quote(result),
+              "weights_json": shlex.quote(json.dumps(dict(zip(domains, trial.weights)))),
+              **{f"w_{d}": repr(float(w)) for d, w in zip(domains, trial.weights)}}
+
+    def value(match):
+        if match.group(1) not in values:
+            raise ValueError(f"--launch: unknown placeholder {{{match.group(1)}}}; the template "
+                             f"may use {' '.join('{' + k + '}' for k in values)}")
+        return values[match.group(1)]
+    return re.sub(r"(?<!\$)\{([A-Za-z_][^{}\s\"']*)\}", value, template)
+
+
+def _start(trial, template, folder, domains):
+    """Start trial's command in its own process group, output to <folder>/trial-<id>-<attempt>.log;
+    each attempt has its own result path, so a command a killed mixbo left running cannot write
+    into a relaunched attempt's result."""
+    attempt = 1
+    while os.path.exists(os.path.join(folder, f"trial-{trial.trial}-{attempt}.log")):
+        attempt += 1
+    stem = os.path.join(folder, f"trial-{trial.trial}-{attempt}")
+    with open(stem + ".log", "wb") as log:
+        process = subprocess.Popen(fill_template(template, trial, domains, stem + ".json"),
+                                   shell=True, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return {"trial": trial, "process": process, "stem": stem, "started": time.time(),
+            "stopping": None}
+
+
+def _signal(job, signum):
+    try:
+        os.killpg(job["process"].pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _poll(job, timeout):
+    """None while job's command runs (past `timeout` seconds: SIGTERM to its process group, SIGKILL
+    5 s later); then tell's keyword arguments for its outcome."""
+    now, code = time.time(), job["process"].poll()
+    if code is None:
+        if job["stopping"] is None and timeout and now - job["started"] > timeout:
+            job["stopping"] = now
+            _signal(job, signal.SIGTERM)
+        elif job["stopping"] is not None and now - job["stopping"] > 5:
+            _signal(job, signal.SIGKILL)
+        return None
+    times, log = dict(started=job["started"], finished=now), f"(log {job['stem']}.log)"
+    if job["stopping"] is not None:
+        return dict(failed=f"timed out after {timeout:g} s; its process group was killed {log}",
+                    **times)
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return dict(failed=f"the command {how} {log}", **times)
+    try:
+        with open(job["stem"] + ".json") as f:
+            result = json.load(f)
+        check_result(result, job["trial"].steps)
+    except FileNotFoundError:
+        return dict(failed=f"the command wrote no result to {job['stem']}.json {log}", **times)
+    except ValueError as e:                     # json.JSONDecodeError is a ValueError too
+        return dict(failed=f"malformed result {job['stem']}.json: {e}", **times)
+    return dict(result=result, **times)
+
+
+def launch(search, runner, say=silent, told=silent):
+    """Run the search's trials as shell commands (fill_template with runner.launch), up to
+    runner.parallel at once, pending ones first. A command must exit 0 having written its result;
+    a non-zero exit, no result, a malformed one, or running past runner.trial_timeout is a failed
+    trial with the reason. told(record, recommendation) follows every tell. On an exception
+    (Ctrl-C, SIGTERM, TooManyFailures) the commands in flight get SIGTERM and their trials stay
+    pending. Files: <ledger>.trials/ (no ledger: a temporary folder)."""
+    folder = (os.path.splitext(search.ledger)[0] + ".trials" if search.ledger
+              else tempfile.mkdtemp(prefix="mixbo-trials-"))
+    os.makedirs(folder, exist_ok=True)
+    domains, (scale, steps) = search.objective.domains, search.objective.target
+    example = Trial(0, (1.0 / len(domains),) * len(domains), float(scale), int(steps), 0, "")
+    fill_template(runner.launch, example, domains, "result.json")   # refused before any start
+    queue, running, asking = search.pending, {}, True
+    try:
+        while True:
+            while len(running) < runner.parallel and (queue or asking):
+                queue = queue or search.ask(1)
+                asking = bool(queue)
+                if queue:
+                    trial = queue.pop(0)
+                    running[trial.trial] = _start(trial, runner.launch, folder, domains)
+                    say(f"trial {trial.trial}: {trial.decision}: started at scale "
+                        f"{fmt_scale(trial.scale)}, {trial.steps} steps ({len(running)} running)")
+            if not running:
+                return
+            time.sleep(0.05)
+            for t, job in list(running.items()):
+                if (outcome := _poll(job, runner.trial_timeout)) is not None:
+                    del running[t]
+                    asking = True
+                    told(*search.tell(t, **outcome))
     finally:
-        if f:
-            f.close()
-    result = Result(settings, trials, recs, ctx.spent, ledger)
-    _print_summary(summary, ctx, result)
+        for job in running.values():
+            _signal(job, signal.SIGTERM)
+        for job in running.values():
+            try:
+                job["process"].wait(5)
+            except subprocess.TimeoutExpired:
+                _signal(job, signal.SIGKILL)
+
+
+def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=None,
+             resume=False, out=print, verbose=True, on_trial=None, source=None, sha256=None,
+             **options):
+    """The closed loop: on a Search (ledger, resume, source, sha256 as there), ask one trial, run
+    it, tell it, until nothing is left to ask; returns the Result. So ask/tell with the tells in
+    order makes the same trials. options: any other Settings or Runner field. Trials run in this
+    process (objective.run) or, with launch, as shell commands (launch); pending trials of a
+    resumed ledger run first, with their own id and seed. out: print-like (None: silent);
+    verbose=False prints the summary only; on_trial(record, recommendation) follows each tell.
+    Raises TooManyFailures after max_failures failed trials in a row."""
+    runner = Runner(**{f.name: options.pop(f.name) for f in dataclasses.fields(Runner)
+                       if f.name in options})
+    options["mixture"] = tuple(tuple(float(x) for x in m) for m in options.get("mixture", ()))
+    settings = Settings(strategy=strategy, budget=float(budget), seed=int(seed), **options)
+    if not runner.launch and objective.run is None:
+        raise ValueError(f"objective {objective.name} defines the search space only (no loss); "
+                         f"run its trials with --launch, or ask and tell")
+    summary = out or silent
+    say = summary if verbose else silent
+    with Search(objective, settings, ledger, resume, source, sha256, warn=summary) as search:
+        _print_header(say, settings, objective, ledger)
+        if search.records:
+            say(f"resumed {len(search.finished)} finished and {len(search.pending)} pending "
+                f"trial(s) from the ledger ({search.ctx.spent:.3f} of {settings.budget:g} spent)")
+        for choice in search.recommendations:
+            _print_trial(say, search.ctx, search.records[choice["after_trial"]], choice)
+
+        def told(record, choice):
+            _print_trial(say, search.ctx, record, choice)
+            if on_trial:
+                on_trial(record, choice)
+            if runner.max_failures and search.failures_in_a_row >= runner.max_failures:
+                raise TooManyFailures(f"{search.failures_in_a_row} trials in a row failed (the "
+                                      f"last: {record['error']}); fix the objective, then resume")
+        if runner.launch:
+            launch(search, runner, say, told)
+        else:
+            while trials := search.pending or search.ask(1):
+                say(f"trial {trials[0].trial}: {trials[0].decision}: running scale "
+                    f"{fmt_scale(trials[0].scale)} for {trials[0].steps} steps ...")
+                told(*search.tell(trials[0].trial, **run_objective(objective, trials[0])))
+        result = search.result()
+    _print_summary(summary, search.ctx, result)
     return result
 
 
 # ----------------------------------------------------------------------------------------------
-# output for a person
+# 7. output for a person
 
 def fmt_scale(n):
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -752,304 +1128,293 @@ def fmt_weights(w):
 
 
 def _print_header(say, settings, objective, ledger):
-    say(f"mixbo: strategy {settings.strategy}, seed {settings.seed}, budget {settings.budget:g} target-run equivalents")
-    say("settings: " + ", ".join(f"{k}={v}" + (" (strategy default)" if k == "n_init" and v == 0 else "")
+    say(f"mixbo: strategy {settings.strategy}, seed {settings.seed}, "
+        f"budget {settings.budget:g} target-run equivalents")
+    say("settings: " + ", ".join(f"{k}={v}" + (" (strategy default)" if k == "n_init" and not v
+                                              else "")
                                  for k, v in dataclasses.asdict(settings).items()
                                  if k not in ("strategy", "seed", "budget")))
     say(f"objective {objective.name}: domains {', '.join(objective.domains)}; "
-        f"scales {', '.join(fmt_scale(s) for s in objective.scales)}; steps {', '.join(map(str, objective.steps))}; "
+        f"scales {', '.join(fmt_scale(s) for s in objective.scales)}; "
+        f"steps {', '.join(map(str, objective.steps))}; "
         f"target scale {fmt_scale(objective.target[0])}, steps {objective.target[1]}")
     say(f"ledger: {ledger if ledger else '(none, in memory only)'}")
-    say("columns: loss = observed at the trial's own scale and steps; recommendation = the mixture to train "
-        "at the target, with its predicted target loss +- sd")
-    say(f"{'trial':>5}  {'decision':<28} {'weights':<{6 + 5 * len(objective.domains)}} {'scale':>6} {'steps':>6} "
-        f"{'loss':>8} {'spent/budget':>13}  recommendation (weights, loss +- sd)")
+    say("columns: loss = observed at the trial's own scale and steps; recommendation = the "
+        "mixture to train at the target, with its predicted target loss +- sd")
+    say(f"{'trial':>5}  {'decision':<28} {'weights':<{6 + 5 * len(objective.domains)}} "
+        f"{'scale':>6} {'steps':>6} {'loss':>8} {'spent/budget':>13}  "
+        f"recommendation (weights, loss +- sd)")
 
 
-def _print_trial(say, ctx, r, rec):
+def _print_trial(say, ctx, r, choice):
     loss = f"{r['loss']:.4f}" if r["status"] == "ok" else "FAILED"
-    sd = f" +- {rec['sd']:.4f}" if rec.get("sd") is not None else ""
-    rl = f"{rec['loss']:.4f}{sd}" if rec.get("loss") is not None else "-"
+    sd = f" +- {choice['sd']:.4f}" if choice.get("sd") is not None else ""
+    predicted = f"{choice['loss']:.4f}{sd}" if choice.get("loss") is not None else "-"
     say(f"{r['trial']:>5}  {r['decision'][:28]:<28} {fmt_weights(r['weights']):<{6 + 5 * ctx.K}} "
-        f"{fmt_scale(r['scale']):>6} {r['steps']:>6} {loss:>8} {r['spent']:>6.3f}/{ctx.settings.budget:<6g}  "
-        f"{fmt_weights(rec['weights'])} {rl}")
+        f"{fmt_scale(r['scale']):>6} {r['steps']:>6} {loss:>8} {r['spent']:>6.3f}/"
+        f"{ctx.settings.budget:<6g}  {fmt_weights(choice['weights'])} {predicted}")
     if r["status"] == "failed":
-        say(f"       failed: {r['error']} (recorded; its cost counts; the loop goes on)")
+        say(f"       failed: {r['error']} (recorded; its cost counts; the search goes on)")
 
 
 def _print_summary(say, ctx, result):
-    rec = result.recommendation
+    choice = result.recommendation
     n_failed = sum(r["status"] == "failed" for r in result.trials)
     say(f"done: {len(result.trials)} trials ({n_failed} failed), "
         f"spent {result.spent:.3f} of {ctx.settings.budget:g} target-run equivalents")
-    if rec is None or rec["weights"] is None:
+    if choice is None or choice["weights"] is None:
         say("no recommendation: no trial succeeded")
         return
-    sd = f" +- {rec['sd']:.4f}" if rec["sd"] is not None else ""
+    sd = f" +- {choice['sd']:.4f}" if choice["sd"] is not None else ""
     N_t, T_t = ctx.objective.target
     say(f"RECOMMENDED MIXTURE at the target (scale {fmt_scale(N_t)}, steps {T_t}):")
-    for d, w in zip(ctx.objective.domains, rec["weights"]):
-        dl = rec["domain_losses"].get(d)
+    for d, w in zip(ctx.objective.domains, choice["weights"]):
+        dl = choice["domain_losses"].get(d)
         say(f"  {d:<24} {w:.4f}" + (f"   domain loss {dl:.4f}" if dl is not None else ""))
-    say(f"  loss {rec['loss']:.4f}{sd} ({rec['source']}); domain losses {rec['domain_losses_source']}")
-    if rec["sd"] is not None and not any(r["status"] == "ok" and r["scale"] == N_t and r["steps"] >= T_t
-                                         for r in result.trials):
-        say("  note: no run reached the target scale and steps: this loss +- sd is extrapolated from smaller or "
-            "shorter runs")
+    say(f"  loss {choice['loss']:.4f}{sd} ({choice['source']}); "
+        f"domain losses {choice['domain_losses_source']}")
+    if choice["sd"] is not None and not any(r["status"] == "ok" and r["scale"] == N_t
+                                            and r["steps"] >= T_t for r in result.trials):
+        say("  note: no run reached the target scale and steps: this loss +- sd is extrapolated "
+            "from smaller or shorter runs")
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. bench: strategies x seeds on a benchmark whose true loss is known
-
-def _quartiles(x):
-    """(median, q25, q75) of values that may be inf ("not reached"): a quantile that falls on or
-    interpolates towards an inf is inf."""
-    x = np.where(np.isfinite(x), np.asarray(x, dtype=float), 1e300)
-    return tuple(float(v) if v < 1e250 else math.inf for v in np.percentile(x, [50, 25, 75]))
-
-
-def _cost_to_reach(curve, q):
-    """The spent budget at which the recommendation's true loss first reaches <= q (inf if never)."""
-    return next((spent for spent, loss in curve if loss <= q), math.inf)
-
-
-_BENCH_OBJECTIVE = None      # the benchmark's objective, inherited by forked --jobs workers (closures do not pickle)
-
-
-def _bench_run(task):
-    """One (strategy, seed, budget, settings) run of the benchmark: the curve [(spent, true target loss of
-    the recommendation)] after every trial, the share of cost per scale, and the wall time."""
-    s, seed, budget, settings = task
-    objective, curve, t0 = _BENCH_OBJECTIVE, [], time.perf_counter()
-    def score(r, rec):
-        true = math.inf if rec["weights"] is None else float(objective.true_loss(np.asarray(rec["weights"])))
-        curve.append((r["spent"], true))
-    res = optimize(objective, s, budget, seed, out=None, on_trial=score, **settings)
-    share = [sum(r["cost"] for r in res.trials if r["scale"] == N) / res.spent for N in objective.scales]
-    return curve, share, time.perf_counter() - t0
-
-
-def _bench_worker_init():
-    """A forked worker must not use an OpenMP pool its parent started (torch then hangs: seen here when the
-    parent had run torch with two threads); with one thread it never needs the pool."""
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
-def bench(objective, strategies, seeds=10, budget=Settings.budget, jobs=2, out=print, **settings):
-    """Run every strategy with seeds 0..seeds-1 (in `jobs` forked processes) and score the recommendation
-    after every trial through objective.true_loss -- UNCHARGED: the benchmark peeks at the noise-free
-    target loss, which a real search cannot. Returns a JSON-ready dict (fields in the README)."""
-    global _BENCH_OBJECTIVE
-    say = out or (lambda *a, **k: None)
-    if objective.true_loss is None:
-        raise ValueError(f"--bench needs an objective with a known true loss (a simulator or a table); "
-                         f"{objective.name} has none")
-    for s in strategies:
-        Settings(strategy=s, budget=budget, **settings)           # bad settings -> one-line error before any run
-    _BENCH_OBJECTIVE = objective
-    tasks = [(s, seed, budget, settings) for s in strategies for seed in range(seeds)]
-    if jobs > 1:
-        import multiprocessing
-        with multiprocessing.get_context("fork").Pool(jobs, initializer=_bench_worker_init) as pool:
-            runs = pool.map(_bench_run, tasks, chunksize=1)
-    else:
-        runs = [_bench_run(task) for task in tasks]
-    runs = {s: runs[i * seeds:(i + 1) * seeds] for i, s in enumerate(strategies)}
-    best = objective.optimum[1] if objective.optimum is not None else None
-    final = {s: [c[-1][1] if c else math.inf for c, _, _ in runs[s]] for s in strategies}
-    # q_ref: the reference's median final true loss -- the upper median for an even number of seeds, so
-    # that at least half of the reference's own seeds reach it (with the mean of the middle two, exactly
-    # half would, and the reference's own median cost to reach it would be "not reached")
-    refs = {ref: float(np.percentile(final[ref], 50, method="higher")) for ref in ("random", "ei") if ref in strategies}
-    table = {}
-    for s in strategies:
-        curves = [c for c, _, _ in runs[s]]
-        wall = sum(w for _, _, w in runs[s])
-        say(f"  {s}: {seeds} seeds, {wall:.1f} s of runs")
-        row = {"final_true_loss": _quartiles(final[s]), "run_wall_s": round(wall, 2)}
-        if best is not None:
-            row["final_regret"] = _quartiles([x - best for x in final[s]])
-            # regret of the recommendation when a quarter / half / all of the budget is spent
-            at = lambda curve, f: next((loss for c, loss in reversed(curve) if c <= f * budget + 1e-12), math.inf)
-            row["regret_at_budget_fraction"] = {f: _quartiles([at(curve, f) - best for curve in curves])
-                                                for f in (0.25, 0.5, 1.0)}
-        for ref, q in refs.items():
-            c = _quartiles([_cost_to_reach(curve, q) for curve in curves])
-            row[f"cost_to_reach_{ref}"] = c
-            row[f"speedup_vs_{ref}"] = budget / c[0] if math.isfinite(c[0]) else None
-        mean_share = np.mean([sh for _, sh, _ in runs[s]], axis=0)    # (scales,) mean over seeds
-        row["cost_share_by_scale"] = {fmt_scale(N): float(v) for N, v in zip(objective.scales, mean_share) if v > 0}
-        table[s] = row
-    return {"objective": objective.name, "budget": budget, "seeds": seeds, "strategies": list(strategies),
-            "optimum_loss": best, "reference_quality": refs, "settings": settings,
-            "scoring": "recommendation after every trial scored by objective.true_loss at the target, uncharged",
-            "results": table}
-
-
-def _json_ready(x):
-    """x with every non-finite float (a cost that was never reached) as null: strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def print_bench(say, b):
-    """The --bench table: one row per strategy, median [q25, q75] over seeds."""
-    def q(t, f="{:.4f}"):
-        return "not reached" if not math.isfinite(t[0]) else f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
-    refs = list(b["reference_quality"])
-    say(f"bench: {b['objective']}, budget {b['budget']:g} target-run equivalents, {b['seeds']} seeds; "
-        f"median [IQR] over seeds")
-    say(f"scoring: {b['scoring']}")
-    for ref, v in b["reference_quality"].items():
-        say(f"q_{ref} = {ref}'s median true target loss at the budget = {v:.4f}; "
-            f"speed-up vs {ref} = budget / median cost at which the recommendation first reaches <= q_{ref}")
-    say(f"{'strategy':<11} {'final regret':<26} {'regret at 25%/50% budget':<25}"
-        + "".join(f"{'cost to reach q_' + r:<24} {'x' + r:>11}  " for r in refs) + "cost share by scale")
-    for s, row in b["results"].items():
-        reg = q(row["final_regret"]) if "final_regret" in row else q(row["final_true_loss"])
-        part = row.get("regret_at_budget_fraction", {})
-        early = " / ".join(f"{part[f][0]:.4f}" if math.isfinite(part[f][0]) else "-" for f in (0.25, 0.5) if part)
-        speed = {r: format(row["speedup_vs_" + r], ".2f") if row["speedup_vs_" + r] else "not reached" for r in refs}
-        cols = "".join(f"{q(row['cost_to_reach_' + r], '{:.2f}'):<24} {speed[r]:>11}  " for r in refs)
-        share = " ".join(f"{k}:{v:.2f}" for k, v in row["cost_share_by_scale"].items())
-        say(f"{s:<11} {reg:<26} {early or '-':<25}{cols}{share}")
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. command line
+# 8. command line: python mixbo.py [ask | tell] [flags]; flags generated from the dataclasses
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):        # argparse prints usage + message; mixbo promises ONE line and exit 2
+    def error(self, message):       # argparse prints usage + message; mixbo promises ONE line
         raise ValueError(f"{message} (see python mixbo.py --help)")
 
 
+def add_options(group, options):
+    """One flag per field of the dataclass `options`: --name-with-dashes, with its help and default.
+    A flag that is not given is absent from the parsed arguments (given_options)."""
+    for f in dataclasses.fields(options):
+        kwargs = dict(f.metadata)
+        text = kwargs.pop("help")
+        if "action" not in kwargs:
+            kwargs.setdefault("type", type(f.default))
+        if f.default not in ("", (), None) and not isinstance(f.default, bool):
+            text += f" (default {f.default})"
+        group.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS,
+                           help=text, **kwargs)
+
+
+def given_options(args, options):
+    """The fields of the dataclass `options` given on the command line: {name: value}."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(options)
+            if hasattr(args, f.name)}
+
+
 def build_parser():
-    p = _Parser(prog="mixbo.py", description="Choose a pre-training data mixture by multi-fidelity, multi-scale "
-                "Bayesian optimization. Budget in target-run equivalents (1.0 = one run at the target scale "
-                "and steps).")
-    src = p.add_argument_group("objective (choose one)")
-    src.add_argument("--sim", nargs="?", const="default", metavar="NAME",
-                     help="a synthetic benchmark of simulate.py (default: %(const)s)")
-    src.add_argument("--objective", metavar="PATH.py",
-                     help="a Python file defining loss(weights, scale, steps) (see simulate.py)")
-    src.add_argument("--table", metavar="PATH.csv", help="replay a table of real runs (format: simulate.load_table)")
-    src.add_argument("--metric", default="loss", help="--table: the objective column (default %(default)s)")
-    src.add_argument("--target-scale", type=float, help="--table: the target scale (default: the largest)")
-    src.add_argument("--train", action="store_true", help="real training runs with train_lm.py")
-    src.add_argument("--corpus", default="data/corpus", help="--train: corpus folder (default %(default)s)")
-    src.add_argument("--sizes", help="--train: model sizes by name, comma-separated (train_lm.SIZES)")
-    src.add_argument("--steps", help="--train: checkpoint step counts, comma-separated "
-                                     "(default 30,60,120,240, as data/runs_cpu.csv)")
-    src.add_argument("--device", default="cpu", help="--train: cpu or cuda (default %(default)s)")
-    s = p.add_argument_group("search (the ledger header records these)")
-    s.add_argument("--strategy", default=None,
-                   help=f"one of {', '.join(STRATEGIES)} (default mfkg); --bench: a comma list")
-    s.add_argument("--budget", type=float, default=Settings.budget,
-                   help="in target-run equivalents (default %(default)g)")
-    s.add_argument("--seed", type=int, default=Settings.seed)
-    s.add_argument("--n-init", type=int, default=Settings.n_init, help="initial design size (0: strategy default)")
-    s.add_argument("--refit-every", type=int, default=Settings.refit_every,
-                   help="refit GP hyperparameters every N trials")
-    s.add_argument("--candidates", type=int, default=Settings.candidates, help="mixtures scored per acquisition")
-    s.add_argument("--fixed-cost", type=float, default=Settings.fixed_cost,
-                   help="mfkg: per-run overhead in KG/cost, target-run equivalents (not charged)")
-    s.add_argument("--mixture", action="append", default=[], metavar="D=W,...",
-                   help="a mixture to evaluate first, e.g. wikipedia=0.5,github=0.5 (repeatable; missing: 0)")
-    s.add_argument("--eta", type=int, default=Settings.eta, help="hyperband: keep 1/eta per rung")
-    s.add_argument("--regression-share", type=float, default=Settings.regression_share,
-                   help="regression: budget share for proxies")
-    o = p.add_argument_group("output")
-    o.add_argument("--ledger", help="JSON-lines ledger (default runs/<objective>-<strategy>-seed<seed>.jsonl)")
-    o.add_argument("--resume", action="store_true",
-                   help="continue the ledger: finished trials are reused, never repeated")
-    o.add_argument("--quiet", action="store_true", help="print only the final recommendation")
-    b = p.add_argument_group("benchmark")
-    b.add_argument("--bench", action="store_true", help="strategies x seeds, scored through the true loss (uncharged)")
-    b.add_argument("--seeds", type=int, default=10, help="--bench: seeds 0..N-1 (default %(default)s)")
-    b.add_argument("--json", metavar="PATH", help="--bench: write the table as JSON")
-    b.add_argument("--jobs", type=int, default=2,
-                   help="--bench: runs in parallel (forked processes; default %(default)s; same results)")
-    return p
+    parser = _Parser(prog="mixbo.py", usage="python mixbo.py [ask | tell] [flags]",
+                     description="Choose a pre-training data mixture by multi-fidelity, "
+                     "multi-scale Bayesian optimization: the closed loop, or (ask, tell) one step "
+                     "of it on a ledger.")
+    add_options(parser.add_argument_group("objective (one; on a ledger's first call only)"), Source)
+    add_options(parser.add_argument_group("search (the ledger header records these)"), Settings)
+    add_options(parser.add_argument_group("running trials"), Runner)
+    group = parser.add_argument_group("ledger, ask and tell")
+    group.add_argument("--ledger", help="the JSON-lines ledger "
+                       "(default runs/<objective>-<strategy>-seed<seed>.jsonl)")
+    group.add_argument("--resume", action="store_true", help="continue the ledger: finished "
+                       "trials are reused, pending ones run again; flags not given come from it")
+    group.add_argument("--quiet", action="store_true", help="print only the recommendation")
+    group.add_argument("--n", type=int, default=1, help="ask: how many trials (default 1)")
+    group.add_argument("--trial", type=int, help="tell: the trial's id")
+    group.add_argument("--result", metavar="FILE", help="tell: the run's result JSON")
+    group.add_argument("--loss", type=float, help="tell: the run's loss")
+    group.add_argument("--failed", metavar="WHY", help="tell: the run failed, and why")
+    group.add_argument("--weights", metavar="D=W,...", help="tell: a run made outside mixbo, with "
+                       "--scale and --steps")
+    group.add_argument("--scale", type=float, help="tell: that run's scale")
+    parser.add_argument("--bench", action="store_true", help="strategies x seeds scored through "
+                        "the true loss (bench/loop_bench.py)")
+    return parser
 
 
-def build_objective(args):
-    """The objective the flags name (exactly one source)."""
-    sources = (("--sim", args.sim), ("--objective", args.objective), ("--table", args.table), ("--train", args.train))
-    chosen = [flag for flag, value in sources if value]
+def resolve_source(source):
+    """source with its paths resolved, and the sha256 of what decides its losses (the objective
+    file, the table, or the corpus's manifest, which lists its files' hashes); None for --sim."""
+    paths = {k: os.path.realpath(getattr(source, k)) for k in ("objective", "table", "corpus")
+             if getattr(source, k) and (k != "corpus" or source.train)}
+    hashed = paths.get("objective") or paths.get("table") or (
+        paths.get("corpus") and os.path.join(paths["corpus"], "manifest.json"))
+    if not (hashed and os.path.isfile(hashed)):
+        return dataclasses.replace(source, **paths), None
+    with open(hashed, "rb") as f:
+        return dataclasses.replace(source, **paths), hashlib.sha256(f.read()).hexdigest()
+
+
+def build_objective(source):
+    """The objective a Source names (exactly one of sim, objective, table, train)."""
+    chosen = [f"--{k}" for k in ("sim", "objective", "table", "train") if getattr(source, k)]
     if len(chosen) != 1:
-        raise ValueError("choose exactly one objective: --sim, --objective PATH.py, --table PATH.csv or --train"
-                         + (f" (got {' '.join(chosen)})" if chosen else ""))
-    if args.sim:
-        return simulate.make_benchmark(args.sim)
-    if args.objective:
-        return simulate.load_objective_file(args.objective)
-    if args.table:
-        return simulate.load_table(args.table, metric=args.metric, target_scale=args.target_scale)
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
+        raise ValueError("choose exactly one objective: --sim, --objective PATH.py, --table "
+                         "PATH.csv or --train" + (f" (got {' '.join(chosen)})" if chosen else ""))
+    if source.sim:
+        return simulate.make_benchmark(source.sim)
+    if source.objective:
+        return simulate.load_objective_file(source.objective)
+    if source.table:
+        return simulate.load_table(source.table, source.metric, source.target_scale)
+    import torch
+    try:
+        device = torch.device(source.device)
+    except RuntimeError:
+        raise ValueError(f"--device {source.device!r} is not a device; use cpu, cuda, cuda:N "
+                         f"or mps") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(),
+              "mps": torch.backends.mps.is_available()}
+    if not usable.get(device.type):
+        raise ValueError(f"--device {source.device}: not available here; use --device cpu")
     import train_lm      # imported only here: the trainer is needed for --train alone
-    kw = {"device": args.device}
-    if args.sizes:
-        kw["sizes"] = tuple(x.strip() for x in args.sizes.split(","))
-    if args.steps:
-        try:
-            kw["steps"] = tuple(int(x) for x in args.steps.split(","))
-        except ValueError:
-            raise ValueError(f"--steps must be comma-separated integers; got {args.steps!r}") from None
-    return train_lm.make_objective(args.corpus, **kw)
+    kwargs = {"device": source.device}
+    if source.sizes:
+        kwargs["sizes"] = tuple(x.strip() for x in source.sizes.split(","))
+    if source.steps:
+        kwargs["steps"] = tuple(_integer(x, "--steps") for x in source.steps.split(","))
+    return train_lm.make_objective(source.corpus, **kwargs)
+
+
+def _integer(text, flag):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{flag} takes integers; got {text!r}") from None
+
+
+def one_thread(strategies, source):
+    """One thread for the GP's small matrices, where more only spin against each other: torch's,
+    and numpy's and scipy's OpenBLAS, which read their count at import, so it is set through
+    OpenBLAS's own call (as threadpoolctl does). --train keeps the defaults for the trainer."""
+    if source.train or not any(name in GP_STRATEGIES for name in strategies):
+        return
+    import ctypes
+    import glob
+    import scipy
+    import torch
+    torch.set_num_threads(1)
+    for package in (np, scipy):
+        for path in glob.glob(os.path.dirname(package.__file__) + ".libs/*openblas*"):
+            library = ctypes.CDLL(path)
+            for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                         "openblas_set_num_threads"):
+                if hasattr(library, name):
+                    getattr(library, name)(1)
+
+
+def _search_from(args, command):
+    """The objective, Settings keywords, source and sha256 of a command: flags not given come from
+    an existing ledger's header (for tell, all of them); the identity check is Search's."""
+    header, budget = peek_ledger(args.ledger) if args.ledger and (
+        args.resume or command != "run") else (None, None)
+    if (command == "tell" and not header) or (command == "ask" and not args.ledger):
+        raise ValueError(f"{command} needs --ledger PATH of a ledger (start one with: python "
+                         f"mixbo.py ask --ledger PATH --n 0 and the objective flags)")
+    given = given_options(args, Source) if command != "tell" else {}
+    if header and not given:
+        if not header["source"]:
+            raise ValueError(f"ledger {args.ledger} was written from Python; give its objective")
+        given = header["source"]
+    objective = build_objective(Source(**given))
+    source, sha256 = resolve_source(Source(**given))
+    settings = dict(header["settings"], budget=budget) if header else {}
+    settings.update(given_options(args, Settings) if command != "tell" else {})
+    settings["mixture"] = tuple(parse_mixture(m, tuple(objective.domains)) if isinstance(m, str)
+                                else tuple(m) for m in settings.get("mixture", ()))
+    return objective, settings, dataclasses.asdict(source), sha256
+
+
+def _ask_or_tell(command, args, objective, settings, source, sha256):
+    """One ask (JSON lines on stdout) or tell (one line) on args.ledger."""
+    warn = lambda text: print(text, file=sys.stderr)
+    with Search(objective, settings, args.ledger, True, source, sha256, warn) as search:
+        if command == "ask":
+            if args.n < 0:
+                raise ValueError(f"--n must be >= 0; got {args.n}")
+            trials = search.ask(args.n)
+            for trial in trials:
+                print(json.dumps(trial.as_json(objective.domains)))
+            if len(trials) < args.n:
+                warn("mixbo: " + ("the strategy needs the results of pending trials first"
+                                  if search.waiting else "the budget can pay for no more trials")
+                     + f" ({len(search.pending)} pending)")
+            return 0
+        result = None
+        if args.result:
+            with open(args.result) as f:
+                try:
+                    result = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"--result {args.result} is not valid JSON ({e})") from None
+        outcome = dict(result=result, loss=args.loss, failed=args.failed)
+        if args.trial is not None:
+            record, choice = search.tell(args.trial, **outcome)
+        elif args.weights and args.scale and getattr(args, "steps", None):
+            weights = parse_mixture(args.weights, objective.domains, "--weights")
+            steps = _integer(args.steps, "--steps")
+            record, choice = search.attach(weights, args.scale, steps, **outcome)
+        else:
+            raise ValueError("tell needs --trial ID, or --weights, --scale and --steps of a run "
+                             "made outside mixbo")
+    told = f"loss {record['loss']:.6g}" if record["status"] == "ok" else "failed"
+    print(f"mixbo: trial {record['trial']} told ({told}); recommendation "
+          f"{fmt_weights(choice['weights'])}" + (f", loss {choice['loss']:.4f}"
+                                                 if choice["loss"] is not None else ""))
+    return 0
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv=None):
-    """The CLI: parse, build the objective, run optimize (or bench). Bad input -> exit 2 with one line."""
-    say = print
+    """The CLI. Bad input: one line on stderr, exit 2; too many failed trials: exit 3; Ctrl-C or
+    SIGTERM: the resumable-stop line, exit 130 or 143."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv.pop(0) if argv and argv[0] in ("ask", "tell") else "run"
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        args = build_parser().parse_args(argv)
-        objective = build_objective(args)
-        strategies = (args.strategy or ("mfkg,ei,random" if args.bench else "mfkg")).split(",")
-        kw = dict(n_init=args.n_init, refit_every=args.refit_every, candidates=args.candidates,
-                  fixed_cost=args.fixed_cost,
-                  mixture=tuple(parse_mixture(m, tuple(objective.domains)) for m in args.mixture),
-                  eta=args.eta, regression_share=args.regression_share)
+        parser = build_parser()
+        if "--bench" in argv:
+            from bench import loop_bench
+            loop_bench.add_arguments(parser)
+        args = parser.parse_args(argv)
+        objective, settings, source, sha256 = _search_from(args, command)
         if args.bench:
-            if args.seeds < 1 or args.jobs < 1:
-                raise ValueError(f"--seeds and --jobs must be >= 1; got {args.seeds} and {args.jobs}")
-            say(f"mixbo --bench: {', '.join(strategies)} x {args.seeds} seeds on {objective.name}, "
-                f"budget {args.budget:g}")
-            b = bench(objective, strategies, args.seeds, args.budget, jobs=args.jobs, out=say, **kw)
-            b["command"] = "python mixbo.py " + " ".join(sys.argv[1:] if argv is None else argv)
-            print_bench(say, b)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(_json_ready(b), f, indent=1, allow_nan=False)
-                say(f"wrote {args.json}")
-            return 0
-        if len(strategies) != 1:
-            raise ValueError(f"--strategy takes one name unless --bench; got {args.strategy}")
-        settings = Settings(strategy=strategies[0], budget=args.budget, seed=args.seed, **kw)
+            strategies = settings.pop("strategy", "mfkg,ei,random").split(",")
+            one_thread(strategies, Source(**source))
+            return loop_bench.run(args, objective, strategies, settings, argv, say=print)
+        settings = Settings(**settings)
+        one_thread([settings.strategy], Source(**source))
+        if command != "run":
+            return _ask_or_tell(command, args, objective, settings, source, sha256)
         ledger = args.ledger or default_ledger_path(settings, objective, args.resume)
-        optimize(objective, ledger=ledger, resume=args.resume, out=say, verbose=not args.quiet,
-                 progress=args.train, **dataclasses.asdict(settings))
+        optimize(objective, ledger=ledger, resume=args.resume, verbose=not args.quiet,
+                 source=source, sha256=sha256, **dataclasses.asdict(settings),
+                 **given_options(args, Runner))
         return 0
     except BrokenPipeError:
-        # The reader closed our stdout (e.g. `| head`): not bad input. Point stdout at devnull so the flush
-        # at exit cannot fail again, and exit 1 (the Python docs' recipe, "Note on SIGPIPE" in `signal`).
+        # The reader closed our stdout (e.g. `| head`): not bad input. Point stdout at devnull so
+        # the flush at exit cannot fail again, and exit 1 (the Python docs' "Note on SIGPIPE").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("mixbo: output closed (broken pipe); the ledger holds every finished trial; --resume continues",
-              file=sys.stderr)
+        print("mixbo: output closed (broken pipe); the ledger holds every finished trial; "
+              "--resume continues", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"mixbo: error: {msg}", file=sys.stderr)
+        print(f"mixbo: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mixbo: interrupted; the ledger holds every finished trial; --resume continues", file=sys.stderr)
-        return 130
+    except TooManyFailures as e:
+        print(f"mixbo: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as e:
+        print("mixbo: interrupted; the ledger holds every finished trial; --resume continues",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

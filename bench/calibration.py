@@ -92,7 +92,7 @@ def evaluate(task):
     out = {}
     for f in fractions:
         history = [r for r in res.trials if r["spent"] <= f * budget + 1e-12]
-        mixtures = mixbo._evaluated_mixtures(history)                        # (E, K)
+        mixtures = mixbo._mixtures(history)                                  # (E, K)
         true = obj.true_loss(mixtures)                                        # (E,) noise-free target loss
         target_runs = sum(r["status"] == "ok" and r["scale"] == obj.target[0] and r["steps"] >= obj.target[1]
                           for r in history)                                   # runs that reached the target

@@ -1,7 +1,9 @@
 """Tests of mixbo.py: determinism, crash safety (SIGKILL + --resume), torn ledgers, bad input, failing
-objectives, the budget, and the --bench table. Cheap settings throughout: a 3-domain objective file with
-3 scales x 2 step counts written by the tests, small candidate sets and budgets."""
+objectives, the budget, the --bench table, ask/tell, pending trials, the launcher and the ledger's lock.
+Cheap settings throughout: a 3-domain objective file with 3 scales x 2 step counts written by the
+tests, small candidate sets and budgets."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -56,8 +58,8 @@ def one_torch_thread():
 
 
 def strip_wall(lines):
-    """Ledger records without wall times (the only field allowed to differ between identical runs)."""
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in lines]
+    """Ledger records without wall times (the only fields allowed to differ between identical runs)."""
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "started", "finished")} for r in lines]
 
 
 def read_lines(path):
@@ -130,7 +132,8 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
     path = write_objective(tmp_path / "obj.py", fail="w[0] > 0.4")
     obj = simulate.load_objective_file(path)
     for strategy in ("sobol", "mfkg"):
-        res = mixbo.optimize(obj, strategy, 3.0, seed=0, ledger=str(tmp_path / f"{strategy}.jsonl"), out=None, **CHEAP)
+        res = mixbo.optimize(obj, strategy, 3.0, seed=0, ledger=str(tmp_path / f"{strategy}.jsonl"), out=None,
+                             max_failures=0, **CHEAP)
         failed = [r for r in res.trials if r["status"] == "failed"]
         assert failed and "diverged" in failed[0]["error"] and failed[0]["loss"] is None
         assert failed[0]["cost"] > 0                                   # a failed run's cost counts
@@ -139,7 +142,7 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
         assert res.spent <= 3.0
         # the ledger is valid JSON (no NaN) and holds every trial
         lines = read_lines(str(tmp_path / f"{strategy}.jsonl"))
-        assert [r["trial"] for r in lines if r["kind"] == "trial"] == list(range(len(res.trials)))
+        assert [r["trial"] for r in lines if r["kind"] == "tell"] == list(range(len(res.trials)))
 
 
 def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
@@ -169,7 +172,7 @@ def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(
                         **options).hyperparameters
         W, N, T, y, runs = mixbo._observations(res.trials)
         return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, hyperparameters=hyp, **options)
-    mixtures = mixbo._evaluated_mixtures(res.trials)
+    mixtures = mixbo._mixtures(res.trials)
     Xs = gp.encode(mixtures, 16e6, 200, bounds)
     i = int(np.argmin(gp.predict(model(mean="scaling_law", kernel_N="rbf", kernel_T="rbf"), Xs)[0]))
     mean, var = gp.predict(model(mean="constant", kernel_N="matern52", kernel_T="matern52"), Xs[i:i + 1])
@@ -178,16 +181,20 @@ def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(
     assert abs(rec["loss"] - mean[0]) < 1e-9 and abs(rec["sd"] - np.sqrt(var[0])) < 1e-9
 
 
-def test_each_trial_is_its_own_run_for_the_gp():
+def test_each_trial_is_its_own_run_for_the_gp_and_a_failure_is_a_pessimistic_observation():
     """Checkpoints of one trial share a run label; a second trial of the same mixture at the same scale
-    (another seed) is another run; failed trials give no observations."""
+    (another seed) is another run; a failed trial is one observation at its (scale, steps), the largest
+    loss observed there (else anywhere)."""
     w = [0.5, 0.3, 0.2]
     ckpt = lambda *steps: [{"steps": s, "loss": 3.0 - s / 1000} for s in steps]
     history = [{"status": "ok", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": ckpt(100, 200)},
                {"status": "failed", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": []},
-               {"status": "ok", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": ckpt(100)}]
+               {"status": "ok", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": ckpt(100)},
+               {"status": "failed", "weights": w, "scale": 4e6, "steps": 100, "checkpoints": []},
+               {"status": "pending", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": []}]
     W, N, T, y, runs = mixbo._observations(history)
-    assert T.tolist() == [100, 200, 100] and runs.tolist() == [0, 0, 2]
+    assert T.tolist() == [100, 200, 200, 100, 100] and runs.tolist() == [0, 0, 1, 2, 3]
+    assert y.tolist() == pytest.approx([2.9, 2.8, 2.8, 2.9, 2.9]) and N.tolist() == [1e6] * 4 + [4e6]
 
 
 def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
@@ -196,7 +203,7 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
     mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=full, out=None, **CHEAP)
     with open(full) as f:
         lines = f.readlines()
-    with open(torn, "w") as f:                       # header, trial 0, rec 0, trial 1, then half of rec 1
+    with open(torn, "w") as f:                       # header, ask 0, tell 0, rec 0, then half of ask 1
         f.writelines(lines[:4])
         f.write(lines[4][: len(lines[4]) // 2])
     said = []
@@ -230,7 +237,7 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
     ref = str(tmp_path / "ref.jsonl")
     assert run_cli(*args, "--ledger", ref).returncode == 0
     ref_lines = strip_wall(read_lines(ref))
-    assert sum(r["kind"] == "trial" for r in ref_lines) >= 8
+    assert sum(r["kind"] == "tell" for r in ref_lines) >= 8
 
     fork = multiprocessing.get_context("fork")
     rng = np.random.default_rng(0)
@@ -256,7 +263,7 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
             p.join(timeout=300)
             assert p.exitcode == 0
         lines = strip_wall(read_lines_tolerant(crash))
-        trials = [r for r in lines if r["kind"] == "trial"]
+        trials = [r for r in lines if r["kind"] == "tell"]
         assert [r["trial"] for r in trials] == list(range(len(trials)))        # none repeated
         assert len(trials) >= finished_before                                  # none lost
         assert lines == ref_lines[:len(lines)]                                  # the same as uninterrupted
@@ -270,7 +277,9 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
 
 
 def read_lines_tolerant(path):
-    """Complete lines of a ledger that may end in a torn line (a kill mid-write)."""
+    """Complete lines of a ledger that may end in a torn line (a kill mid-write); none before it exists."""
+    if not os.path.exists(path):
+        return []
     with open(path) as f:
         text = f.read()
     return [json.loads(line) for line in text.split("\n")[:-1]]
@@ -335,11 +344,27 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
     b = json.loads(out.read_text())
     assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 2
     for s, row in b["results"].items():
-        for key in ("final_regret", "final_true_loss", "cost_to_reach_random", "speedup_vs_random",
-                    "cost_to_reach_ei", "speedup_vs_ei", "cost_share_by_scale"):
+        for key in ("final_regret", "final_true_loss", "cost_to_stay_random", "speedup_vs_random",
+                    "cost_to_stay_ei", "speedup_vs_ei", "cost_share_by_scale", "curves"):
             assert key in row, (s, key)
         assert row["final_regret"][0] >= 0
         assert sum(row["cost_share_by_scale"].values()) == pytest.approx(1.0)
+        assert [c["seed"] for c in row["curves"]] == [0, 1]
+        for c in row["curves"]:
+            assert len(c["cost"]) == len(c["true_loss"]) == len(c["predicted_loss"]) == len(c["sd"]) > 0
+            assert c["cost"] == sorted(c["cost"]) and c["cost"][-1] <= 2 + 1e-9
+        final = [c["true_loss"][-1] - b["optimum_loss"] for c in row["curves"]]
+        assert row["final_regret"][0] == pytest.approx(float(np.median(final)))
+
+
+def test_the_speedup_counts_the_cost_from_which_the_recommendation_stays_below_q():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import loop_bench
+    curve = [(0.1, 3.0), (0.2, 2.0), (0.3, 2.5), (0.4, 1.9), (0.5, 1.8)]
+    assert loop_bench._cost_to_stay(curve, 2.0) == 0.4                   # reached at 0.2, regressed at 0.3
+    assert loop_bench._cost_to_stay(curve, 3.0) == 0.1
+    assert loop_bench._cost_to_stay(curve + [(0.6, 2.1)], 2.0) == math.inf   # ends above q
+    assert loop_bench._cost_to_stay([], 2.0) == math.inf
 
 
 def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
@@ -363,3 +388,327 @@ def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
             assert obj.available(np.array(r["weights"]), r["scale"], r["steps"]), (strategy, r)
             assert r["status"] == "ok", (strategy, r)
         assert tuple(res.recommendation["weights"]) in {tuple(map(float, w)) for w in obj.candidates}
+
+
+# ----------------------------------------------------------------------------------------------
+# reference ledgers: written by `python mixbo.py --sim --budget B --strategy S --candidates 64
+# [--n-init 2] --ledger tests/data/sim-S-budgetB.jsonl` (and `--table data/runs_cpu.csv` for table-*)
+# before the loop was restructured; the loop must still make the same trials and recommendations
+# (wall times and the ledger's layout aside)
+
+REFERENCES = {"sim-mfkg-budget1.jsonl": ("mfkg", 1.0, {}),
+              "sim-hyperband-budget1.jsonl": ("hyperband", 1.0, {}),
+              "sim-regression-budget1.jsonl": ("regression", 1.0, {}),
+              "sim-ei-budget4.jsonl": ("ei", 4.0, {"n_init": 2}),
+              "table-mfkg-budget2.jsonl": ("mfkg", 2.0, {})}
+TRIAL_FIELDS = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "cost", "checkpoints")
+RECOMMENDATION_FIELDS = ("weights", "loss", "sd", "source")
+
+
+def assert_same_values(got, want, where):
+    """Equal field by field; floats (also inside lists and dicts) to 1e-9."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for k in want:
+            assert_same_values(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_values(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert abs(got - want) <= 1e-9, (where, got, want)
+    else:
+        assert got == want, (where, got, want)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_the_loop_makes_the_reference_ledgers_trials(name):
+    strategy, budget, settings = REFERENCES[name]
+    lines = read_lines(os.path.join(REPO, "tests", "data", name))
+    want_trials = [r for r in lines if r["kind"] == "trial"]
+    want_recs = [r for r in lines if r["kind"] == "recommendation"]
+    objective = (simulate.load_table(os.path.join(REPO, "data", "runs_cpu.csv")) if name.startswith("table")
+                 else simulate.make_benchmark("default"))
+    res = mixbo.optimize(objective, strategy, budget, seed=0, out=None, candidates=64, **settings)
+    assert len(res.trials) == len(want_trials) and len(res.recommendations) == len(want_recs)
+    for t, (got, want) in enumerate(zip(res.trials, want_trials)):
+        for k in TRIAL_FIELDS:
+            assert_same_values(got[k], want[k], f"trial {t} {k}")
+    for t, (got, want) in enumerate(zip(res.recommendations, want_recs)):
+        for k in RECOMMENDATION_FIELDS:
+            assert_same_values(got[k], want[k], f"recommendation {t} {k}")
+
+
+# ----------------------------------------------------------------------------------------------
+# ask / tell, pending trials, the launcher, the ledger's lock and identity
+
+def test_ask_tell_with_tells_in_order_makes_the_closed_loops_trials(tmp_path):
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    closed = mixbo.optimize(obj, "mfkg", 1.0, seed=2, out=None, refit_every=3, **CHEAP)
+    settings = mixbo.Settings(strategy="mfkg", budget=1.0, seed=2, refit_every=3, **CHEAP)
+    with mixbo.Search(obj, settings, ledger=str(tmp_path / "ask.jsonl")) as search:
+        while trials := search.ask(1):
+            t = trials[0]
+            search.tell(t.trial, result=obj.run(np.array(t.weights), t.scale, t.steps, t.seed))
+        result = search.result()
+    keys = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "checkpoints", "spent")
+    assert [[r[k] for k in keys] for r in result.trials] == [[r[k] for k in keys] for r in closed.trials]
+    assert [c["weights"] for c in result.recommendations] == [c["weights"] for c in closed.recommendations]
+
+
+def test_pending_trials_are_believed_and_n_asked_at_once_are_distinct(tmp_path):
+    """After the initial design, 4 mfkg proposals asked at once are 4 distinct (mixture, scale, steps);
+    the kriging believer conditions on each pending one, so its posterior sd there falls to about the
+    noise while the model of the finished trials is unchanged."""
+    import gp
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    search = mixbo.Search(obj, mixbo.Settings(strategy="mfkg", budget=3.0, seed=0, **CHEAP))
+    for t in search.ask(3):                                  # the initial design, told
+        search.tell(t.trial, result=obj.run(np.array(t.weights), t.scale, t.steps, t.seed))
+    asked = search.ask(4)
+    assert len(asked) == 4 and len({(t.weights, t.scale, t.steps) for t in asked}) == 4
+    pending = [r for r in search.records if r["status"] == "pending"]
+    believer = mixbo.kriging_believer(search.ctx, search.finished, pending)
+    X = gp.encode(np.array([t.weights for t in asked]), np.array([t.scale for t in asked]),
+                  np.array([float(t.steps) for t in asked]), search.ctx.bounds)
+    sd_before = np.sqrt(gp.predict(search.ctx.model, X)[1])
+    sd_after = np.sqrt(gp.predict(believer, X)[1])
+    assert np.all(sd_after < 0.5 * sd_before)
+    assert np.all(sd_after < 3 * np.sqrt(believer.noise_variance))
+    assert believer.hyperparameters.keys() == search.ctx.model.hyperparameters.keys()
+    assert all(np.allclose(believer.hyperparameters[k], v) for k, v in search.ctx.model.hyperparameters.items())
+
+
+def test_the_state_is_a_function_of_the_ledger_with_tells_out_of_order(tmp_path):
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    settings = mixbo.Settings(strategy="ei", budget=8.0, seed=1, n_init=2, candidates=64)
+    a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    with mixbo.Search(obj, settings, ledger=a) as search:
+        trials = search.ask(3)
+        for t in (trials[2], trials[0], trials[1]):
+            search.tell(t.trial, result=obj.run(np.array(t.weights), t.scale, t.steps, t.seed))
+        later = search.ask(1)                                # trial 3, asked after out-of-order tells
+        with open(a) as f:
+            lines = f.readlines()
+        with open(b, "w") as f:                              # the ledger as it was before that ask
+            f.writelines(lines[:-1])
+    with mixbo.Search(obj, settings, ledger=b, resume=True) as again:
+        assert again.ask(1) == later
+        assert [r["status"] for r in again.records] == ["ok", "ok", "ok", "pending"]
+
+
+def test_a_second_writer_is_refused_at_once(tmp_path):
+    path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
+    obj = simulate.load_objective_file(path)
+    settings = mixbo.Settings(strategy="random", budget=3.0)
+    with mixbo.Search(obj, settings, ledger=ledger):
+        with pytest.raises(ValueError, match="in use by another mixbo process"):
+            mixbo.Search(obj, settings, ledger=ledger, resume=True)
+        start = time.time()
+        p = run_cli("--objective", path, "--strategy", "random", "--budget", "3", "--ledger", ledger, "--resume")
+        assert p.returncode == 2 and "in use by another mixbo process" in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and time.time() - start < 30
+        p = run_cli("ask", "--ledger", ledger, "--objective", path, "--strategy", "random", "--budget", "3")
+        assert p.returncode == 2 and "in use" in p.stderr and p.stdout == ""
+    assert [r["kind"] for r in read_lines(ledger)] == ["header"]
+
+
+def test_ask_and_tell_from_the_command_line(tmp_path, capsys):
+    """ask prints JSON trials; tell takes a result file, a loss, a failure or a run made outside mixbo;
+    bad tells are one line, exit 2, and leave the ledger as it was (run through main in this process,
+    as the CLI runs it); later calls need no objective flags."""
+    path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
+    p = run_cli("ask", "--ledger", ledger, "--n", "2", "--objective", path, "--strategy", "random", "--budget", "4")
+    assert p.returncode == 0, p.stderr
+    asked = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [t["trial"] for t in asked] == [0, 1] and set(asked[0]["weights"]) == {"a", "b", "c"}
+    assert asked[0]["scale"] == 16e6 and asked[0]["steps"] == 200 and isinstance(asked[0]["seed"], int)
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"loss": 3.1, "domain_losses": {"a": 3.0}, "checkpoints": [
+        {"steps": 100, "loss": 3.3}, {"steps": 200, "loss": 3.1}]}))
+    assert run_cli("tell", "--ledger", ledger, "--trial", "0", "--result", str(result)).returncode == 0
+    before = open(ledger).read()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"loss": "3.0"}))
+    capsys.readouterr()
+    for case, args in {"unknown trial": ["--trial", "7", "--loss", "3"],
+                       "second tell": ["--trial", "0", "--loss", "3"],
+                       "non-finite loss": ["--trial", "1", "--loss", "nan"],
+                       "a loss JSON cannot hold": ["--trial", "1", "--loss", "1e300"],
+                       "not the schema": ["--trial", "1", "--result", str(bad)],
+                       "two outcomes": ["--trial", "1", "--loss", "3", "--failed", "x"],
+                       "outside run off the simplex": ["--weights", "a=0.9,b=0.9", "--scale", "1e6",
+                                                       "--steps", "100", "--loss", "3"]}.items():
+        assert mixbo.main(["tell", "--ledger", ledger, *args]) == 2, case
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("mixbo: error: "), (case, err)
+        assert open(ledger).read() == before, case
+    assert run_cli("tell", "--ledger", ledger, "--trial", "1", "--failed", "out of memory").returncode == 0
+    p = run_cli("tell", "--ledger", ledger, "--weights", "a=0.2,b=0.3,c=0.5", "--scale", "4e6", "--steps", "100",
+                "--loss", "3.4")
+    assert p.returncode == 0 and "trial 2 told" in p.stdout, p.stderr
+    p = run_cli("ask", "--ledger", ledger, "--n", "5")
+    assert [json.loads(line)["trial"] for line in p.stdout.splitlines()] == [3] and "budget" in p.stderr
+    told = {r["trial"]: r for r in read_lines(ledger) if r["kind"] == "tell"}
+    assert told[0]["checkpoints"][0] == {"steps": 100, "loss": 3.3, "domain_losses": {}}
+    assert told[1]["status"] == "failed" and told[1]["error"] == "out of memory"
+    outside = [r for r in read_lines(ledger) if r["kind"] == "ask"][2]
+    assert outside["weights"] == [0.2, 0.3, 0.5] and outside["seed"] is None
+
+
+def test_a_search_space_only_objective_runs_by_ask_tell_and_launch(tmp_path):
+    """An objective without run (an objective file with the search space only) cannot run in mixbo's
+    process, but ask/tell and --launch work: the template is filled per trial and its result read."""
+    script = tmp_path / "job.py"
+    script.write_text("import json, sys\nw = json.loads(sys.argv[2])\n"
+                      "json.dump({'loss': 3 + (w['a'] - 0.4) ** 2, 'seed': int(sys.argv[3])}, open(sys.argv[1], 'w'))\n")
+    base = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    obj = simulate.Objective(name="space", domains=base.domains, scales=base.scales, steps=base.steps,
+                             target=base.target, run=None, cost=base.cost)
+    with pytest.raises(ValueError, match="search space only"):
+        mixbo.optimize(obj, "random", 2.0, out=None)
+    res = mixbo.optimize(obj, "ei", 4.0, seed=0, out=None, n_init=2, candidates=32,
+                         launch=f"{sys.executable} {script} {{result}} {{weights_json}} {{seed}}")
+    assert len(res.trials) == 4 and all(r["status"] == "ok" for r in res.trials)
+    for r in res.trials:
+        assert r["loss"] == pytest.approx(3 + (r["weights"][0] - 0.4) ** 2, abs=1e-12)
+        assert r["started"] <= r["finished"]
+
+
+STAND_IN = """
+import json, os, sys, time
+trial, result, log, weights = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+behaviour = json.load(open(sys.argv[5])).get(str(trial), "ok")
+with open(log, "a") as f:
+    f.write(f"start {trial} {os.getpid()}\\n")
+time.sleep(float(sys.argv[6]))
+if behaviour == "crash":
+    sys.exit(3)
+if behaviour == "hang":
+    time.sleep(60)
+with open(result, "w") as f:
+    f.write("{not json" if behaviour == "garbage" else json.dumps({"loss": 3 + (weights["a"] - 0.4) ** 2}))
+"""
+
+
+def stand_in(tmp_path, behaviours, sleep):
+    """A launch template over a stand-in training job that crashes, hangs or writes garbage as told."""
+    (tmp_path / "job.py").write_text(STAND_IN)
+    (tmp_path / "behaviour.json").write_text(json.dumps(behaviours))
+    return (f"{sys.executable} {tmp_path / 'job.py'} {{trial}} {{result}} {tmp_path / 'starts.log'} "
+            f"{{weights_json}} {tmp_path / 'behaviour.json'} {sleep}")
+
+
+def starts(tmp_path):
+    with open(tmp_path / "starts.log") as f:
+        return [int(line.split()[1]) for line in f]
+
+
+def test_launch_records_crash_hang_and_garbage_as_failed_and_keeps_3_in_flight(tmp_path):
+    path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
+    template = stand_in(tmp_path, {"1": "crash", "2": "hang", "4": "garbage"}, 0.2)
+    p = run_cli("--objective", path, "--strategy", "random", "--budget", "9", "--ledger", ledger, "--launch",
+                template, "--parallel", "3", "--trial-timeout", "1.5", "--max-failures", "0")
+    assert p.returncode == 0, p.stderr
+    told = {r["trial"]: r for r in read_lines(ledger) if r["kind"] == "tell"}
+    assert sorted(told) == list(range(9))
+    assert "exited with status 3" in told[1]["error"]
+    assert "timed out after 1.5 s" in told[2]["error"]
+    assert "malformed result" in told[4]["error"]
+    assert sorted(t for t, r in told.items() if r["status"] == "failed") == [1, 2, 4]
+    assert sorted(starts(tmp_path)) == list(range(9))                     # none run twice
+    events = sorted([(r["started"], 1) for r in told.values()] + [(r["finished"], -1) for r in told.values()])
+    assert max(np.cumsum([e for _, e in events])) == 3                    # never more than 3 in flight
+    assert "RECOMMENDED MIXTURE" in p.stdout and p.stdout.count(" started at scale ") == 9
+
+
+def test_kill_9_with_trials_in_flight_then_resume_loses_and_repeats_nothing(tmp_path):
+    path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
+    args = ["--objective", path, "--strategy", "random", "--budget", "12", "--ledger", ledger, "--launch",
+            stand_in(tmp_path, {}, 0.3), "--parallel", "3"]
+    p = subprocess.Popen([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(r["kind"] == "tell" for r in read_lines_tolerant(ledger)) < 4:
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = read_lines_tolerant(ledger)
+    finished = {r["trial"] for r in before if r["kind"] == "tell"}
+    in_flight = {r["trial"] for r in before if r["kind"] == "ask"} - finished
+    assert len(finished) >= 4 and in_flight
+    started_before = len(starts(tmp_path))
+    p = run_cli(*args, "--resume")
+    assert p.returncode == 0, p.stderr
+    after = read_lines(ledger)
+    assert after[:len(before)] == before                                    # nothing finished lost
+    tells = [r["trial"] for r in after if r["kind"] == "tell"]
+    assert sorted(tells) == list(range(12)) and len(tells) == 12           # each told once
+    relaunched = starts(tmp_path)[started_before:]
+    assert not set(relaunched) & finished and in_flight <= set(relaunched)  # nothing finished ran again
+    asks = [r for r in after if r["kind"] == "ask"]
+    assert [r["trial"] for r in asks] == list(range(12))                   # relaunched with their own id and seed
+
+
+def test_failures_stop_the_search_and_each_case_is_one_line_with_its_exit_code(tmp_path, capsys):
+    """Run through main in this process, as the CLI runs it."""
+    cases = {  # name: (objective file body, extra flags, exit code, text in the one stderr line)
+        "every trial raises": ("raise RuntimeError('diverged')", [], 3, "3 trials in a row failed"),
+        "sys.exit(0) inside the objective": ("import sys; sys.exit(0)", [], 3, "sys.exit(0)"),
+        "KeyboardInterrupt inside the objective": ("raise KeyboardInterrupt", [], 130, "--resume continues"),
+        "a loss JSON cannot hold": ("return 1e300", ["--max-failures", "2"], 3, "2 trials in a row failed"),
+        "cost 0": ("return 3.0", [], 2, "must be a finite number > 0"),
+        "--device tpu": (None, None, 2, "not a device"),
+    }
+    for i, (name, (body, flags, code, text)) in enumerate(cases.items()):
+        f = tmp_path / f"objective{i}.py"
+        cost = "\ndef cost(scale, steps):\n    return 0.0\n" if name == "cost 0" else ""
+        f.write_text(f"DOMAINS = ('a', 'b')\nSCALES = (1e6, 4e6)\nSTEPS = (100,)\n"
+                     f"def loss(weights, scale, steps):\n    {body}\n{cost}")
+        argv = (["--train", "--device", "tpu"] if body is None else
+                ["--objective", str(f), "--strategy", "random", "--budget", "6", "--ledger",
+                 str(tmp_path / f"{name}.jsonl"), "--quiet", *flags])
+        assert mixbo.main(argv) == code, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and text in err, (name, err)
+    interrupted = read_lines(str(tmp_path / "KeyboardInterrupt inside the objective.jsonl"))
+    assert [r["kind"] for r in interrupted] == ["header", "ask"]          # the trial stays pending
+    held = [r for r in read_lines(str(tmp_path / "a loss JSON cannot hold.jsonl")) if r["kind"] == "tell"]
+    assert len(held) == 2 and all("within +-1e+100" in r["error"] for r in held)
+
+
+def test_sigterm_prints_the_resumable_stop_line(tmp_path):
+    path, ledger = write_objective(tmp_path / "obj.py", sleep=0.05), str(tmp_path / "l.jsonl")
+    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random", "--budget",
+                          "6", "--ledger", ledger], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    while sum(r["kind"] == "tell" for r in read_lines_tolerant(ledger)) < 2:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 143 and err.strip() == (
+        "mixbo: interrupted; the ledger holds every finished trial; --resume continues")
+    assert run_cli("--ledger", ledger, "--resume", "--quiet").returncode == 0    # flags from the ledger
+
+
+def test_resume_identity_names_the_field_and_a_larger_budget_extends(tmp_path, capsys, monkeypatch):
+    """Run through main in this process, as the CLI runs it."""
+    monkeypatch.chdir(tmp_path)
+    path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
+    run = lambda *a: mixbo.main(["--objective", path, "--strategy", "random", "--ledger", ledger, "--quiet", *a])
+    assert run("--budget", "2") == 0
+    assert run("--budget", "2", "--resume") == 0                           # the same: nothing to do
+    assert mixbo.main(["--objective", "./obj.py", "--strategy", "random", "--ledger", ledger, "--budget", "2",
+                       "--resume", "--quiet"]) == 0                        # ./obj.py and its full path agree
+    capsys.readouterr()
+    assert run("--budget", "2", "--resume", "--seed", "1") == 2
+    assert "settings.seed (ledger 0, now 1)" in capsys.readouterr().err
+    assert run("--budget", "4", "--resume") == 0                           # extends: two more target runs
+    tells = [r for r in read_lines(ledger) if r["kind"] == "tell"]
+    assert len(tells) == 4 and {"kind": "budget", "budget": 4.0} in read_lines(ledger)
+    with open(path, "a") as f:
+        f.write("\n# edited\n")
+    capsys.readouterr()
+    assert run("--budget", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and len(err.strip().splitlines()) == 1
