@@ -44,6 +44,9 @@ STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regres
 REPORTING_MODEL = dict(mean="constant", kernel_N="matern52", kernel_T="matern52")
 LEDGER_VERSION = 2
 LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
+DESIGN_SHARE = 0.2      # mfkg's initial design spends at most this share below the target
+TARGET_IN_DESIGN = 5.0  # mfkg's design includes one target run from this budget on
+VERIFY_SHARE = 0.25     # mfkg keeps this share of the budget (>= one target run) for target runs
 WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
 RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for (trial_seed)
 
@@ -84,6 +87,8 @@ class Settings:
                                 "missing domains are 0)", action="append", metavar="D=W,...")
     eta: int = option(3, "hyperband: keep 1/eta of the runs at each rung")
     regression_share: float = option(0.5, "regression: budget share for smallest-scale proxies")
+    aggregate: str = option("", "minimize this aggregate of the per-domain losses: mean, worst, "
+                                "weighted:D=W,... or domain:D (default: the objective's loss)")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -151,9 +156,7 @@ def parse_mixture(text, domains, flag="--mixture"):
             w[domains.index(name)] = float(value)
         except ValueError:
             raise ValueError(f"{flag} {text!r}: the weight of {name} is not a number") from None
-    if abs(w.sum() - 1.0) <= 1e-3 and np.all(w >= 0):
-        w = w / w.sum()
-    return tuple(simulate.check_weights(w, len(domains), 1e-9, f"{flag} {text!r}").tolist())
+    return tuple(simulate.check_weights(w, len(domains), f"{flag} {text!r}").tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,19 +245,45 @@ def _target(ctx):
 
 def _n_init(ctx):
     """Initial design size: n_init, else 3 target runs for single-fidelity strategies and 2K cheap
-    runs for mfkg (runs at the smaller scales cost a few percent of a target run each)."""
+    runs for mfkg; the budget caps it (_design_affordable)."""
     n = ctx.settings.n_init or (2 * ctx.K if ctx.settings.strategy == "mfkg" else 3)
     return max(n, len(ctx.settings.mixture))
 
 
 def _init_fidelity(ctx, i):
-    """The i-th initial run's fidelity: the target, or for mfkg round-robin over the scales below it
-    at its steps (the GP sees the scale effect from the start); one scale: the shortest steps."""
+    """The i-th initial run's fidelity: the target; for mfkg, run 0 at the target when the budget
+    holds TARGET_IN_DESIGN target runs, the others round-robin over the scales below it at its
+    steps (the GP sees the scale effect from the start); one scale: the shortest steps."""
     N_t, T_t = _target(ctx)
     smaller = [float(N) for N in ctx.objective.scales if N < N_t]
     if ctx.settings.strategy != "mfkg":
         return N_t, T_t
+    if ctx.settings.budget >= TARGET_IN_DESIGN:
+        if i == 0:
+            return N_t, T_t
+        i -= 1
     return (smaller[i % len(smaller)], T_t) if smaller else (N_t, int(min(ctx.objective.steps)))
+
+
+def _design_affordable(ctx, history, scale, steps):
+    """The design's rule: its runs below the target spend at most DESIGN_SHARE of the budget (mfkg);
+    a single-fidelity design at most 2 DESIGN_SHARE (and at least one run); mfkg's one design run
+    at the target needs only to be affordable."""
+    if ctx.settings.strategy != "mfkg":
+        cap = max(2 * DESIGN_SHARE * ctx.settings.budget, ctx.cost(scale, steps))
+        return ctx.spent + ctx.cost(scale, steps) <= cap + 1e-12
+    if (scale, steps) == _target(ctx):
+        return ctx.affordable(scale, steps)
+    spent = sum(r["cost"] for r in history if r["decision"].startswith("init")
+                and (r["scale"], r["steps"]) != _target(ctx))
+    return spent + ctx.cost(scale, steps) <= DESIGN_SHARE * ctx.settings.budget + 1e-12
+
+
+def _reserve(ctx):
+    """mfkg's verification reserve: the budget kept for runs at the target, VERIFY_SHARE of it and
+    at least one target run (none below a budget of 2)."""
+    budget = ctx.settings.budget
+    return max(VERIFY_SHARE * budget, 1.0) if budget >= 2.0 else 0.0
 
 
 def design_point(ctx, history, t, scale, steps):
@@ -400,14 +429,16 @@ def propose_regression(ctx, history, t):
     return None
 
 
-def _observations(history):
+def _observations(history, domain=None):
     """The GP's data: every checkpoint of every ok trial, and each failed trial as one pessimistic
     observation at its (scale, steps), the largest loss observed at that fidelity (else anywhere):
     the failing region then looks bad and is not re-picked endlessly (the constant liar at its
     maximum, Ginsbourger, Le Riche & Carraro 2010, kept for a run that cannot succeed). Returns
-    W (n, K), N, T, y and runs (n,): the index in history of each row's trial (gp.fit_gp's runs)."""
-    rows = [(r["weights"], r["scale"], c["steps"], c["loss"], i)
-            for i, r in enumerate(history) if r["status"] == "ok" for c in r["checkpoints"]]
+    W (n, K), N, T, y and runs (n,): the index in history of each row's trial (gp.fit_gp's runs).
+    With a domain, y is that domain's loss (checkpoints without it are left out)."""
+    value = (lambda c: c["loss"]) if domain is None else (lambda c: c["domain_losses"].get(domain))
+    rows = [(r["weights"], r["scale"], c["steps"], value(c), i) for i, r in enumerate(history)
+            if r["status"] == "ok" for c in r["checkpoints"] if value(c) is not None]
     worst = {}
     for _, N, T, y, _ in rows:
         worst[N, T] = max(y, worst.get((N, T), -math.inf))
@@ -419,11 +450,12 @@ def _observations(history):
             np.array(y, dtype=float), np.array(runs))
 
 
-def fit_model(ctx, history, **options):
+def fit_model(ctx, history, domain=None, **options):
     """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
     one. Hyperparameters are refitted (MAP) when the number of trials c is a multiple of
     refit_every; in between, the GP is conditioned on all data with those fitted on the first
-    r = c - c % refit_every trials (cached in ctx.refit): a function of the finished trials only."""
+    r = c - c % refit_every trials (cached in ctx.refit): a function of the finished trials only.
+    With a domain, the GP of that domain's losses (_observations)."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -431,13 +463,14 @@ def fit_model(ctx, history, **options):
     r = c - c % ctx.settings.refit_every
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                 # nothing to refit on yet: fit now
-    key, fitted_on = tuple(sorted(options.items())), [x.get("trial") for x in history[:r]]
+    key = (domain, *sorted(options.items()))
+    fitted_on = [x.get("trial") for x in history[:r]]
     if ctx.refit.get(key, (None,))[0] != fitted_on:
-        W, N, T, y, runs = _observations(history[:r])
+        W, N, T, y, runs = _observations(history[:r], domain)
         fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                         seed=trial_seed(ctx.settings.seed, r, MODEL), **options)
         ctx.refit[key] = (fitted_on, fit.hyperparameters)
-    W, N, T, y, runs = _observations(history)
+    W, N, T, y, runs = _observations(history, domain)
     return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
                      hyperparameters=ctx.refit[key][1], **options)
 
@@ -466,6 +499,17 @@ def _mixtures(history, statuses=("ok",)):
                                              if r["status"] in statuses]))
 
 
+def _unverified_recommendation(ctx, history):
+    """The model's recommendation if no finished or pending trial ran it at the target, else None:
+    in the reserve, mfkg first runs what it would recommend where it will be used."""
+    import acquisition
+    mixtures = _mixtures(history)
+    i, _, _ = acquisition.recommend(ctx.model, mixtures, _target(ctx), ctx.bounds)
+    ran = any(np.array_equal(r["weights"], mixtures[i]) and (r["scale"], r["steps"]) == _target(ctx)
+              for r in history if r["status"] in ("ok", "pending"))
+    return None if ran else mixtures[i]
+
+
 def propose_gp(ctx, history, t):
     """mfkg / kg / ei / ucb: one acquisition.choose_next on ctx.model over simplex candidates (or
     the table's pool) and the fidelities the strategy may use and can afford. Pending trials'
@@ -473,6 +517,14 @@ def propose_gp(ctx, history, t):
     import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
+    if strategy == "mfkg":          # runs below the target may not eat into the reserve (_reserve)
+        room = ctx.settings.budget - _reserve(ctx) - ctx.spent
+        fids = [f for f in fids if f == _target(ctx) or ctx.cost(*f) <= room + 1e-12]
+        strategy = "kg" if fids == [_target(ctx)] else strategy
+    if strategy == "kg" and ctx.settings.strategy == "mfkg" and ctx.affordable(*_target(ctx)):
+        best = _unverified_recommendation(ctx, history)
+        if best is not None:
+            return Proposal(best, *_target(ctx), "verify (the recommendation)")
     if not any(ctx.affordable(*f) for f in fids):
         return None
     evaluated = _mixtures(history, ("ok", "pending"))                      # (E, K)
@@ -514,7 +566,7 @@ def propose(ctx, history, t):
                and all(r["decision"].startswith("init") for r in history))  # design unbroken
     if in_init:
         N, T = _init_fidelity(ctx, t)
-        in_init = ctx.affordable(N, T)
+        in_init = ctx.affordable(N, T) and _design_affordable(ctx, history, N, T)
     if in_init:
         w = design_point(ctx, history, t, N, T)
         if w is None:                                      # a table without that row: the target
@@ -567,17 +619,56 @@ def recommend(ctx, history):
     return choice
 
 
+def insight(ctx, history, weights):
+    """What the GP says about the mixture `weights` at the target (GP strategies; {} otherwise):
+      tradeoffs   for it, uniform and each --mixture: the predicted target objective +- sd (the
+                  reporting GP) and each domain's predicted target loss +- sd (one GP per domain on
+                  its own losses, the same model options and refit schedule)
+      utilities   per domain, the predicted change of the target objective per unit of weight moved
+                  to it from the others in proportion, D_v f(w) with v = e_k - w, +- the sd of the
+                  GP's derivative posterior (gp.directional_derivative; R&W sec. 9.4)
+      optimum_by_scale  per scale at the target's steps, the argmin of the posterior mean over the
+                  evaluated mixtures and its total-variation distance from the target's argmin"""
+    import gp
+    if ctx.model is None or weights is None:
+        return {}
+    target, K, domains = _target(ctx), ctx.K, ctx.objective.domains
+    named = {"recommended": np.asarray(weights), "uniform": np.full(K, 1.0 / K)}
+    named.update({f"--mixture {i}": np.asarray(m) for i, m in enumerate(ctx.settings.mixture)})
+    X = gp.encode(np.array(list(named.values())), *target, ctx.bounds)          # (M, K + 2)
+    ok = [r for r in history if r["status"] == "ok"]
+    models = {"objective": fit_model(ctx, history, **REPORTING_MODEL)}
+    models.update({d: fit_model(ctx, history, domain=d) for d in domains
+                   if any(d in c["domain_losses"] for r in ok for c in r["checkpoints"])})
+    predictions = {k: gp.predict(m, X) for k, m in models.items()}              # (M,), (M,)
+    tradeoffs = {name: {k: [float(mean[i]), float(np.sqrt(var[i]))]
+                        for k, (mean, var) in predictions.items()} for i, name in enumerate(named)}
+    V = np.column_stack([np.eye(K) - named["recommended"], np.zeros((K, 2))])   # (K, K + 2)
+    mean, var = gp.directional_derivative(ctx.model, np.repeat(X[:1], K, axis=0), V)
+    utilities = {d: [float(mean[k]), float(np.sqrt(var[k]))] for k, d in enumerate(domains)}
+    mixtures = _mixtures(history)
+    best = {}
+    for N in [N for N in ctx.objective.scales if N <= target[0]]:
+        i = int(np.argmin(gp.predict(ctx.model, gp.encode(mixtures, N, target[1], ctx.bounds))[0]))
+        best[N] = mixtures[i]
+    optimum_by_scale = {fmt_scale(N): {"weights": w.tolist(),
+                                       "distance": float(0.5 * np.abs(w - best[target[0]]).sum())}
+                        for N, w in best.items()}
+    return {"tradeoffs": tradeoffs, "utilities": utilities, "optimum_by_scale": optimum_by_scale}
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. results and the ledger: JSON lines, each fsync'ed before anything depends on it. Line 1 is the
 #    header; then {"kind": "ask", ...} when a trial is handed out (pending), {"kind": "tell", ...}
 #    when its outcome is in, each tell followed by its {"kind": "recommendation", ...}, and
 #    {"kind": "budget", "budget": B} when a resumed search gets another budget.
 
-def check_result(result, steps):
+def check_result(result, steps, aggregate=None):
     """A run's result {"loss": x, "domain_losses": {domain: x}, "checkpoints": [{"steps": s,
     "loss": x, "domain_losses": {...}}, ...]}, only loss required -> (loss, domain_losses,
     checkpoints ascending in 1..steps; default the loss at `steps`). Every loss must be a finite
-    number within +-LOSS_LIMIT; anything else is a one-line ValueError saying what."""
+    number within +-LOSS_LIMIT; anything else is a one-line ValueError saying what. With an
+    `aggregate` (simulate.Aggregate) every loss is that aggregate of its domain losses."""
     def number(x, what):
         if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
             raise ValueError(f"the result's {what} must be a number; got {str(x)[:80]!r}")
@@ -606,17 +697,24 @@ def check_result(result, steps):
         checkpoints.append({"steps": int(s), "loss": number(c["loss"], f"checkpoint {s} loss"),
                             "domain_losses": per_domain(c.get("domain_losses") or {},
                                                         f"checkpoint {s} domain_losses")})
+    if aggregate is not None:
+        loss = simulate.aggregate(aggregate, losses)
+        for c in checkpoints:
+            c["loss"] = simulate.aggregate(aggregate, c["domain_losses"])
     return loss, losses, checkpoints
 
 
-def check_outcome(steps, result=None, loss=None, failed=None):
+def check_outcome(steps, result=None, loss=None, failed=None, aggregate=None):
     """The tell fields of a trial's outcome: exactly one of result (check_result), loss, failed."""
     if sum(x is not None for x in (result, loss, failed)) != 1:
         raise ValueError("tell needs exactly one of a result, a loss or a failure reason")
     if failed is not None:
         return {"status": "failed", "loss": None, "domain_losses": {}, "checkpoints": [],
                 "error": " ".join(str(failed).split())[:500] or "failed"}
-    value, losses, checkpoints = check_result({"loss": loss} if result is None else result, steps)
+    if loss is not None and aggregate is not None:
+        raise ValueError(f"--aggregate {aggregate.text} needs per-domain losses: tell a --result")
+    value, losses, checkpoints = check_result({"loss": loss} if result is None else result, steps,
+                                              aggregate)
     return {"status": "ok", "loss": value, "domain_losses": losses, "checkpoints": checkpoints,
             "error": None}
 
@@ -755,6 +853,7 @@ class Result:
     recommendations: list      # one per tell, in tell order: the recommendation after it
     spent: float               # target-run equivalents
     ledger: str | None
+    insight: dict = dataclasses.field(default_factory=dict)   # mixbo.insight at the end
 
     @property
     def recommendation(self):
@@ -777,7 +876,9 @@ class Search:
                  sha256=None, warn=print):
         self.objective, self.settings, self.ledger = objective, settings or Settings(), ledger
         for i, m in enumerate(self.settings.mixture):
-            simulate.check_weights(m, len(objective.domains), tol=1e-9, what=f"mixture {i}")
+            simulate.check_weights(m, len(objective.domains), what=f"mixture {i}")
+        self.aggregate = (simulate.parse_aggregate(self.settings.aggregate, objective.domains)
+                          if self.settings.aggregate else None)
         for N, T in ((N, T) for N in objective.scales for T in objective.steps):
             if not 0 < float(objective.cost(N, T)) < math.inf:
                 raise ValueError(f"cost({N:g}, {T}) must be a finite number > 0; "
@@ -812,6 +913,8 @@ class Search:
                 self.recommendations.append(r)
             elif kind == "budget":
                 budget = r["budget"]
+            elif kind == "summary":                      # a finished search's insight: redone
+                pass
             else:
                 raise ValueError(f"ledger {self.ledger} has a {kind!r} line out of order (trial "
                                  f"{t}); it was not written by this version of mixbo")
@@ -896,7 +999,7 @@ class Search:
                              f"told once")
         finished = time.time() if finished is None else finished
         tell = {"kind": "tell", "trial": trial,
-                **check_outcome(record["steps"], result, loss, failed),
+                **check_outcome(record["steps"], result, loss, failed, self.aggregate),
                 "spent": self.spent_told + record["cost"], "started": started,
                 "finished": finished,
                 "wall_s": None if started is None else round(finished - started, 3)}
@@ -914,13 +1017,20 @@ class Search:
         if not (low_N <= scale <= high_N and low_T <= steps <= high_T and steps == int(steps)):
             raise ValueError(f"the run's scale {scale:g} and steps {steps} must lie within the "
                              f"objective's scales {low_N:g}..{high_N:g}, steps {low_T}..{high_T}")
-        check_outcome(int(steps), result, loss, failed)         # a bad outcome writes nothing
+        check_outcome(int(steps), result, loss, failed, self.aggregate)  # bad: nothing written
         trial = self._ask(weights, scale, steps, "told (run outside mixbo)", seed=None)
         return self.tell(trial.trial, result, loss, failed)
 
-    def result(self):
+    def result(self, summarize=False):
+        """The Result; with summarize, also mixbo.insight at the last recommendation, written to
+        the ledger as its {"kind": "summary"} record."""
+        info = {}
+        if summarize and self.recommendations:
+            last = self.recommendations[-1]
+            info = insight(self.ctx, self.finished, last["weights"])
+            self._write({"kind": "summary", "after_trial": last["after_trial"], **info})
         return Result(self.settings, self.finished, list(self.recommendations), self.ctx.spent,
-                      self.ledger)
+                      self.ledger, info)
 
     def close(self):
         """Close the ledger; its lock goes with it."""
@@ -938,7 +1048,7 @@ class Search:
 # ----------------------------------------------------------------------------------------------
 # 6. running trials: in this process, or as shell commands; the closed loop
 
-def run_objective(objective, trial):
+def run_objective(objective, trial, aggregate=None):
     """Run `trial` in this process; returns tell's keyword arguments. An exception or sys.exit in
     the objective, or a result check_result refuses, is a failed trial; KeyboardInterrupt stops the
     search and leaves the trial pending (a resumed search runs it again with the same seed)."""
@@ -946,7 +1056,7 @@ def run_objective(objective, trial):
     try:
         result = objective.run(np.asarray(trial.weights, dtype=np.float64), trial.scale,
                                trial.steps, trial.seed)
-        check_result(result, trial.steps)
+        check_result(result, trial.steps, aggregate)
         return dict(result=result, started=started, finished=time.time())
     except (Exception, SystemExit) as e:        # a failed run must not stop the search
         why = (f"the objective called sys.exit({e.code!r})" if isinstance(e, SystemExit)
@@ -996,7 +1106,7 @@ def _signal(job, signum):
         pass
 
 
-def _poll(job, timeout):
+def _poll(job, timeout, aggregate=None):
     """None while job's command runs (past `timeout` seconds: SIGTERM to its process group, SIGKILL
     5 s later); then tell's keyword arguments for its outcome."""
     now, code = time.time(), job["process"].poll()
@@ -1017,7 +1127,7 @@ def _poll(job, timeout):
     try:
         with open(job["stem"] + ".json") as f:
             result = json.load(f)
-        check_result(result, job["trial"].steps)
+        check_result(result, job["trial"].steps, aggregate)
     except FileNotFoundError:
         return dict(failed=f"the command wrote no result to {job['stem']}.json {log}", **times)
     except ValueError as e:                     # json.JSONDecodeError is a ValueError too
@@ -1053,7 +1163,7 @@ def launch(search, runner, say=silent, told=silent):
                 return
             time.sleep(0.05)
             for t, job in list(running.items()):
-                if (outcome := _poll(job, runner.trial_timeout)) is not None:
+                if (outcome := _poll(job, runner.trial_timeout, search.aggregate)) is not None:
                     del running[t]
                     asking = True
                     told(*search.tell(t, **outcome))
@@ -1107,8 +1217,9 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
             while trials := search.pending or search.ask(1):
                 say(f"trial {trials[0].trial}: {trials[0].decision}: running scale "
                     f"{fmt_scale(trials[0].scale)} for {trials[0].steps} steps ...")
-                told(*search.tell(trials[0].trial, **run_objective(objective, trials[0])))
-        result = search.result()
+                told(*search.tell(trials[0].trial, **run_objective(objective, trials[0],
+                                                                  search.aggregate)))
+        result = search.result(summarize=out is not None or ledger is not None)
     _print_summary(summary, search.ctx, result)
     return result
 
@@ -1158,7 +1269,7 @@ def _print_trial(say, ctx, r, choice):
 
 
 def _print_summary(say, ctx, result):
-    choice = result.recommendation
+    choice, info = result.recommendation, result.insight
     n_failed = sum(r["status"] == "failed" for r in result.trials)
     say(f"done: {len(result.trials)} trials ({n_failed} failed), "
         f"spent {result.spent:.3f} of {ctx.settings.budget:g} target-run equivalents")
@@ -1166,17 +1277,32 @@ def _print_summary(say, ctx, result):
         say("no recommendation: no trial succeeded")
         return
     sd = f" +- {choice['sd']:.4f}" if choice["sd"] is not None else ""
-    N_t, T_t = ctx.objective.target
-    say(f"RECOMMENDED MIXTURE at the target (scale {fmt_scale(N_t)}, steps {T_t}):")
+    target = _target(ctx)
+    at_target = [r for r in result.trials if r["status"] == "ok"
+                 and (r["scale"], r["steps"]) == target]
+    own = sum(np.array_equal(r["weights"], choice["weights"]) for r in at_target)
+    say(f"RECOMMENDED MIXTURE at the target (scale {fmt_scale(target[0])}, steps {target[1]}):")
     for d, w in zip(ctx.objective.domains, choice["weights"]):
         dl = choice["domain_losses"].get(d)
         say(f"  {d:<24} {w:.4f}" + (f"   domain loss {dl:.4f}" if dl is not None else ""))
-    say(f"  loss {choice['loss']:.4f}{sd} ({choice['source']}); "
+    say(f"  {ctx.settings.aggregate or 'loss'} {choice['loss']:.4f}{sd} ({choice['source']}); "
         f"domain losses {choice['domain_losses_source']}")
-    if choice["sd"] is not None and not any(r["status"] == "ok" and r["scale"] == N_t
-                                            and r["steps"] >= T_t for r in result.trials):
+    say(f"  backed by {len(at_target)} run(s) at the target, {own} of this mixture")
+    if choice["sd"] is not None and not at_target:
         say("  note: no run reached the target scale and steps: this loss +- sd is extrapolated "
             "from smaller or shorter runs")
+    if info.get("tradeoffs"):
+        names = list(info["tradeoffs"])
+        say("trade-offs at the target (predicted, +- sd): " + " | ".join(names))
+        for key in info["tradeoffs"][names[0]]:
+            say(f"  {key:<22} " + " | ".join(f"{m:.4f} +- {v:.4f}" for m, v in
+                                              (info["tradeoffs"][n][key] for n in names)))
+        ranked = sorted(info["utilities"].items(), key=lambda kv: kv[1][0])
+        say("domain utilities: change of the target objective per unit of weight moved to the "
+            "domain (negative helps):")
+        say("  " + ", ".join(f"{d} {m:+.4f} +- {v:.4f}" for d, (m, v) in ranked))
+        say("optimum by scale (argmin of the posterior mean; TV distance from the target's): "
+            + ", ".join(f"{N} {o['distance']:.2f}" for N, o in info["optimum_by_scale"].items()))
 
 
 # ----------------------------------------------------------------------------------------------

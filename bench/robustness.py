@@ -1,0 +1,164 @@
+"""Robustness of mixbo's strategies across the controlled-transfer test bed (simulate.TESTBED).
+
+For every instance x strategy x seed, `mixbo.optimize` runs with the default settings (ledger in memory)
+and the recommendation after every trial is scored, uncharged, by the instance's noise-free true loss at
+the target. Per instance and strategy it reports, over seeds:
+  final     median true loss of the final recommendation (and its regret over the known optimum)
+  x random  budget / median cost from which the recommendation STAYS at or below q_random (random search's
+            median final true loss) until the budget is spent; "-" when the median seed never stays there
+  target    median number of runs at the target scale and steps
+  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (nominal 0.68 / 0.95)
+With --as-table every instance is first written as a pool-based run table (simulate.write_table) and
+replayed through simulate.load_table, as `python mixbo.py --table` would.
+
+Run: python bench/robustness.py [--instances a,b] [--strategies mfkg,ei,random,hyperband,regression]
+     [--seeds 20] [--budget B] [--as-table] [--jobs 2] [--json out.json]
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")      # small matrices: one thread per process
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import multiprocessing  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mixbo  # noqa: E402
+import simulate  # noqa: E402
+
+STRATEGIES = ("mfkg", "ei", "random", "hyperband", "regression")
+BUDGET_BY_LADDER = {2: 30.0, 3: 10.0}      # target-run equivalents by number of scales; others: 20
+_OBJECTIVES = {}                           # instance -> Objective, inherited by forked workers
+
+
+def default_budget(objective):
+    return BUDGET_BY_LADDER.get(len(objective.scales), 20.0)
+
+
+def run_one(task):
+    """One (instance, strategy, seed, budget) search: the curve [(spent, true, predicted, sd)] after
+    every trial, the number of target runs and the wall time."""
+    name, strategy, seed, budget = task
+    objective = _OBJECTIVES[name]
+    curve, t0 = [], time.perf_counter()
+
+    def score(trial, recommendation):
+        w = recommendation["weights"]
+        true = math.inf if w is None else float(objective.true_loss(np.asarray(w)))
+        curve.append((trial["spent"], true, recommendation["loss"], recommendation["sd"]))
+
+    result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score)
+    target = tuple(objective.target)
+    n_target = sum(t["status"] == "ok" and (t["scale"], t["steps"]) == target for t in result.trials)
+    return curve, n_target, time.perf_counter() - t0
+
+
+def stay_cost(curve, q):
+    """The spent budget from which every later recommendation has true loss <= q (inf if the last
+    one does not)."""
+    cost = math.inf
+    for spent, true, *_ in reversed(curve):
+        if true > q:
+            break
+        cost = spent
+    return cost
+
+
+def summarize(curves, n_targets, optimum, q_random, budget):
+    finals = [c[-1] if c else (0.0, math.inf, None, None) for c in curves]
+    true = np.array([f[1] for f in finals])
+    z = [abs(f[2] - f[1]) / f[3] for f in finals if f[3] is not None and f[3] > 0]
+    stay = float(np.percentile([stay_cost(c, q_random) for c in curves], 50, method="higher"))
+    return {"final_true_loss": float(np.median(true)),
+            "final_regret": float(np.median(true - optimum)) if optimum is not None else None,
+            "speedup_vs_random": budget / stay if math.isfinite(stay) and stay > 0 else None,
+            "target_runs": float(np.median(n_targets)),
+            "cover1": float(np.mean(np.array(z) <= 1)) if z else None,
+            "cover2": float(np.mean(np.array(z) <= 2)) if z else None}
+
+
+def json_ready(x):
+    """x with every non-finite float (a cost never reached) as null: strict JSON."""
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def build_objectives(names, as_table, folder):
+    out = {}
+    for name in names:
+        objective = simulate.make_benchmark(name)
+        if as_table:
+            path = os.path.join(folder, f"{name}.csv")
+            simulate.write_table(objective, path, n_mixtures=256, seeds=2, seed=0)
+            objective = simulate.load_table(path)
+        out[name] = objective
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--instances", default=",".join(simulate.TESTBED))
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--budget", type=float, help="one budget for every instance (default: by ladder)")
+    p.add_argument("--as-table", action="store_true", help="replay each instance as a pool table")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", help="write every curve and the table as JSON")
+    args = p.parse_args(argv)
+    names, strategies = args.instances.split(","), args.strategies.split(",")
+    if "random" not in strategies:
+        strategies.append("random")              # the reference of the speed-up
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        _OBJECTIVES.update(build_objectives(names, args.as_table, folder))
+    budgets = {n: args.budget or default_budget(_OBJECTIVES[n]) for n in names}
+    tasks = [(n, s, seed, budgets[n]) for n in names for s in strategies for seed in range(args.seeds)]
+    if args.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            runs = pool.map(run_one, tasks, chunksize=1)
+    else:
+        runs = [run_one(t) for t in tasks]
+    by_task = dict(zip(tasks, runs))
+    print(f"robustness: {len(names)} instances x {', '.join(strategies)} x {args.seeds} seeds"
+          f"{' (as tables)' if args.as_table else ''}; {time.perf_counter() - t0:.0f} s wall")
+    print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'final':>8} {'regret':>8} {'x random':>9}"
+          f" {'target':>7} {'cover1':>7} {'cover2':>7}")
+    table = {}
+    for n in names:
+        objective = _OBJECTIVES[n]
+        optimum = objective.optimum[1] if objective.optimum is not None else None
+        get = lambda s: [by_task[(n, s, seed, budgets[n])] for seed in range(args.seeds)]
+        q_random = float(np.percentile([r[0][-1][1] for r in get("random")], 50, method="higher"))
+        table[n] = {}
+        for s in strategies:
+            runs_s = get(s)
+            row = summarize([r[0] for r in runs_s], [r[1] for r in runs_s], optimum, q_random,
+                            budgets[n])
+            row["curves"] = [r[0] for r in runs_s]
+            table[n][s] = row
+            fmt = lambda v, f: "-" if v is None else format(v, f)
+            print(f"{n:<28} {budgets[n]:>6g} {s:<11} {row['final_true_loss']:>8.4f}"
+                  f" {fmt(row['final_regret'], '.4f'):>8} {fmt(row['speedup_vs_random'], '.2f'):>9}"
+                  f" {row['target_runs']:>7g} {fmt(row['cover1'], '.2f'):>7}"
+                  f" {fmt(row['cover2'], '.2f'):>7}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(json_ready({"command": "python bench/robustness.py "
+                                  + " ".join(sys.argv[1:] if argv is None else argv),
+                                  "budgets": budgets, "results": table}), f, allow_nan=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
