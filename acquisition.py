@@ -399,9 +399,10 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
     U = _fidelity_columns([s for s, _ in fidelities], [t for _, t in fidelities], bounds)  # (F, 2)
     u_target = _fidelity_columns([target[0]], [target[1]], bounds)[0]  # (2,)
     out = np.full(pairs.shape, -np.inf)
-    patterns, group = np.unique(pairs, axis=0, return_inverse=True)
+    packed = np.packbits(pairs, axis=1)  # (C, ceil(F / 8)) uint8: np.unique sorts these fast
+    patterns, group = np.unique(packed, axis=0, return_inverse=True)
     for g, pattern in enumerate(patterns):
-        f = np.flatnonzero(pattern)
+        f = np.flatnonzero(np.unpackbits(pattern, count=pairs.shape[1]))
         if f.size == 0:
             continue
         rows = np.flatnonzero(group.reshape(-1) == g)

@@ -13,12 +13,15 @@ Then the 'kg' step (target only) at the largest n, and log-EI over 10,000 points
 mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic LogExpectedImprovement.
 
 Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.py
-(one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only.
+(one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only;
+--profile: cProfile of the mfkg and exhaustive steps at the largest n.
 Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README-acq.md.
 """
 
 import argparse
+import cProfile
 import os
+import pstats
 import sys
 import time
 
@@ -154,7 +157,11 @@ def mfkg_rows(n, args):
         rows.append((f"n={n}: BoTorch qKnowledgeGradient + optimize_acqf", botorch_qkg(X, y, args),
                      f"num_fantasies={args.fantasies}, num_restarts={args.restarts}, "
                      f"raw_samples={args.raw_samples}"))
-    return rows, (model, C, W_runs)
+    def kg_step():
+        return acq.choose_next("kg", model, C, W_runs, SCALES, STEPS, TARGET, BOUNDS)
+
+    return rows, {"mfkg step": step, "exhaustive step": exhaustive,
+                  f"kg step (target only, {len(C)} KGs)": kg_step}
 
 
 def log_ei_rows(args):
@@ -202,15 +209,15 @@ def main():
     p.add_argument("--raw-samples", type=int, default=64, help="BoTorch qKG raw_samples")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-botorch", action="store_true")
+    p.add_argument("--profile", action="store_true", help="cProfile the steps at the largest n")
     args = p.parse_args()
     t_start = time.perf_counter()
     rows = []
     for n in args.sizes:
-        n_rows, (model, C, W_runs) = mfkg_rows(n, args)
+        n_rows, steps = mfkg_rows(n, args)
         rows += n_rows
-    t_kg, _ = best_of(lambda: acq.choose_next("kg", model, C, W_runs, SCALES, STEPS, TARGET,
-                                              BOUNDS), args.repeat)
-    rows.append((f"n={args.sizes[-1]}: mixbo kg step (target only, {len(C)} KGs)", t_kg, ""))
+    what, kg_step = list(steps.items())[-1]
+    rows.append((f"n={args.sizes[-1]}: mixbo {what}", best_of(kg_step, args.repeat)[0], ""))
     rows += log_ei_rows(args)
 
     threads = sys.modules["torch"].get_num_threads()
@@ -221,6 +228,12 @@ def main():
     for what, sec, note in rows:
         print(f"| {what:<78} | {sec:8.4f} | {note} |")
     print(f"whole script {time.perf_counter() - t_start:.0f} s")
+    if args.profile:
+        for what, fn in list(steps.items())[:2]:
+            print(f"\ncProfile of the {what} at n={args.sizes[-1]}, by own time:")
+            profile = cProfile.Profile()
+            profile.runcall(fn)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
 if __name__ == "__main__":
