@@ -429,10 +429,16 @@ def _log_kg_bounds(model, mean_E, sd_E, mean_C, sd_C):
     and log_knowledge_gradient_bound does the rest. The variances are floored at 1e-8 y_scale^2
     and the bound is raised by 1e-6 (relative), so that round-off in a computed KG does not cross
     it."""
-    shape = (len(mean_E), len(mean_C))
-    a = np.vstack([np.broadcast_to(mean_E[:, None], shape), mean_C])  # (E + 1, C)
-    sd = np.vstack([np.broadcast_to(sd_E[:, None], shape), sd_C])  # (E + 1, C)
-    return log_knowledge_gradient_bound(a, np.sqrt(sd ** 2 + 1e-8 * model.y_scale ** 2)) + 1e-6
+    floor = 1e-8 * model.y_scale ** 2
+    out = np.empty(len(mean_C))
+    chunk = max(1, _CHUNK // (2 * (len(mean_E) + 1)))  # candidates per call
+    for start in range(0, len(mean_C), chunk):
+        c = slice(start, start + chunk)
+        shape = (len(mean_E), len(mean_C[c]))
+        a = np.vstack([np.broadcast_to(mean_E[:, None], shape), mean_C[c]])  # (E + 1, c)
+        sd = np.vstack([np.broadcast_to(sd_E[:, None], shape), sd_C[c]])  # (E + 1, c)
+        out[c] = log_knowledge_gradient_bound(a, np.sqrt(sd ** 2 + floor)) + 1e-6
+    return out
 
 
 def _allowed(candidates, fidelities, available):
