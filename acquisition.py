@@ -330,7 +330,7 @@ def log_knowledge_gradient_bound(a, sd):
 
 STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 _CHUNK = 2 ** 21  # numbers per (measurements, E + 1) array of the KG (16 MB): bounds the memory
-_FIRST_ROUND = 256  # branch and bound: the best-bounded pairs, whose KG is computed first
+_FIRST_ROUND = 256  # pairs whose KG comes first; any size is exact, see bench/README-acq.md
 
 
 @dataclass(frozen=True)
