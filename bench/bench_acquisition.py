@@ -14,7 +14,8 @@ mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic LogExp
 
 Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.py
 (one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only;
---profile: cProfile of the mfkg and exhaustive steps at the largest n.
+--profile: cProfile of the mfkg and exhaustive steps at the largest n; --first-round: the size
+of the branch and bound's first round.
 Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README-acq.md.
 """
 
@@ -210,7 +211,10 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-botorch", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the steps at the largest n")
+    p.add_argument("--first-round", type=int, default=acq._FIRST_ROUND,
+                   help="pairs whose KG the mfkg step computes first (acquisition._FIRST_ROUND)")
     args = p.parse_args()
+    acq._FIRST_ROUND = args.first_round
     t_start = time.perf_counter()
     rows = []
     for n in args.sizes:
@@ -222,7 +226,7 @@ def main():
 
     threads = sys.modules["torch"].get_num_threads()
     print(f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"best of {args.repeat}")
+          f"best of {args.repeat}, first round {args.first_round} pairs")
     print(f"| {'what':<78} | {'seconds':>8} | note |")
     print(f"|{'-' * 80}|{'-' * 10}|------|")
     for what, sec, note in rows:
