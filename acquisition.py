@@ -205,14 +205,12 @@ def _max_line(A, B, slope):
 def _prefilter(A, B):
     """Lines that can be on the upper envelope: intercepts A, slopes B (Z, M) -> (Z, M) bool.
 
-    Frazier's AffineBreakpointsPrep.m filter, made exact. With `left`, `at_zero`, `right` the lines
-    that are the maximum at z -> -inf, z = 0 and z -> +inf, the envelope is above g(z) = the max of
-    the three, which has kinks p1 <= 0 (at_zero overtakes left) and p2 >= 0 (right overtakes
-    at_zero). A line minus g is concave and piecewise linear with kinks p1, p2, so it is largest at
-    p1 or p2: a line below g at both kinks is never on the envelope. Comparisons that meet NaN
-    (inf * 0 after an overflow) are False, so such lines are kept; the three lines of g are always
-    kept. A line that round-off puts just below g at a kink touches the envelope on an interval of
-    round-off length at most.
+    Frazier's AffineBreakpointsPrep.m filter, made exact. The envelope is above g(z), the max of
+    the lines `left`, `at_zero`, `right` that are the maximum at z -> -inf, 0, +inf; g has kinks
+    p1 <= 0 and p2 >= 0. A line minus g is concave and piecewise linear with kinks p1, p2, so a
+    line below g at both kinks is never on the envelope. Comparisons that meet NaN (inf * 0 after an
+    overflow) are False, so such lines are kept, as are g's three. A line that round-off puts just
+    below g at a kink touches the envelope on an interval of round-off length at most.
     """
     rows = np.arange(len(A))
     left = _max_line(A, B, B.min(axis=1, keepdims=True))
@@ -335,10 +333,9 @@ _FIRST_ROUND = 256  # pairs whose KG comes first; any size is exact, see bench/R
 
 @dataclass(frozen=True)
 class Decision:
-    """What to run next and why. value is the criterion that was maximized: log(KG / cost) for
-    'mfkg', log KG for 'kg', log EI for 'ei', -LCB for 'ucb'. kg is the knowledge gradient of the
-    choice (loss units; None for 'ei' / 'ucb'); cost = cost(scale, steps) + fixed_cost; index is
-    the row of candidates."""
+    """What to run next and why. value is the criterion maximized: log(KG / cost) for 'mfkg', log KG
+    for 'kg', log EI for 'ei', -LCB for 'ucb'. kg: the choice's knowledge gradient (loss units; None
+    for 'ei' / 'ucb'); cost = cost(scale, steps) + fixed_cost; index: the row of candidates."""
     weights: np.ndarray  # (D,)
     scale: float
     steps: int
@@ -460,8 +457,7 @@ def _argmax_allowed(score, candidates, fidelities, available):
     if available is None:
         c, f = divmod(int(np.argmax(score)), score.shape[1])
         return (c, f) if np.isfinite(score[c, f]) else None
-    order = np.argsort(-score, axis=None, kind="stable")  # flat indices, best first
-    for i in order:
+    for i in np.argsort(-score, axis=None, kind="stable"):  # flat indices, best first
         c, f = divmod(int(i), score.shape[1])
         if not np.isfinite(score[c, f]):  # -inf from here on
             return None
