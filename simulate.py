@@ -188,6 +188,15 @@ def aggregate_optimum(objective, spec, seed=0):
     return objective.candidates[int(np.argmin(values))].copy(), float(values.min())
 
 
+def scored_by(objective, spec):
+    """The objective whose true_loss and optimum are `spec`'s aggregate of its true per-domain
+    losses (what a benchmark scores under mixbo's --aggregate)."""
+    def true_loss(weights, scale=None, steps=None):
+        return aggregate(spec, objective.true_domain_losses(weights, scale, steps))
+    return dataclasses.replace(objective, true_loss=true_loss,
+                               optimum=aggregate_optimum(objective, spec))
+
+
 # --- Simulators: a level in (N, D) plus mixing-law terms ------------------------------------------
 @dataclasses.dataclass(frozen=True, eq=False)
 class Simulator:

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mixbo  # noqa: E402
+import simulate  # noqa: E402
 
 _OBJECTIVE = None      # the objective, inherited by forked workers (closures do not pickle)
 
@@ -88,6 +89,9 @@ def bench(objective, strategies, seeds=10, budget=mixbo.Settings.budget, jobs=2,
                          f"table); {objective.name} has none")
     for strategy in strategies:          # bad settings: one line before any run
         mixbo.Settings(strategy=strategy, budget=budget, **settings)
+    if settings.get("aggregate"):        # score the aggregate the search minimizes
+        spec = simulate.parse_aggregate(settings["aggregate"], objective.domains)
+        objective = simulate.scored_by(objective, spec)
     _OBJECTIVE = objective
     tasks = [(strategy, seed, budget, settings) for strategy in strategies for seed in range(seeds)]
     if jobs > 1:

@@ -46,7 +46,7 @@ def default_budget(objective):
 def run_one(task):
     """One (instance, strategy, seed, budget) search: the curve [(spent, true, predicted, sd)] after
     every trial, the number of target runs and the wall time."""
-    name, strategy, seed, budget = task
+    name, strategy, seed, budget, aggregate = task
     objective = _OBJECTIVES[name]
     curve, t0 = [], time.perf_counter()
 
@@ -55,7 +55,8 @@ def run_one(task):
         true = math.inf if w is None else float(objective.true_loss(np.asarray(w)))
         curve.append((trial["spent"], true, recommendation["loss"], recommendation["sd"]))
 
-    result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score)
+    result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score,
+                            aggregate=aggregate)
     target = tuple(objective.target)
     n_target = sum(t["status"] == "ok" and (t["scale"], t["steps"]) == target for t in result.trials)
     return curve, n_target, time.perf_counter() - t0
@@ -94,14 +95,17 @@ def json_ready(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def build_objectives(names, as_table, folder):
+def build_objectives(names, as_table, folder, aggregate=""):
     out = {}
     for name in names:
         objective = simulate.make_benchmark(name)
         if as_table:
             path = os.path.join(folder, f"{name}.csv")
-            simulate.write_table(objective, path, n_mixtures=256, seeds=2, seed=0)
+            simulate.write_table(objective, path, n_mixtures=256, seeds=(0, 1), seed=0)
             objective = simulate.load_table(path)
+        if aggregate:
+            objective = simulate.scored_by(objective,
+                                           simulate.parse_aggregate(aggregate, objective.domains))
         out[name] = objective
     return out
 
@@ -113,6 +117,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--budget", type=float, help="one budget for every instance (default: by ladder)")
     p.add_argument("--as-table", action="store_true", help="replay each instance as a pool table")
+    p.add_argument("--aggregate", default="", help="mixbo's --aggregate, scored the same way")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write every curve and the table as JSON")
     args = p.parse_args(argv)
@@ -121,9 +126,10 @@ def main(argv=None):
         strategies.append("random")              # the reference of the speed-up
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        _OBJECTIVES.update(build_objectives(names, args.as_table, folder))
+        _OBJECTIVES.update(build_objectives(names, args.as_table, folder, args.aggregate))
     budgets = {n: args.budget or default_budget(_OBJECTIVES[n]) for n in names}
-    tasks = [(n, s, seed, budgets[n]) for n in names for s in strategies for seed in range(args.seeds)]
+    tasks = [(n, s, seed, budgets[n], args.aggregate) for n in names for s in strategies
+             for seed in range(args.seeds)]
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
             runs = pool.map(run_one, tasks, chunksize=1)
@@ -138,7 +144,8 @@ def main(argv=None):
     for n in names:
         objective = _OBJECTIVES[n]
         optimum = objective.optimum[1] if objective.optimum is not None else None
-        get = lambda s: [by_task[(n, s, seed, budgets[n])] for seed in range(args.seeds)]
+        get = lambda s: [by_task[(n, s, seed, budgets[n], args.aggregate)]
+                         for seed in range(args.seeds)]
         q_random = float(np.percentile([r[0][-1][1] for r in get("random")], 50, method="higher"))
         table[n] = {}
         for s in strategies:
