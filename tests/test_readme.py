@@ -65,27 +65,27 @@ def segments(excerpt):
 
 
 def mismatch(excerpt, output):
-    """None if the excerpt matches the output lines, else a message naming the first line that
-    does not."""
+    """None if the excerpt matches the output lines, else a message with the first README line
+    that differs from the output where that segment fits best. Each segment is placed at its
+    earliest fit after the previous one (for ordered segments the earliest fit is never worse)."""
     runs, open_start, open_end = segments(excerpt)
     output = [normalize(line) for line in output]
     at = 0
     for k, run in enumerate(runs):
-        anchored_start, anchored_end = k == 0 and not open_start, k == len(runs) - 1 and not open_end
-        starts = [at] if anchored_start else range(at, len(output) - len(run) + 1)
-        if anchored_end:
-            starts = [s for s in starts if s + len(run) == len(output)]
-        found = next((s for s in starts if output[s:s + len(run)] == run), None)
-        if found is None:
-            near = max(range(at, len(output)), default=at,
-                       key=lambda s: sum(a == b for a, b in zip(output[s:], run)))
-            line = next((j for j, (a, b) in enumerate(zip(output[near:], run)) if a != b),
-                        min(len(run), len(output) - near))
-            got = output[near + line] if near + line < len(output) else "<end of output>"
-            return (f"excerpt segment {k + 1} does not match the output"
-                    + (" at its end" if anchored_end else "")
-                    + f":\n  README: {run[min(line, len(run) - 1)]!r}\n  output: {got!r}")
-        at = found + len(run)
+        fits = [s for s in range(at, len(output) - len(run) + 1) if output[s:s + len(run)] == run]
+        allowed = [s for s in fits if (s == 0 or k > 0 or open_start)
+                   and (s + len(run) == len(output) or k < len(runs) - 1 or open_end)]
+        if not allowed:
+            where = f"excerpt segment {k + 1} (of {len(runs)})"
+            if fits:
+                return (f"{where} is in the output, but not at its {'start' if k == 0 else 'end'}"
+                        f"; mark an elision with '  {ELISION}'")
+            best = max(range(at, max(at + 1, len(output))),
+                       key=lambda s: sum(map(str.__eq__, output[s:], run)))
+            j = next(j for j, line in enumerate(run) if output[best + j:best + j + 1] != [line])
+            got = output[best + j] if best + j < len(output) else "<end of output>"
+            return f"{where} does not match the output:\n  README: {run[j]!r}\n  output: {got!r}"
+        at = allowed[0] + len(run)
     return None
 
 
@@ -110,6 +110,7 @@ def test_excerpt_matcher_on_known_cases():
     assert mismatch(["$ cmd", "  ...", "d", "c", "  ..."], output) is not None   # out of order
     assert mismatch(["$ cmd", "a", "c", "  ..."], output) is not None       # an elided line
     assert mismatch(["$ cmd", "a", "ledger: x", "b", "c", "d", "e", "f"], output) is not None
+    assert "not at its end" in mismatch(["$ cmd", "  ...", "b", "c"], output)
 
 
 def test_lab_note_patterns_catch_what_they_should():
@@ -158,9 +159,10 @@ def test_quick_start_excerpt_matches_a_fresh_run():
 
 if __name__ == "__main__":
     lines, code, err = fresh_run()
-    head, tail = 14, 24
+    head, tail = 9, 21          # the header and trial 0; the last trial and the summary
     shown = lines if len(lines) <= head + tail else lines[:head] + ["  " + ELISION] + lines[-tail:]
-    print("\n".join(line.rstrip() for line in shown))
+    print("\n".join("ledger: runs/default-mfkg-seed0.jsonl" if line.startswith("ledger:")
+                    else line.rstrip() for line in shown))
     if code:
         print(err, file=sys.stderr)
     sys.exit(code)
