@@ -1,33 +1,47 @@
-"""Cross-scale diagnostics (issue 8): do small runs predict the target-scale ranking?
+"""Cross-scale diagnostics: do small runs predict the target, and does the GP say how far they do?
 
-Setting (as in the issue): many mixtures are run at the small scales (every checkpoint is an observation),
-and at most `--target-runs` (default 2) of them also at the target fidelity. The GP is fitted on exactly
-that. For every other mixture the target-fidelity run is held back and predicted:
-  spearman   rank correlation of the predicted mean with the held-back target loss
-  rmse       root mean squared error of the predicted mean (nats)
-  cov68/95   share of held-back losses inside the 68% / 95% predictive interval (the GP's latent variance
-             plus its noise variance: the held-back losses are noisy runs too)
-  vs truth   (benchmarks only) the same against the noise-free target loss, latent interval only
-and the "ceiling": the rank correlation of the held-back mixtures' own losses at the largest small scale
-(final step) with their target losses -- what a model that copies the small-scale ranking would get.
+Setting: many mixtures are run at the small scales (every checkpoint is an observation) and a few of them
+also at the target fidelity, `--target-runs` (several counts: each is its own fit on the same small-scale
+runs, the same target runs nested, the same mixtures held back). The target values of the other mixtures
+are held back and predicted:
+  spearman   rank correlation of the predicted mean with the held-back target values
+  rmse       root mean squared error of the predicted mean
+  cov68/95   share of held-back values inside the 68% / 95% predictive interval
+against the noise-free target value (latent interval; benchmarks and the transfer cases) or, on a run
+table, the observed target run (the interval then adds the GP's noise variance).
 
-Data: a synthetic benchmark of simulate.py (make_benchmark(name), `--benchmark`, default "default"):
-`--mixtures` Dirichlet(1) mixtures (half of them Dirichlet(0.3), to reach the faces), run at the
-`--small-scales` smallest scales to the last steps; or a run table (`--table runs.csv`, simulate.load_table):
-every run of every mixture below the target scale, and the target-fidelity runs of its candidates.
+Data, one of:
+  --benchmark NAME   a simulate.py benchmark, `--mixtures` Dirichlet(1) mixtures (half Dirichlet(0.3)) at
+                     the `--small-scales` smallest scales, to the last steps;
+  --table PATH       a run table (simulate.load_table): every run below the target scale, and the target
+                     runs of its candidates;
+  --case NAME ...    controlled transfer, generated here: loss(w, N, T) = level(N, T) + 0.05 g_N(w) with
+                     g_N = sqrt(r) g + sqrt(1 - r) h_N, g and every h_N independent smooth random functions
+                     on the simplex (unit-variance GP draws by random Fourier features, Rahimi & Recht 2007,
+                     RBF lengthscale 0.3), r = 2 sin(pi rho / 6) so that the Spearman correlation of two
+                     scales' effects is rho; level = Chinchilla's law (Hoffmann et al. 2022, eq. 10), or
+                     "jump" (the target's level 0.1 below the law), or "accuracy" (minus an accuracy that
+                     rises with scale as a sigmoid in log N: not a power law); noise: an offset per run
+                     (sd 0.01) and per checkpoint (sd 0.003). NAME = K{domains}-S{scales}-r{rho}[-jump|
+                     -accuracy]; scales: 2 = (1B / 60, 1B) (cost ratio 1:60), 3 = (180M, 480M, 1B) (0.18 :
+                     0.48 : 1), 7 = simulate's ladder 20M..1B; steps 2500..20000; "all" = the study's cases.
+Each of `--repeats` splits draws its own mixtures, target runs, run seeds (and random functions); the
+tables give the mean over splits and under it the standard error (sd / sqrt(repeats)). The held-back
+mixtures of one split share the error of the target's level, so one split's coverage is one draw.
 
-Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default] [--table PATH] [--mixtures 48]
-     [--small-scales 2] [--target-runs 2] [--restarts 2] [--seed 0] [--repeats 3]
-Each of `--repeats` splits draws its own mixtures, seen target runs and run seeds; the table is the mean, and
-under it the standard error over splits (sd / sqrt(repeats)). The coverage of one split is one draw: its
-held-back mixtures share the error of the common offset learnt from 2 target runs, so it varies from split
-to split by about 0.2 at 68%, and only the mean over many splits can be held to +-10 points.
+Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default | --table PATH | --case NAME ...]
+     [--mixtures 24] [--small-scales 2] [--target-runs 0 1 2 4] [--repeats 8] [--restarts 1]
+     [--models old new constant]
 """
 
 import argparse
+import importlib.util
+import math
 import sys
 import time
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.stats import norm, spearmanr
@@ -36,27 +50,80 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gp  # noqa: E402
 import simulate  # noqa: E402
 
-MODELS = {   # name -> gp.fit_gp options; "product" is the plain product kernel with a constant mean
-    "product": dict(structure="product", mean="constant"),
-    "product+law": dict(structure="product", mean="scaling_law"),
-    "additive": dict(structure="additive", mean="constant"),
-    "additive+law": dict(structure="additive", mean="scaling_law"),
-    # the defaults' kernels are Matern-5/2 on the weights and RBF on u_N, u_T; this row has Matern-5/2 on all
-    "law, matern N,T": dict(structure="product", mean="scaling_law", kernel_N="matern52", kernel_T="matern52"),
+MODELS = {   # name -> gp.Config
+    "old": gp.Config(scale_deviation=False),                 # the previous default
+    "new": gp.Config(),                                      # the default
+    "constant": gp.Config(mean="constant"),
+    "old constant": gp.Config(mean="constant", scale_deviation=False),
 }
+LADDERS = {2: (1e9 / 60, 1e9), 3: (0.18e9, 0.48e9, 1e9), 7: simulate.DEFAULT_SCALES}
+STEPS = simulate.DEFAULT_STEPS
+STUDY = ([f"K5-S{s}-r{rho}" for s in (2, 3, 7) for rho in (0.99, 0.9, 0.7, 0.5, 0.2)]
+         + [f"K20-S3-r{rho}" for rho in (0.99, 0.9, 0.7, 0.5, 0.2)]
+         + ["K5-S2-r0.9-jump", "K5-S3-r0.9-jump", "K5-S3-r0.9-accuracy", "K20-S7-r0.9"])
 
+
+# ------------------------------------------------------------------ the controlled-transfer generator
+
+def random_function(K, rng, lengthscale=0.3, features=256):
+    """w (n, K) -> (n,): a draw of a unit-variance GP with an RBF kernel, by random Fourier features."""
+    omega = rng.normal(0.0, 1.0 / lengthscale, size=(features, K))
+    phase = rng.uniform(0.0, 2 * math.pi, size=features)
+    amplitude = rng.normal(size=features) * math.sqrt(2.0 / features)
+    return lambda W: np.cos(np.atleast_2d(W) @ omega.T + phase) @ amplitude
+
+
+def level_of(kind, scale, steps, target_scale):
+    """The mixture-independent level: Chinchilla's L(N, D), D = steps x 2^19 tokens, or its variants."""
+    if kind == "accuracy":
+        accuracy = 0.3 + 0.4 / (1 + math.exp(-4 * (math.log10(scale) - 8.8))) + 0.05 * math.log2(steps / STEPS[0])
+        return -accuracy
+    law = 1.69 + 406.4 / scale ** 0.34 + 410.7 / (steps * simulate.TOKENS_PER_STEP) ** 0.28
+    return law - (0.1 if kind == "jump" and scale == target_scale else 0.0)
+
+
+def transfer_case(name, seed):
+    """The objective of case NAME (K{domains}-S{scales}-r{rho}[-jump|-accuracy]) for split `seed`, with
+    the fields of simulate.Objective that this script reads."""
+    parts = name.split("-")
+    K, n_scales, rho = int(parts[0][1:]), int(parts[1][1:]), float(parts[2][1:])
+    kind = parts[3] if len(parts) > 3 else "law"
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    scales, r = LADDERS[n_scales], 2 * math.sin(math.pi * rho / 6)
+    shared, own = random_function(K, rng), [random_function(K, rng) for _ in scales]
+    effect_sd = 0.02 if kind == "accuracy" else 0.05
+    target = (scales[-1], STEPS[-1])
+
+    def true_loss(weights, scale=None, steps=None):
+        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
+        g = math.sqrt(r) * shared(weights) + math.sqrt(1 - r) * own[scales.index(scale)](weights)
+        return level_of(kind, scale, steps, target[0]) + effect_sd * g
+
+    def run(weights, scale, steps, run_seed):
+        noise = np.random.default_rng([seed, run_seed, scales.index(scale), zlib.crc32(weights.tobytes())])
+        offset = 0.01 * noise.normal()
+        checkpoints = [{"steps": s, "loss": float(true_loss(weights, scale, s)[0] + offset
+                                                  + 0.003 * noise.normal())} for s in STEPS if s <= steps]
+        return {"loss": checkpoints[-1]["loss"], "checkpoints": checkpoints}
+
+    return SimpleNamespace(domains=tuple(range(K)), scales=scales, steps=STEPS, target=target, run=run,
+                           available=None, true_loss=true_loss)
+
+
+# ------------------------------------------------------------------ one split
 
 def largest_available_steps(obj, w, scale, only=None):
-    """The longest run of mixture w at this scale that the objective can make (or `only`, if it can), or None."""
-    ok = [s for s in obj.steps if (only is None or s == only) and (obj.available is None or obj.available(w, scale, s))]
+    """The longest run of mixture w at this scale that the objective can make (or `only`), or None."""
+    ok = [s for s in obj.steps
+          if (only is None or s == only) and (obj.available is None or obj.available(w, scale, s))]
     return max(ok) if ok else None
 
 
 def observations(obj, mixtures, scales, seed, only_steps=None):
-    """Run every mixture at every scale in `scales` (to its largest available steps, or to `only_steps`);
-    each checkpoint is one observation. Returns W (n, K), N (n,), T (n,), y (n,) and final[i, j] = final
-    loss of mixture i at scale j (NaN where there is no such run)."""
-    W, N, T, y = [], [], [], []
+    """Run every mixture at every scale in `scales` (to its largest available steps, or `only_steps`);
+    each checkpoint is one observation. Returns W (n, K), N (n,), T (n,), y (n,), mixture index (n,)
+    and final[i, j] = final loss of mixture i at scale j (NaN where there is no such run)."""
+    W, N, T, y, index = [], [], [], [], []
     final = np.full((len(mixtures), len(scales)), np.nan)
     for i, w in enumerate(mixtures):
         for j, scale in enumerate(scales):
@@ -65,9 +132,10 @@ def observations(obj, mixtures, scales, seed, only_steps=None):
                 continue
             out = obj.run(w, scale, steps, seed)
             for c in out["checkpoints"]:
-                W.append(w), N.append(scale), T.append(c["steps"]), y.append(c["loss"])
+                W.append(w), N.append(scale), T.append(c["steps"]), y.append(c["loss"]), index.append(i)
             final[i, j] = out["loss"]
-    return np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y), final
+    return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y),
+            np.array(index), final)
 
 
 def coverage(y, mean, sd, level):
@@ -76,94 +144,103 @@ def coverage(y, mean, sd, level):
 
 
 def one_split(obj, args, seed, table):
-    """One experiment: mixtures, runs, the GP fits. Returns (header line, ceilings, {model: metrics})."""
+    """One experiment. Returns (ceiling, {(target runs, model): [spearman, rmse, cov68, cov95, fit s]}),
+    ceiling = Spearman of the held-back mixtures' values at the largest small scale with the target's."""
     rng = np.random.default_rng(seed)
     if table:
-        mixtures = np.asarray(simulate.read_table(table).mixtures, dtype=float)    # every mixture of the table
+        mixtures = np.asarray(simulate.read_table(table).mixtures, dtype=float)
         small = [s for s in obj.scales if s < obj.target[0]]
     else:
         K = len(obj.domains)
         half = args.mixtures // 2
         mixtures = np.concatenate([rng.dirichlet(np.ones(K), args.mixtures - half),
                                    rng.dirichlet(np.full(K, 0.3), half)])
-        small = list(obj.scales[:args.small_scales])
+        small = list(obj.scales[:-1] if args.case else obj.scales[:args.small_scales])
     K = mixtures.shape[1]
     bounds = (obj.scales[0], obj.scales[-1], obj.steps[0], obj.steps[-1])
-
-    # small-scale runs of every mixture; target runs of a few (seen by the GP) and of the rest (held back)
-    Ws, Ns, Ts, ys, final_small = observations(obj, mixtures, small, seed)
-    Wt, Nt, Tt, yt, final_target = observations(obj, mixtures, [obj.target[0]], seed, only_steps=obj.target[1])
+    Ws, Ns, Ts, ys, _, final_small = observations(obj, mixtures, small, seed)
+    Wt, Nt, Tt, yt, it, final_target = observations(obj, mixtures, [obj.target[0]], seed,
+                                                    only_steps=obj.target[1])
     has_target = np.flatnonzero(np.isfinite(final_target[:, 0]))
-    seen = rng.choice(has_target, size=min(args.target_runs, len(has_target) - 3), replace=False)
-    held = np.setdiff1d(has_target, seen)
-    seen_rows = (Wt[:, None, :] == mixtures[seen][None, :, :]).all(-1).any(-1)   # target rows of seen mixtures
-    X = gp.encode(np.concatenate([Ws, Wt[seen_rows]]), np.concatenate([Ns, Nt[seen_rows]]),
-                  np.concatenate([Ts, Tt[seen_rows]]), bounds)                     # (n, K+2)
-    y = np.concatenate([ys, yt[seen_rows]])
-    y_held = final_target[held, 0]                                                 # (h,) noisy target losses
-    X_held = gp.encode(mixtures[held], obj.target[0], obj.target[1], bounds)
-    truth = None if table or obj.true_loss is None else obj.true_loss(mixtures[held])
-    last_small = final_small[held, -1]                                             # largest small scale
+    order = rng.permutation(has_target)
+    most = min(max(args.target_runs), len(has_target) - 3)
+    held = np.sort(order[most:])
+    if table:
+        truth, latent = final_target[held, 0], False                       # noisy target runs
+    else:
+        truth, latent = obj.true_loss(mixtures[held]), True                # noise-free target values
+    last_small = final_small[held, -1]
     ok = np.isfinite(last_small)
-    ceilings = [spearmanr(last_small[ok], y_held[ok])[0]]
-    if truth is not None:
-        ceilings.append(spearmanr(last_small[ok], truth[ok])[0])
-    header = (f"{len(mixtures)} mixtures at scales {[f'{s:.3g}' for s in small]} (all checkpoints), {len(seen)} at "
-              f"the target {obj.target}; n = {len(y)} observations, {len(held)} held back")
+    ceiling = spearmanr(last_small[ok], truth[ok])[0]
+    X_held = gp.encode(mixtures[held], obj.target[0], obj.target[1], bounds)
     results = {}
-    for m in args.models:
-        t = time.perf_counter()
-        g = gp.fit_gp(X, y, K, seed=seed, restarts=args.restarts, **MODELS[m])
-        t = time.perf_counter() - t
-        mean, var = gp.predict(g, X_held)
-        sd_y = np.sqrt(var + g.noise_variance)                                     # predictive sd of a new run
-        row = [spearmanr(mean, y_held)[0], np.sqrt(np.mean((mean - y_held) ** 2)),
-               coverage(y_held, mean, sd_y, 0.68), coverage(y_held, mean, sd_y, 0.95), t]
-        if truth is not None:
-            sd_f = np.sqrt(var)                                                    # latent f: noise-free truth
-            row += [spearmanr(mean, truth)[0], np.sqrt(np.mean((mean - truth) ** 2)),
-                    coverage(truth, mean, sd_f, 0.68), coverage(truth, mean, sd_f, 0.95)]
-        results[m] = row
-    return header, ceilings, results
+    for t in args.target_runs:
+        rows = np.isin(it, order[:min(t, most)])                           # target rows of the seen
+        X = gp.encode(np.concatenate([Ws, Wt[rows]]), np.concatenate([Ns, Nt[rows]]),
+                      np.concatenate([Ts, Tt[rows]]), bounds)
+        y = np.concatenate([ys, yt[rows]])
+        for m in args.models:
+            start = time.perf_counter()
+            if m == "previous":
+                g = args.previous.fit_gp(X, y, K, seed=seed, restarts=args.restarts)
+            else:
+                g = gp.fit_gp(X, y, K, MODELS[m], seed=seed, restarts=args.restarts)
+            elapsed = time.perf_counter() - start
+            mean, var = (args.previous if m == "previous" else gp).predict(g, X_held)
+            sd = np.sqrt(var if latent else var + g.noise_variance)
+            results[t, m] = [spearmanr(mean, truth)[0], np.sqrt(np.mean((mean - truth) ** 2)),
+                             coverage(truth, mean, sd, 0.68), coverage(truth, mean, sd, 0.95), elapsed]
+    return ceiling, results
+
+
+def report(title, splits, args):
+    """The table of one data set: per (target runs, model) the mean over splits and its standard error."""
+    ceilings = np.array([c for c, _ in splits])
+    print(f"{title}: {args.repeats} splits; ceiling (Spearman, largest small scale vs target) "
+          f"{ceilings.mean():.3f} +- {ceilings.std(ddof=1) / math.sqrt(len(splits)) if len(splits) > 1 else 0:.3f}")
+    print(f"{'model':<14} {'target runs':>11} {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6} {'fit s':>6}")
+    for t in args.target_runs:
+        for m in args.models:
+            per_split = np.array([res[t, m] for _, res in splits])        # (repeats, 5)
+            rows = [(m, per_split.mean(axis=0))]
+            if len(splits) > 1:
+                rows.append(("  +- se", per_split.std(axis=0, ddof=1) / math.sqrt(len(splits))))
+            for name, r in rows:
+                print(f"{name:<14} {t:>11} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} {r[4]:>6.2f}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
-    ap.add_argument("--table", default=None, help="run table CSV (simulate.load_table) instead of a benchmark")
-    ap.add_argument("--mixtures", type=int, default=48)
-    ap.add_argument("--small-scales", type=int, default=2)
-    ap.add_argument("--target-runs", type=int, default=2)
-    ap.add_argument("--restarts", type=int, default=2)
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
+    source.add_argument("--table", default=None, help="run table CSV (simulate.load_table)")
+    source.add_argument("--case", nargs="+", default=None, help="controlled-transfer cases, or 'all'")
+    ap.add_argument("--mixtures", type=int, default=24)
+    ap.add_argument("--small-scales", type=int, default=2, help="(benchmarks) small scales used")
+    ap.add_argument("--target-runs", type=int, nargs="+", default=[0, 1, 2, 4])
+    ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="independent splits (seeds seed, seed+1, ...); means printed")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--repeats", type=int, default=8, help="independent splits (seeds seed, seed+1, ...)")
+    ap.add_argument("--models", nargs="+", default=["old", "new", "constant"],
+                    choices=list(MODELS) + ["previous"])
+    ap.add_argument("--previous-gp", default=None,
+                    help="an earlier gp.py (git show COMMIT:gp.py > FILE): model 'previous' is its fit_gp "
+                         "with its own defaults")
     args = ap.parse_args()
+    if args.previous_gp:
+        spec = importlib.util.spec_from_file_location("previous_gp", args.previous_gp)
+        args.previous = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(args.previous)
+    if args.case:
+        for name in (STUDY if args.case == ["all"] else args.case):
+            splits = [one_split(transfer_case(name, args.seed + r), args, args.seed + r, None)
+                      for r in range(args.repeats)]
+            report(f"case {name}, {args.mixtures} mixtures", splits, args)
+        return
     obj = simulate.load_table(args.table) if args.table else simulate.make_benchmark(args.benchmark)
-    runs = [one_split(obj, args, args.seed + r, args.table) for r in range(args.repeats)]
-    print(f"{args.table or 'benchmark ' + args.benchmark}: {runs[0][0]}; mean over {args.repeats} splits")
-    ceil = np.mean([c for _, c, _ in runs], axis=0)
-    print(f"ceiling: spearman(loss at the largest small scale, target loss) = {ceil[0]:.3f}"
-          + (f"; vs noise-free target {ceil[1]:.3f}" if len(ceil) > 1 else ""))
-    head = f"{'model':<16} {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6} {'fit s':>6}"
-    if len(ceil) > 1:
-        head += f" | vs truth: {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6}"
-    print(head)
-    for r, (_, c, res) in enumerate(runs):
-        print(f"  split seed {args.seed + r}: ceiling {c[0]:.3f}; spearman / cov68"
-              + (" vs truth" if len(c) > 1 else "") + " "
-              + ", ".join(f"{m} {res[m][0]:.3f} / {res[m][7 if len(c) > 1 else 2]:.2f}" for m in args.models))
-    for m in args.models:
-        per_split = np.array([res[m] for _, _, res in runs])                      # (repeats, columns)
-        rows = [(m, per_split.mean(axis=0))]
-        if args.repeats > 1:     # the splits are independent; the held-back mixtures within one split are not
-            rows.append(("  +- se", per_split.std(axis=0, ddof=1) / np.sqrt(args.repeats)))
-        for name, r in rows:
-            row = f"{name:<16} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} {r[4]:>6.1f}"
-            if len(r) > 5:
-                row += f" | {'':>9} {r[5]:>8.3f} {r[6]:>8.4f} {r[7]:>6.2f} {r[8]:>6.2f}"
-            print(row)
+    splits = [one_split(obj, args, args.seed + r, args.table) for r in range(args.repeats)]
+    title = args.table or f"benchmark {args.benchmark}, {args.mixtures} mixtures at {args.small_scales} scales"
+    report(title, splits, args)
 
 
 if __name__ == "__main__":
