@@ -467,12 +467,12 @@ def fit_model(ctx, history, domain=None, **options):
     fitted_on = [x.get("trial") for x in history[:r]]
     if ctx.refit.get(key, (None,))[0] != fitted_on:
         W, N, T, y, runs = _observations(history[:r], domain)
-        fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
-                        seed=trial_seed(ctx.settings.seed, r, MODEL), **options)
+        fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
+                        seed=trial_seed(ctx.settings.seed, r, MODEL))
         ctx.refit[key] = (fitted_on, fit.hyperparameters)
     W, N, T, y, runs = _observations(history, domain)
-    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, n_weights=ctx.K, runs=runs,
-                     hyperparameters=ctx.refit[key][1], **options)
+    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
+                     hyperparameters=ctx.refit[key][1])
 
 
 def kriging_believer(ctx, finished, pending):
@@ -488,7 +488,7 @@ def kriging_believer(ctx, finished, pending):
     X_p = gp.encode(W_p, N_p.astype(float), T_p.astype(float), ctx.bounds)
     X = np.vstack([gp.encode(W, N, T, ctx.bounds), X_p])
     y = np.concatenate([y, gp.predict(ctx.model, X_p)[0]])
-    return gp.fit_gp(X, y, n_weights=ctx.K, runs=np.concatenate([runs, runs_p]),
+    return gp.fit_gp(X, y, ctx.K, ctx.model.config, runs=np.concatenate([runs, runs_p]),
                      hyperparameters=ctx.model.hyperparameters)
 
 
@@ -500,14 +500,15 @@ def _mixtures(history, statuses=("ok",)):
 
 
 def _unverified_recommendation(ctx, history):
-    """The model's recommendation if no finished or pending trial ran it at the target, else None:
-    in the reserve, mfkg first runs what it would recommend where it will be used."""
+    """The model's recommendation if no finished or pending trial ran it at the target and it can
+    run there, else None: in the reserve, mfkg first runs what it would recommend where it will
+    be used."""
     import acquisition
     mixtures = _mixtures(history)
     i, _, _ = acquisition.recommend(ctx.model, mixtures, _target(ctx), ctx.bounds)
     ran = any(np.array_equal(r["weights"], mixtures[i]) and (r["scale"], r["steps"]) == _target(ctx)
               for r in history if r["status"] in ("ok", "pending"))
-    return None if ran else mixtures[i]
+    return None if ran or not ctx.available(mixtures[i], *_target(ctx)) else mixtures[i]
 
 
 def propose_gp(ctx, history, t):
@@ -517,14 +518,15 @@ def propose_gp(ctx, history, t):
     import acquisition
     strategy = ctx.settings.strategy
     fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
-    if strategy == "mfkg":          # runs below the target may not eat into the reserve (_reserve)
+    if strategy == "mfkg":          # no run may eat into the reserve (_reserve) ...
         room = ctx.settings.budget - _reserve(ctx) - ctx.spent
-        fids = [f for f in fids if f == _target(ctx) or ctx.cost(*f) <= room + 1e-12]
-        strategy = "kg" if fids == [_target(ctx)] else strategy
-    if strategy == "kg" and ctx.settings.strategy == "mfkg" and ctx.affordable(*_target(ctx)):
-        best = _unverified_recommendation(ctx, history)
-        if best is not None:
-            return Proposal(best, *_target(ctx), "verify (the recommendation)")
+        fids = [f for f in fids if ctx.cost(*f) <= room + 1e-12]
+    if not fids:                    # ... which then goes to the target, the recommendation first
+        fids, strategy = [_target(ctx)], "kg"
+        if ctx.affordable(*_target(ctx)):
+            best = _unverified_recommendation(ctx, history)
+            if best is not None:
+                return Proposal(best, *_target(ctx), "verify (the recommendation)")
     if not any(ctx.affordable(*f) for f in fids):
         return None
     evaluated = _mixtures(history, ("ok", "pending"))                      # (E, K)
@@ -536,16 +538,18 @@ def propose_gp(ctx, history, t):
         cands = np.asarray(ctx.objective.candidates)
     taken = {(tuple(r["weights"]), r["scale"], r["steps"]) for r in history
              if r["status"] == "pending"}
+    scales, steps = sorted({N for N, _ in fids}), sorted({T for _, T in fids})
     allowed = None                                                          # None: any pair
-    if (ctx.objective.available is not None or taken
+    if (ctx.objective.available is not None or taken or len(fids) < len(scales) * len(steps)
             or not all(ctx.affordable(*f) for f in fids)):
-        allowed = lambda w, N, T: (ctx.affordable(N, T) and ctx.available(w, N, T)
+        fids_set = set(fids)                                                # the grid's pairs
+        allowed = lambda w, N, T: ((N, T) in fids_set and ctx.affordable(N, T)
+                                   and ctx.available(w, N, T)
                                    and (tuple(w.tolist()), N, T) not in taken)
         if not any(allowed(w, N, T) for w in cands for N, T in fids):     # e.g. all too costly
             return None
     d = acquisition.choose_next(strategy, ctx.model, cands, evaluated,
-                                scales=sorted({N for N, _ in fids}),
-                                steps=sorted({T for _, T in fids}), target=_target(ctx),
+                                scales=scales, steps=steps, target=_target(ctx),
                                 bounds=ctx.bounds, cost=ctx.cost,
                                 fixed_cost=ctx.settings.fixed_cost, available=allowed)
     why = {"mfkg": f"mfkg log(KG/cost) {d.value:.2f}", "kg": f"kg log KG {d.value:.2f}",

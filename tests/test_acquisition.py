@@ -141,7 +141,7 @@ def _gp_problem(seed=0, D=3):
     y = (3.0 + 2.0 / np.log(S) * 10 + 30.0 / np.sqrt(T) + ((W - [0.5, 0.3, 0.2]) ** 2).sum(1)
          + 0.02 * rng.normal(size=len(W)))
     X = gp.encode(W, S, T, bounds)
-    model = gp.fit_gp(X, y, D, seed=0, restarts=2, mean="scaling_law")
+    model = gp.fit_gp(X, y, D, seed=0, restarts=2)
     return model, W, scales, steps, bounds, X, y
 
 
