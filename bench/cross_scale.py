@@ -31,7 +31,7 @@ mixtures of one split share the error of the target's level, so one split's cove
 
 Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default | --table PATH | --case NAME ...]
      [--mixtures 24] [--small-scales 2] [--target-runs 0 1 2 4] [--repeats 8] [--restarts 1]
-     [--models old new constant]
+     [--models old new constant] [--previous-gp FILE] [--compact]
 """
 
 import argparse
@@ -209,6 +209,18 @@ def report(title, splits, args):
                 print(f"{name:<14} {t:>11} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} {r[4]:>6.2f}")
 
 
+def report_compact(title, splits, args, header):
+    """One line per target-run count: the mean over splits of spearman, rmse, cov68, cov95 per model."""
+    if header:
+        print(f"{'case':<22} {'ceil':>5} {'t':>2} | " + " | ".join(f"{m + ': sp rmse c68 c95':<30}"
+                                                            for m in args.models))
+    ceiling = np.mean([c for c, _ in splits])
+    for t in args.target_runs:
+        cells = [np.mean([res[t, m] for _, res in splits], axis=0) for m in args.models]
+        print(f"{title:<22} {ceiling:>5.2f} {t:>2} | " + " | ".join(
+            f"{r[0]:>5.2f} {r[1]:>6.3f} {r[2]:>4.2f} {r[3]:>4.2f}{'':<9}" for r in cells), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = ap.add_mutually_exclusive_group()
@@ -223,6 +235,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=8, help="independent splits (seeds seed, seed+1, ...)")
     ap.add_argument("--models", nargs="+", default=["old", "new", "constant"],
                     choices=list(MODELS) + ["previous"])
+    ap.add_argument("--compact", action="store_true", help="(cases) one line per target-run count")
     ap.add_argument("--previous-gp", default=None,
                     help="an earlier gp.py (git show COMMIT:gp.py > FILE): model 'previous' is its fit_gp "
                          "with its own defaults")
@@ -232,10 +245,13 @@ def main():
         args.previous = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(args.previous)
     if args.case:
-        for name in (STUDY if args.case == ["all"] else args.case):
+        for i, name in enumerate(STUDY if args.case == ["all"] else args.case):
             splits = [one_split(transfer_case(name, args.seed + r), args, args.seed + r, None)
                       for r in range(args.repeats)]
-            report(f"case {name}, {args.mixtures} mixtures", splits, args)
+            if args.compact:
+                report_compact(name, splits, args, header=i == 0)
+            else:
+                report(f"case {name}, {args.mixtures} mixtures", splits, args)
         return
     obj = simulate.load_table(args.table) if args.table else simulate.make_benchmark(args.benchmark)
     splits = [one_split(obj, args, args.seed + r, args.table) for r in range(args.repeats)]
