@@ -5,8 +5,9 @@ the target fidelity too: each count in `--target-runs` is its own fit on the sam
 (the seen target runs nested, the same mixtures held back). The held-back target values are
 predicted: spearman (rank correlation with the prediction), rmse, and cov68 / cov95, the share
 inside the 68% / 95% interval: of the noise-free value (benchmarks, cases; latent interval) or, on a
-run table, of the observed target run (the interval adds the GP's noise variance). The ceiling is the
-Spearman correlation of the held-back mixtures' values at the largest small scale with the target's.
+run table, of the observed target run (the interval adds the GP's noise variance). The ceiling is
+the Spearman correlation of the held-back mixtures' values at the largest small scale with the
+target's.
 
 Data, one of:
   --benchmark NAME  a simulate.py benchmark: `--mixtures` mixtures, Dirichlet(1) and (0.3), at the
