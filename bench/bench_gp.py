@@ -146,7 +146,7 @@ def gradient_and_grid_timings():
     ys = torch.from_numpy((y - y.mean()) / y.std())
     cfg = MODELS["mixbo joint"]
     specs = gp._specs(cfg, 7, K)
-    theta = gp._initial_theta(specs, np.random.default_rng(0), True, cfg)
+    theta = gp._initial_theta(specs, np.random.default_rng(0), True)
     Xt = torch.from_numpy(X)
     f59, g59 = gp._objective(theta, cfg, specs, Xt, ys, K, None)
     lml, gac = autograd_through_cholesky(theta, cfg, specs, Xt, ys)
@@ -182,7 +182,7 @@ def profile_default_fit(n=500, top=15):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500, 1000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 500, 1000])
     ap.add_argument("--profile", action="store_true", help="cProfile the default fit at n = 500")
     ap.add_argument("--skip-timings", action="store_true", help="only the fit/predict table")
     ap.add_argument("--previous-gp", default=None,
