@@ -1,26 +1,30 @@
-"""Benchmark: mixbo's GP (gp.py) beside scikit-learn's GaussianProcessRegressor on the same 7-d data,
-n = 50, 200, 500, 1000 observations shaped like a search's: runs of Dirichlet(1) mixtures (K = 5) at one
-of 7 model scales, each observed at 4 checkpoints (u_T = 0, 1/3, 2/3, 1), the loss a scaling law in u_N,
-u_T plus a smooth mixture effect that drifts with scale, a run-level offset and checkpoint noise.
+"""Benchmark: mixbo's GP (gp.py) beside scikit-learn's GaussianProcessRegressor on the same
+7-d data, n = 50, 200, 500, 1000 observations shaped like a search's: runs of Dirichlet(1) mixtures
+(K = 5) at one of 7 model scales, each seen at 4 checkpoints (u_T = 0, 1/3, 2/3, 1); the loss is a
+scaling law in u_N, u_T plus a smooth mixture effect that drifts with scale, a run offset and
+checkpoint noise.
 
-Printed per n and model: fit time (s, one start each), objective evaluations (value + gradient) of the
-fit, MLL/n (log marginal likelihood of the standardized y at the fitted hyperparameters, per point,
-without priors), predict time for 2000 points (mean + variance). Models:
+Printed per n and model: fit time (s, one start each), objective evaluations (value and gradient),
+MLL/n (log marginal likelihood of the standardized y at the fitted hyperparameters, per point,
+without priors), predict time for 2000 points (mean and variance; the best of 3 calls). Models:
   sklearn          ConstantKernel * Matern(nu=2.5, ARD) + WhiteKernel, normalize_y=True, alpha=0,
-                   L-BFGS-B as sklearn's default optimizer (wrapped here only to count evaluations)
+                   sklearn's default L-BFGS-B (wrapped here only to count evaluations)
   mixbo joint      the same kernel and objective (priors=False): gp.Config(structure="joint", ...)
-  mixbo previous   gp.Config(scale_deviation=False): the previous default, without per-scale deviations
+  mixbo no dev.    gp.Config(scale_deviation=False): the default without per-scale deviations
   mixbo default    gp.Config(): what mixbo.py uses
-Then one objective + gradient evaluation at n = 500 by R&W eq. 5.9 as gp.py does it and by autograd
-through the Cholesky (transcribed here only to be timed); the knowledge gradient's posterior covariances
-at n = 300 (2000 mixtures x 28 fidelities, |A| = 76) by gp.cross_covariance and gp.cross_covariance_grid;
-and with --profile, cProfile's top entries of the default fit at n = 500.
+  previous code    with --previous-gp FILE: an earlier gp.py's fit_gp with its own defaults
+Then one objective and gradient evaluation at n = 500 by R&W eq. 5.9 (as gp.py) and by autograd
+through the Cholesky (transcribed here only to be timed); the knowledge gradient's covariances at
+n = 300 (2000 mixtures x 28 fidelities, |A| = 76) by cross_covariance and cross_covariance_grid;
+with --profile, cProfile's top entries of the default fit at n = 500.
 
 Run: OMP_NUM_THREADS=1 python bench/bench_gp.py [--sizes 50 200 500 1000] [--profile]
+     [--previous-gp FILE] [--skip-timings]
 """
 
 import argparse
 import cProfile
+import importlib.util
 import math
 import pstats
 import sys
@@ -39,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gp  # noqa: E402
 
 K = 5
-MODELS = {"mixbo joint": gp.Config(structure="joint", mean="constant", priors=False, run_noise=False,
-                                   scale_deviation=False),
-          "mixbo previous": gp.Config(scale_deviation=False),
+MODELS = {"mixbo joint": gp.Config(structure="joint", mean="constant", priors=False,
+                                   run_noise=False, scale_deviation=False),
+          "mixbo no dev.": gp.Config(scale_deviation=False),
           "mixbo default": gp.Config()}
 
 
@@ -66,33 +70,40 @@ def timed(fn):
 
 
 def counting_lbfgsb(counter):
-    """sklearn's default optimizer (scipy L-BFGS-B on its log-theta, jac=True), counting evaluations."""
+    """sklearn's default optimizer (scipy L-BFGS-B on its log-theta, jac=True), counting
+    evaluations."""
     def optimizer(obj_func, initial_theta, bounds):
         def counted(theta):
             counter[0] += 1
             return obj_func(theta)
-        res = scipy.optimize.minimize(counted, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds)
+        res = scipy.optimize.minimize(counted, initial_theta, method="L-BFGS-B", jac=True,
+                                      bounds=bounds)
         return res.x, res.fun
     return optimizer
 
 
-def fit_mixbo(X, y, config):
-    """gp.fit_gp with one start, counting its objective evaluations."""
-    calls, objective = [0], gp._objective
+def fit_mixbo(X, y, config, module=gp):
+    """module.fit_gp with one start, counting its objective evaluations; config None: the module's
+    defaults through its own keyword signature (an earlier gp.py)."""
+    calls, objective = [0], module._objective
 
     def counted(*args):
         calls[0] += 1
         return objective(*args)
-    gp._objective = counted
+    module._objective = counted
     try:
-        model = gp.fit_gp(X, y, K, config, restarts=1, seed=0)
+        if config is None:
+            model = module.fit_gp(X, y, K, restarts=1, seed=0)
+        else:
+            model = module.fit_gp(X, y, K, config, restarts=1, seed=0)
     finally:
-        gp._objective = objective
+        module._objective = objective
     return model, calls[0]
 
 
 def autograd_through_cholesky(theta_np, cfg, specs, X, y):
-    """The alternative gradient: -lml by Alg. 2.1 with autograd differentiating the Cholesky itself."""
+    """The alternative gradient: -lml by Alg. 2.1 with autograd differentiating the Cholesky itself.
+    """
     theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=True)
     P = gp._unpack(theta, specs)
     Kmat = gp._kernel(cfg, P, X, X, K) + P["noise"] * torch.eye(X.shape[0], dtype=torch.float64)
@@ -104,8 +115,9 @@ def autograd_through_cholesky(theta_np, cfg, specs, X, y):
     return lml.item(), theta.grad
 
 
-def compare_fits(sizes):
+def compare_fits(sizes, previous):
     Xs, _ = make_data(2000, seed=123)
+    best3 = lambda fn: min(timed(fn)[1] for _ in range(3))
     print(f"torch threads {torch.get_num_threads()}, one start per fit")
     print(f"{'n':>5} {'model':<15} {'fit s':>7} {'evals':>6} {'MLL/n':>8} {'predict 2000 s':>15} "
           f"{'fit / sklearn':>14} {'predict / sklearn':>18}")
@@ -113,15 +125,18 @@ def compare_fits(sizes):
         X, y = make_data(n, seed=n)
         kernel = ConstantKernel(1.0) * Matern(np.ones(7), nu=2.5) + WhiteKernel(1e-2)
         calls = [0]
-        sk, t_sk = timed(lambda: GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True,
-                                                          optimizer=counting_lbfgsb(calls)).fit(X, y))
-        _, p_sk = timed(lambda: sk.predict(Xs, return_std=True))
+        sk = GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True,
+                                      optimizer=counting_lbfgsb(calls))
+        _, t_sk = timed(lambda: sk.fit(X, y))
+        p_sk = best3(lambda: sk.predict(Xs, return_std=True))
         sk_mll = sk.log_marginal_likelihood_value_ / n
         print(f"{n:>5} {'sklearn':<15} {t_sk:>7.3f} {calls[0]:>6} {sk_mll:>8.4f} {p_sk:>15.4f} "
               f"{1.0:>14.2f} {1.0:>18.2f}")
-        for name, config in MODELS.items():
-            (g, evals), t = timed(lambda: fit_mixbo(X, y, config))
-            _, p = timed(lambda: gp.predict(g, Xs))
+        rows = [(name, config, gp) for name, config in MODELS.items()]
+        rows += [("previous code", None, previous)] if previous else []
+        for name, config, module in rows:
+            (g, evals), t = timed(lambda: fit_mixbo(X, y, config, module))
+            p = best3(lambda: module.predict(g, Xs))
             print(f"{n:>5} {name:<15} {t:>7.3f} {evals:>6} {g.log_marginal_likelihood / n:>8.4f} "
                   f"{p:>15.4f} {t / t_sk:>14.2f} {p / p_sk:>18.2f}")
 
@@ -131,7 +146,7 @@ def gradient_and_grid_timings():
     ys = torch.from_numpy((y - y.mean()) / y.std())
     cfg = MODELS["mixbo joint"]
     specs = gp._specs(cfg, 7, K)
-    theta = gp._initial_theta(specs, np.random.default_rng(0), True, cfg)
+    theta = gp._initial_theta(specs, np.random.default_rng(0), True)
     Xt = torch.from_numpy(X)
     f59, g59 = gp._objective(theta, cfg, specs, Xt, ys, K, None)
     lml, gac = autograd_through_cholesky(theta, cfg, specs, Xt, ys)
@@ -139,7 +154,7 @@ def gradient_and_grid_timings():
     best = lambda fn, r: min(timed(fn)[1] for _ in range(r))
     t59 = best(lambda: gp._objective(theta, cfg, specs, Xt, ys, K, None), 10)
     tac = best(lambda: autograd_through_cholesky(theta, cfg, specs, Xt, ys), 10)
-    print(f"gradient, n=500, joint Matern-5/2 (best of 10): eq. 5.9 as in gp.py {1e3 * t59:.1f} ms, "
+    print(f"gradient, n=500, joint Matern-5/2 (best of 10): eq. 5.9 as gp.py {1e3 * t59:.1f} ms, "
           f"autograd through Cholesky {1e3 * tac:.1f} ms")
 
     X, y = make_data(300, seed=300)
@@ -150,11 +165,11 @@ def gradient_and_grid_timings():
     bounds = (1e7, 1e9, 1e3, 8e3)
     U = gp.encode_fidelities(scales.ravel(), steps.ravel(), bounds)                     # (28, 2)
     u_P = gp.encode_fidelities(1e9, 8e3, bounds)[0]
-    XA = np.column_stack([rng.dirichlet(np.ones(K), 76), np.tile(u_P, (76, 1))])       # at the target
+    XA = np.column_stack([rng.dirichlet(np.ones(K), 76), np.tile(u_P, (76, 1))])     # at the target
     Z = np.column_stack([W.repeat(len(U), axis=0), np.tile(U, (len(W), 1))])            # (M F, d)
     t_plain = best(lambda: gp.cross_covariance(g, XA, Z), 3)
     t_grid = best(lambda: gp.cross_covariance_grid(g, XA, W, U, u_P), 3)
-    print(f"KG covariances, n=300, |A|=76, 2000 x 28 (best of 3): cross_covariance {t_plain:.3f} s, "
+    print(f"KG covariances, n=300, |A|=76, 2000 x 28 (best of 3): cross_covariance {t_plain:.3f} s,"
           f"cross_covariance_grid {t_grid:.3f} s")
 
 
@@ -167,12 +182,19 @@ def profile_default_fit(n=500, top=15):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500, 1000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 500, 1000])
     ap.add_argument("--profile", action="store_true", help="cProfile the default fit at n = 500")
     ap.add_argument("--skip-timings", action="store_true", help="only the fit/predict table")
+    ap.add_argument("--previous-gp", default=None,
+                    help="an earlier gp.py (git show COMMIT:gp.py > FILE): 'previous code'")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
-    compare_fits(args.sizes)
+    previous = None
+    if args.previous_gp:
+        spec = importlib.util.spec_from_file_location("previous_gp", args.previous_gp)
+        previous = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(previous)
+    compare_fits(args.sizes, previous)
     if not args.skip_timings:
         gradient_and_grid_timings()
     if args.profile:

@@ -1,37 +1,27 @@
 """Cross-scale diagnostics: do small runs predict the target, and does the GP say how far they do?
 
-Setting: many mixtures are run at the small scales (every checkpoint is an observation) and a few of them
-also at the target fidelity, `--target-runs` (several counts: each is its own fit on the same small-scale
-runs, the same target runs nested, the same mixtures held back). The target values of the other mixtures
-are held back and predicted:
-  spearman   rank correlation of the predicted mean with the held-back target values
-  rmse       root mean squared error of the predicted mean
-  cov68/95   share of held-back values inside the 68% / 95% predictive interval
-against the noise-free target value (latent interval; benchmarks and the transfer cases) or, on a run
-table, the observed target run (the interval then adds the GP's noise variance).
+Many mixtures are run at the small scales (every checkpoint is an observation) and a few of them at
+the target fidelity too: each count in `--target-runs` is its own fit on the same small-scale runs
+(the seen target runs nested, the same mixtures held back). The held-back target values are
+predicted: spearman (rank correlation with the prediction), rmse, and cov68 / cov95, the share
+inside the 68% / 95% interval: of the noise-free value (benchmarks, cases; latent interval) or, on a
+run table, of the observed target run (the interval adds the GP's noise variance). The ceiling is
+the Spearman correlation of the held-back mixtures' values at the largest small scale with the
+target's.
 
 Data, one of:
-  --benchmark NAME   a simulate.py benchmark, `--mixtures` Dirichlet(1) mixtures (half Dirichlet(0.3)) at
-                     the `--small-scales` smallest scales, to the last steps;
-  --table PATH       a run table (simulate.load_table): every run below the target scale, and the target
-                     runs of its candidates;
-  --case NAME ...    controlled transfer, generated here: loss(w, N, T) = level(N, T) + 0.05 g_N(w) with
-                     g_N = sqrt(r) g + sqrt(1 - r) h_N, g and every h_N independent smooth random functions
-                     on the simplex (unit-variance GP draws by random Fourier features, Rahimi & Recht 2007,
-                     RBF lengthscale 0.3), r = 2 sin(pi rho / 6) so that the Spearman correlation of two
-                     scales' effects is rho; level = Chinchilla's law (Hoffmann et al. 2022, eq. 10), or
-                     "jump" (the target's level 0.1 below the law), or "accuracy" (minus an accuracy that
-                     rises with scale as a sigmoid in log N: not a power law); noise: an offset per run
-                     (sd 0.01) and per checkpoint (sd 0.003). NAME = K{domains}-S{scales}-r{rho}[-jump|
-                     -accuracy]; scales: 2 = (1B / 60, 1B) (cost ratio 1:60), 3 = (180M, 480M, 1B) (0.18 :
-                     0.48 : 1), 7 = simulate's ladder 20M..1B; steps 2500..20000; "all" = the study's cases.
-Each of `--repeats` splits draws its own mixtures, target runs, run seeds (and random functions); the
-tables give the mean over splits and under it the standard error (sd / sqrt(repeats)). The held-back
+  --benchmark NAME  a simulate.py benchmark: `--mixtures` mixtures, Dirichlet(1) and (0.3), at the
+                    `--small-scales` smallest scales, to the last steps;
+  --table PATH      a run table (simulate.load_table): the runs below the target scale, and the
+                    target runs of its candidates;
+  --case NAME ...   controlled transfer, generated here (`transfer_case`); "all" = the study's list.
+Each of `--repeats` splits draws its own mixtures, target runs, run seeds and random functions. The
+tables give the mean over splits (and, without --compact, the standard error): the held-back
 mixtures of one split share the error of the target's level, so one split's coverage is one draw.
 
-Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default | --table PATH | --case NAME ...]
-     [--mixtures 24] [--small-scales 2] [--target-runs 0 1 2 4] [--repeats 8] [--restarts 1]
-     [--models old new constant] [--previous-gp FILE] [--compact]
+Run: OMP_NUM_THREADS=1 python bench/cross_scale.py [--benchmark default | --table PATH |
+     --case NAME ...] [--mixtures 24] [--small-scales 2] [--target-runs 0 1 2 4] [--repeats 8]
+     [--restarts 1] [--models old new constant] [--previous-gp FILE] [--compact]
 """
 
 import argparse
@@ -50,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gp  # noqa: E402
 import simulate  # noqa: E402
 
-MODELS = {   # name -> gp.Config
-    "old": gp.Config(scale_deviation=False),                 # the previous default
+MODELS = {   # name -> gp.Config; "previous" (--previous-gp) is an earlier gp.py's own default
+    "old": gp.Config(scale_deviation=False),                 # the default without the deviations
     "new": gp.Config(),                                      # the default
     "constant": gp.Config(mean="constant"),
     "old constant": gp.Config(mean="constant", scale_deviation=False),
@@ -63,10 +53,11 @@ STUDY = ([f"K5-S{s}-r{rho}" for s in (2, 3, 7) for rho in (0.99, 0.9, 0.7, 0.5, 
          + ["K5-S2-r0.9-jump", "K5-S3-r0.9-jump", "K5-S3-r0.9-accuracy", "K20-S7-r0.9"])
 
 
-# ------------------------------------------------------------------ the controlled-transfer generator
+# --------------------------------------------------------- the controlled-transfer generator
 
 def random_function(K, rng, lengthscale=0.3, features=256):
-    """w (n, K) -> (n,): a draw of a unit-variance GP with an RBF kernel, by random Fourier features."""
+    """w (n, K) -> (n,): a draw of a unit-variance GP with an RBF kernel, by random Fourier
+    features."""
     omega = rng.normal(0.0, 1.0 / lengthscale, size=(features, K))
     phase = rng.uniform(0.0, 2 * math.pi, size=features)
     amplitude = rng.normal(size=features) * math.sqrt(2.0 / features)
@@ -74,17 +65,25 @@ def random_function(K, rng, lengthscale=0.3, features=256):
 
 
 def level_of(kind, scale, steps, target_scale):
-    """The mixture-independent level: Chinchilla's L(N, D), D = steps x 2^19 tokens, or its variants."""
+    """The mixture-independent level: Chinchilla's L(N, D), D = steps x 2^19 tokens, or its
+    variants."""
     if kind == "accuracy":
-        accuracy = 0.3 + 0.4 / (1 + math.exp(-4 * (math.log10(scale) - 8.8))) + 0.05 * math.log2(steps / STEPS[0])
-        return -accuracy
+        emergence = 0.4 / (1 + math.exp(-4 * (math.log10(scale) - 8.8)))       # a sigmoid in log N
+        return -(0.3 + emergence + 0.05 * math.log2(steps / STEPS[0]))
     law = 1.69 + 406.4 / scale ** 0.34 + 410.7 / (steps * simulate.TOKENS_PER_STEP) ** 0.28
     return law - (0.1 if kind == "jump" and scale == target_scale else 0.0)
 
 
 def transfer_case(name, seed):
-    """The objective of case NAME (K{domains}-S{scales}-r{rho}[-jump|-accuracy]) for split `seed`, with
-    the fields of simulate.Objective that this script reads."""
+    """Case NAME = K{domains}-S{scales}-r{rho}[-jump|-accuracy] for split `seed`, with the fields of
+    simulate.Objective that this script reads. loss(w, N, T) = level(N, T) + 0.05 g_N(w), where
+    g_N = sqrt(r) g + sqrt(1 - r) h_N with g and every h_N independent unit-variance smooth random
+    functions on the simplex, so that two scales' effects correlate at r = 2 sin(pi rho / 6) (their
+    Spearman correlation is then rho); level: Chinchilla's law (Hoffmann et al. 2022, eq. 10), or
+    "jump" (the target 0.1 below it), or "accuracy" (minus an accuracy that rises as a sigmoid in
+    log N, effect sd 0.02: not a power law). Scales: 2 = (1B / 60, 1B), a cost ratio of 1:60;
+    3 = (180M, 480M, 1B), 0.18 : 0.48 : 1; 7 = simulate's ladder 20M..1B; steps 2500..20000. Noise:
+    an offset per run (sd 0.01) and per checkpoint (sd 0.003)."""
     parts = name.split("-")
     K, n_scales, rho = int(parts[0][1:]), int(parts[1][1:]), float(parts[2][1:])
     kind = parts[3] if len(parts) > 3 else "law"
@@ -95,34 +94,38 @@ def transfer_case(name, seed):
     target = (scales[-1], STEPS[-1])
 
     def true_loss(weights, scale=None, steps=None):
-        scale, steps = (target[0] if scale is None else scale), (target[1] if steps is None else steps)
+        scale = target[0] if scale is None else scale
+        steps = target[1] if steps is None else steps
         g = math.sqrt(r) * shared(weights) + math.sqrt(1 - r) * own[scales.index(scale)](weights)
         return level_of(kind, scale, steps, target[0]) + effect_sd * g
 
     def run(weights, scale, steps, run_seed):
-        noise = np.random.default_rng([seed, run_seed, scales.index(scale), zlib.crc32(weights.tobytes())])
+        noise = np.random.default_rng([seed, run_seed, scales.index(scale),
+                                       zlib.crc32(weights.tobytes())])
         offset = 0.01 * noise.normal()
         checkpoints = [{"steps": s, "loss": float(true_loss(weights, scale, s)[0] + offset
-                                                  + 0.003 * noise.normal())} for s in STEPS if s <= steps]
+                                                  + 0.003 * noise.normal())}
+                       for s in STEPS if s <= steps]
         return {"loss": checkpoints[-1]["loss"], "checkpoints": checkpoints}
 
-    return SimpleNamespace(domains=tuple(range(K)), scales=scales, steps=STEPS, target=target, run=run,
-                           available=None, true_loss=true_loss)
+    return SimpleNamespace(domains=tuple(range(K)), scales=scales, steps=STEPS, target=target,
+                           run=run, available=None, true_loss=true_loss)
 
 
 # ------------------------------------------------------------------ one split
 
 def largest_available_steps(obj, w, scale, only=None):
-    """The longest run of mixture w at this scale that the objective can make (or `only`), or None."""
+    """The longest run of mixture w at this scale the objective can make (or `only`), or None."""
     ok = [s for s in obj.steps
           if (only is None or s == only) and (obj.available is None or obj.available(w, scale, s))]
     return max(ok) if ok else None
 
 
 def observations(obj, mixtures, scales, seed, only_steps=None):
-    """Run every mixture at every scale in `scales` (to its largest available steps, or `only_steps`);
-    each checkpoint is one observation. Returns W (n, K), N (n,), T (n,), y (n,), mixture index (n,)
-    and final[i, j] = final loss of mixture i at scale j (NaN where there is no such run)."""
+    """Run every mixture at every scale in `scales` (to its largest available steps, or
+    `only_steps`); each checkpoint is one observation. Returns W (n, K), N (n,), T (n,), y (n,),
+    mixture index (n,) and final[i, j] = final loss of mixture i at scale j (NaN where there is no
+    such run)."""
     W, N, T, y, index = [], [], [], [], []
     final = np.full((len(mixtures), len(scales)), np.nan)
     for i, w in enumerate(mixtures):
@@ -132,20 +135,22 @@ def observations(obj, mixtures, scales, seed, only_steps=None):
                 continue
             out = obj.run(w, scale, steps, seed)
             for c in out["checkpoints"]:
-                W.append(w), N.append(scale), T.append(c["steps"]), y.append(c["loss"]), index.append(i)
+                W.append(w), N.append(scale), T.append(c["steps"]), y.append(c["loss"])
+                index.append(i)
             final[i, j] = out["loss"]
     return (np.array(W), np.array(N, dtype=float), np.array(T, dtype=float), np.array(y),
             np.array(index), final)
 
 
 def coverage(y, mean, sd, level):
-    z = norm.ppf(0.5 + level / 2)                                        # 0.994 for 68%, 1.960 for 95%
+    z = norm.ppf(0.5 + level / 2)                                     # 0.994 for 68%, 1.960 for 95%
     return float(np.mean(np.abs(y - mean) <= z * sd))
 
 
 def one_split(obj, args, seed, table):
-    """One experiment. Returns (ceiling, {(target runs, model): [spearman, rmse, cov68, cov95, fit s]}),
-    ceiling = Spearman of the held-back mixtures' values at the largest small scale with the target's."""
+    """One experiment. Returns (ceiling, {(target runs, model): [spearman, rmse, cov68, cov95, fit
+    s]}), ceiling = Spearman of the held-back mixtures' values at the largest small scale with the
+    target's."""
     rng = np.random.default_rng(seed)
     if table:
         mixtures = np.asarray(simulate.read_table(table).mixtures, dtype=float)
@@ -168,7 +173,7 @@ def one_split(obj, args, seed, table):
     if table:
         truth, latent = final_target[held, 0], False                       # noisy target runs
     else:
-        truth, latent = obj.true_loss(mixtures[held]), True                # noise-free target values
+        truth, latent = obj.true_loss(mixtures[held]), True               # noise-free target values
     last_small = final_small[held, -1]
     ok = np.isfinite(last_small)
     ceiling = spearmanr(last_small[ok], truth[ok])[0]
@@ -189,16 +194,20 @@ def one_split(obj, args, seed, table):
             mean, var = (args.previous if m == "previous" else gp).predict(g, X_held)
             sd = np.sqrt(var if latent else var + g.noise_variance)
             results[t, m] = [spearmanr(mean, truth)[0], np.sqrt(np.mean((mean - truth) ** 2)),
-                             coverage(truth, mean, sd, 0.68), coverage(truth, mean, sd, 0.95), elapsed]
+                             coverage(truth, mean, sd, 0.68), coverage(truth, mean, sd, 0.95),
+                             elapsed]
     return ceiling, results
 
 
 def report(title, splits, args):
-    """The table of one data set: per (target runs, model) the mean over splits and its standard error."""
+    """The table of one data set: per (target runs, model) the mean over splits and its standard
+    error."""
     ceilings = np.array([c for c, _ in splits])
+    se = ceilings.std(ddof=1) / math.sqrt(len(splits)) if len(splits) > 1 else 0.0
     print(f"{title}: {args.repeats} splits; ceiling (Spearman, largest small scale vs target) "
-          f"{ceilings.mean():.3f} +- {ceilings.std(ddof=1) / math.sqrt(len(splits)) if len(splits) > 1 else 0:.3f}")
-    print(f"{'model':<14} {'target runs':>11} {'spearman':>8} {'rmse':>8} {'cov68':>6} {'cov95':>6} {'fit s':>6}")
+          f"{ceilings.mean():.3f} +- {se:.3f}")
+    print(f"{'model':<14} {'target runs':>11} {'spearman':>8} {'rmse':>8} {'cov68':>6} "
+          f"{'cov95':>6} {'fit s':>6}")
     for t in args.target_runs:
         for m in args.models:
             per_split = np.array([res[t, m] for _, res in splits])        # (repeats, 5)
@@ -206,11 +215,13 @@ def report(title, splits, args):
             if len(splits) > 1:
                 rows.append(("  +- se", per_split.std(axis=0, ddof=1) / math.sqrt(len(splits))))
             for name, r in rows:
-                print(f"{name:<14} {t:>11} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} {r[4]:>6.2f}")
+                print(f"{name:<14} {t:>11} {r[0]:>8.3f} {r[1]:>8.4f} {r[2]:>6.2f} {r[3]:>6.2f} "
+                      f"{r[4]:>6.2f}")
 
 
 def report_compact(title, splits, args, header):
-    """One line per target-run count: the mean over splits of spearman, rmse, cov68, cov95 per model."""
+    """One line per target-run count: the mean over splits of spearman, rmse, cov68, cov95 per
+    model."""
     if header:
         print(f"{'case':<22} {'ceil':>5} {'t':>2} | " + " | ".join(f"{m + ': sp rmse c68 c95':<30}"
                                                             for m in args.models))
@@ -218,7 +229,8 @@ def report_compact(title, splits, args, header):
     for t in args.target_runs:
         cells = [np.mean([res[t, m] for _, res in splits], axis=0) for m in args.models]
         print(f"{title:<22} {ceiling:>5.2f} {t:>2} | " + " | ".join(
-            f"{r[0]:>5.2f} {r[1]:>6.3f} {r[2]:>4.2f} {r[3]:>4.2f}{'':<9}" for r in cells), flush=True)
+            f"{r[0]:>5.2f} {r[1]:>6.3f} {r[2]:>4.2f} {r[3]:>4.2f}{'':<9}" for r in cells),
+              flush=True)
 
 
 def main():
@@ -226,19 +238,19 @@ def main():
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--benchmark", default="default", choices=simulate.BENCHMARKS)
     source.add_argument("--table", default=None, help="run table CSV (simulate.load_table)")
-    source.add_argument("--case", nargs="+", default=None, help="controlled-transfer cases, or 'all'")
+    source.add_argument("--case", nargs="+", default=None, help="transfer cases, or 'all'")
     ap.add_argument("--mixtures", type=int, default=24)
     ap.add_argument("--small-scales", type=int, default=2, help="(benchmarks) small scales used")
     ap.add_argument("--target-runs", type=int, nargs="+", default=[0, 1, 2, 4])
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=8, help="independent splits (seeds seed, seed+1, ...)")
+    ap.add_argument("--repeats", type=int, default=8, help="independent splits (seeds seed, ...)")
     ap.add_argument("--models", nargs="+", default=["old", "new", "constant"],
                     choices=list(MODELS) + ["previous"])
     ap.add_argument("--compact", action="store_true", help="(cases) one line per target-run count")
     ap.add_argument("--previous-gp", default=None,
-                    help="an earlier gp.py (git show COMMIT:gp.py > FILE): model 'previous' is its fit_gp "
-                         "with its own defaults")
+                    help="an earlier gp.py (git show COMMIT:gp.py > FILE): model 'previous', its "
+                         "fit_gp with its own defaults")
     args = ap.parse_args()
     if args.previous_gp:
         spec = importlib.util.spec_from_file_location("previous_gp", args.previous_gp)
@@ -255,7 +267,8 @@ def main():
         return
     obj = simulate.load_table(args.table) if args.table else simulate.make_benchmark(args.benchmark)
     splits = [one_split(obj, args, args.seed + r, args.table) for r in range(args.repeats)]
-    title = args.table or f"benchmark {args.benchmark}, {args.mixtures} mixtures at {args.small_scales} scales"
+    title = args.table or (f"benchmark {args.benchmark}, {args.mixtures} mixtures at "
+                           f"{args.small_scales} scales")
     report(title, splits, args)
 
 

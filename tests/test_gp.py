@@ -1,6 +1,6 @@
-"""Tests for gp.py, micrograd style: the same quantity computed by an oracle (scikit-learn, GPyTorch, a
-direct transcription of the formula, finite differences, Monte Carlo) and compared tightly.
-Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_gp.py"""
+"""Tests for gp.py, micrograd style: the same quantity computed by an oracle (scikit-learn,
+GPyTorch, a direct transcription of the formula, finite differences, Monte Carlo) and compared
+tightly. Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_gp.py"""
 
 import math
 import sys
@@ -28,14 +28,14 @@ def make_data(n, seed=0, noise=0.05):
 
 
 def make_runs(n_mixtures, scales, seed=0, transfer=1.0):
-    """Runs of n_mixtures mixtures at each of the encoded scales (u_N values), checkpoints at u_T = 0,
-    0.5, 1: a scaling law in u_N, u_T plus a mixture effect sqrt(transfer) g(w) + sqrt(1 - transfer)
-    g_N(w) (g, g_N independent random functions), plus noise. Returns X, y, runs."""
+    """Runs of n_mixtures mixtures at each of the encoded scales (u_N values), checkpoints at u_T =
+    0, 0.5, 1: a scaling law in u_N, u_T plus a mixture effect sqrt(transfer) g(w) + sqrt(1 -
+    transfer) g_N(w) (g, g_N independent random functions), plus noise. Returns X, y, runs."""
     rng = np.random.default_rng(seed)
     W = rng.dirichlet(np.ones(K), n_mixtures)
     freq = rng.normal(0.0, 3.0, size=(len(scales) + 1, K))
     phase = rng.uniform(0, 2 * np.pi, size=len(scales) + 1)
-    effect = lambda j: np.sqrt(2) * np.cos(W @ freq[j] + phase[j])                     # (n_mixtures,)
+    effect = lambda j: np.sqrt(2) * np.cos(W @ freq[j] + phase[j])                   # (n_mixtures,)
     rows, y, runs = [], [], []
     for j, u_N in enumerate(scales):
         f = np.sqrt(transfer) * effect(-1) + np.sqrt(1 - transfer) * effect(j)
@@ -50,19 +50,22 @@ def make_runs(n_mixtures, scales, seed=0, transfer=1.0):
 
 
 def sklearn_gpr(kind, amplitude, ls, noise, X, y, restarts=None):
-    """sklearn GPR with the same kernel: amplitude * {RBF, Matern-5/2}(ls) + White(noise), normalize_y."""
+    """sklearn GPR with the same kernel: amplitude * {RBF, Matern-5/2}(ls) + White(noise),
+    normalize_y."""
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
     base = RBF(ls) if kind == "rbf" else Matern(ls, nu=2.5)
     kernel = ConstantKernel(amplitude) * base + WhiteKernel(noise)
     if restarts is None:   # condition only (optimizer=None)
-        return GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True, optimizer=None).fit(X, y)
+        return GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True,
+                                        optimizer=None).fit(X, y)
     return GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=True,
                                     n_restarts_optimizer=restarts - 1, random_state=0).fit(X, y)
 
 
 def explicit_posterior(k, X, y, Xs, noise, y_mean, y_scale):
-    """R&W eq. 2.23-2.24 by dense numpy algebra with the kernel function k(A, B) (standardized units)."""
+    """R&W eq. 2.23-2.24 by dense numpy algebra with the kernel function k(A, B) (standardized
+    units)."""
     ys = (y - y_mean) / y_scale
     Ky = k(X, X) + noise * np.eye(len(X))
     Ks, Kss = k(X, Xs), k(Xs, Xs)
@@ -77,7 +80,8 @@ def explicit_posterior(k, X, y, Xs, noise, y_mean, y_scale):
 def test_posterior_and_lml_equal_sklearn(kind):
     X, y = make_data(40)
     Xs, _ = make_data(15, seed=1)
-    hyp = {"amplitude": 1.7, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8]), "noise": 0.01}
+    hyp = {"amplitude": 1.7, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0, 0.4, 0.8]),
+           "noise": 0.01}
     g = gp.fit_gp(X, y, K, gp.Config(kernel_w=kind, **SKLEARN_MODEL), hyperparameters=hyp)
     sk = sklearn_gpr(kind, hyp["amplitude"], hyp["w_lengthscale"], hyp["noise"], X, y)
     mean, var = gp.predict(g, Xs)
@@ -85,11 +89,13 @@ def test_posterior_and_lml_equal_sklearn(kind):
     # sklearn's std includes the WhiteKernel noise (its kernel diag); ours is the latent f's
     np.testing.assert_allclose(mean, sk_mean, rtol=1e-8, atol=0)
     np.testing.assert_allclose(np.sqrt(var + g.noise_variance), sk_std, rtol=1e-8, atol=0)
-    np.testing.assert_allclose(g.log_marginal_likelihood, sk.log_marginal_likelihood(sk.kernel_.theta),
+    np.testing.assert_allclose(g.log_marginal_likelihood,
+                               sk.log_marginal_likelihood(sk.kernel_.theta),
                                rtol=1e-8)
     _, cov = gp.predict(g, Xs, full_cov=True)
     _, sk_cov = sk.predict(Xs, return_cov=True)
-    np.testing.assert_allclose(cov + g.noise_variance * np.eye(len(Xs)), sk_cov, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(cov + g.noise_variance * np.eye(len(Xs)), sk_cov, rtol=1e-8,
+                               atol=1e-12)
 
 
 def test_rbf_product_over_groups_equals_joint_rbf():
@@ -99,7 +105,8 @@ def test_rbf_product_over_groups_equals_joint_rbf():
     joint = gp.fit_gp(X, y, K, gp.Config(structure="joint", **opts),
                       hyperparameters={"amplitude": 2.0, "w_lengthscale": ls, "noise": 0.02})
     prod = gp.fit_gp(X, y, K, gp.Config(**opts),
-                     hyperparameters={"amplitude": 2.0, "w_lengthscale": ls[:K], "N_lengthscale": ls[K:K + 1],
+                     hyperparameters={"amplitude": 2.0, "w_lengthscale": ls[:K],
+                                      "N_lengthscale": ls[K:K + 1],
                                       "T_lengthscale": ls[K + 1:], "noise": 0.02})
     Xs, _ = make_data(10, seed=3)
     for a, b in zip(gp.predict(joint, Xs, full_cov=True), gp.predict(prod, Xs, full_cov=True)):
@@ -122,7 +129,8 @@ def test_spectral_mixture_equals_formula_and_k0():
     rng = np.random.default_rng(0)
     Q, p = 3, 4
     A, B = rng.uniform(size=(6, p)), rng.uniform(size=(5, p))
-    w, ls, mu = rng.uniform(0.2, 1.0, Q), rng.uniform(0.2, 2.0, (Q, p)), rng.uniform(0.0, 2.0, (Q, p))
+    w, ls = rng.uniform(0.2, 1.0, Q), rng.uniform(0.2, 2.0, (Q, p))
+    mu = rng.uniform(0.0, 2.0, (Q, p))
     v = 1.0 / (2 * math.pi * ls) ** 2                      # spectral variances of Wilson & Adams
     direct = np.zeros((6, 5))
     for i in range(6):
@@ -141,13 +149,15 @@ def test_spectral_mixture_equals_formula_and_k0():
 
 
 def test_spectral_mixture_equals_gpytorch_in_one_dimension():
-    """GPyTorch's SpectralMixtureKernel is a product over dimensions of 1-D mixtures, which is not eq.
-    12 for p > 1 (k(0) = (sum w)^p there) but is the same kernel for p = 1: an independent oracle."""
+    """GPyTorch's SpectralMixtureKernel is a product over dimensions of 1-D mixtures, which is not
+    eq. 12 for p > 1 (k(0) = (sum w)^p there) but is the same kernel for p = 1: an independent
+    oracle."""
     from gpytorch.kernels import SpectralMixtureKernel
     rng = np.random.default_rng(1)
     Q = 3
     A, B = rng.uniform(size=(6, 1)), rng.uniform(size=(5, 1))
-    w, s, mu = np.array([1.0, 0.6, 0.4]), rng.uniform(0.2, 2.0, (Q, 1)), rng.uniform(0.0, 2.0, (Q, 1))
+    w, s = np.array([1.0, 0.6, 0.4]), rng.uniform(0.2, 2.0, (Q, 1))
+    mu = rng.uniform(0.0, 2.0, (Q, 1))
     kern = SpectralMixtureKernel(num_mixtures=Q, ard_num_dims=1).double()
     kern.mixture_weights = torch.from_numpy(w)
     kern.mixture_scales = torch.from_numpy(s).reshape(Q, 1, 1)
@@ -179,7 +189,7 @@ def test_gradient_equals_finite_differences(opts):
     X, y = make_data(25)
     X = discrete_scales(X)
     ys = torch.from_numpy((y - y.mean()) / y.std())
-    runs = np.arange(25) // 3                                  # groups of 3 observations share a run offset
+    runs = np.arange(25) // 3                          # groups of 3 observations share a run offset
     R = torch.from_numpy((runs[:, None] == runs[None, :]).astype(np.float64))
     cfg = gp.Config(**opts)
     specs = gp._specs(cfg, 7, K)
@@ -200,7 +210,8 @@ def test_kernel_matrix_is_psd_and_paired_is_its_diagonal(opts):
     X = discrete_scales(make_data(60, seed=4)[0])
     cfg = gp.Config(**opts)
     specs = gp._specs(cfg, 7, K)
-    P = gp._unpack(torch.from_numpy(gp._initial_theta(specs, np.random.default_rng(5), False)), specs)
+    P = gp._unpack(torch.from_numpy(gp._initial_theta(specs, np.random.default_rng(5), False)),
+                   specs)
     Xt = torch.from_numpy(X)
     Kmat = gp._kernel(cfg, P, Xt, Xt, K).numpy()
     np.testing.assert_allclose(Kmat, Kmat.T, atol=1e-12 * np.abs(Kmat).max())
@@ -212,8 +223,9 @@ def test_kernel_matrix_is_psd_and_paired_is_its_diagonal(opts):
 def test_anisotropic_lengthscales_recovered():
     rng = np.random.default_rng(3)
     X = np.column_stack([rng.dirichlet(np.ones(K), 60), rng.uniform(size=(60, 2))])
-    y = np.sin(6 * X[:, K]) + 0.1 * X[:, K + 1] + 0.01 * rng.normal(size=60)   # fast in u_N, slow in u_T
-    g = gp.fit_gp(X, y, K, gp.Config(structure="joint", kernel_w="rbf", scale_deviation=False), restarts=2)
+    y = np.sin(6 * X[:, K]) + 0.1 * X[:, K + 1] + 0.01 * rng.normal(size=60)  # fast u_N, slow u_T
+    g = gp.fit_gp(X, y, K, gp.Config(structure="joint", kernel_w="rbf", scale_deviation=False),
+                  restarts=2)
     ls = g.hyperparameters["w_lengthscale"]
     assert ls[K] < 0.5 and ls[K] < ls[K + 1] / 3 and ls[K] < ls[:K].min() / 3
 
@@ -228,7 +240,7 @@ def test_cross_covariance_equals_full_covariance_and_units():
     _, cov = gp.predict(g, np.vstack([XA, XZ]), full_cov=True)
     np.testing.assert_allclose(cov_AZ, cov[:7, 7:], rtol=1e-9, atol=1e-10 * np.abs(cov).max())
     np.testing.assert_allclose(var_Z, np.diag(cov)[7:], rtol=1e-9, atol=1e-10 * np.abs(cov).max())
-    # same hyperparameters on y instead of 3 + 10 y: mean scales by 10 and shifts by 3, variances by 100
+    # the same hyperparameters on y instead of 3 + 10 y: mean * 10 + 3, variances * 100
     g1 = gp.fit_gp(X, y, K, cfg, hyperparameters=g.hyperparameters)
     m1, v1 = gp.predict(g1, XZ)
     m10, v10 = gp.predict(g, XZ)
@@ -246,19 +258,20 @@ def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
     X = discrete_scales(X)
     g = gp.fit_gp(X, 3.0 + 10.0 * y, K, gp.Config(**opts), restarts=1, maxiter=15)
     rng = np.random.default_rng(7)
-    W = np.vstack([np.eye(K)[:1], rng.dirichlet(np.full(K, 0.3), 4)])          # (M, K), a vertex first
+    W = np.vstack([np.eye(K)[:1], rng.dirichlet(np.full(K, 0.3), 4)])       # (M, K), a vertex first
     bounds = (1e7, 1e9, 100, 1000)
     U = gp.encode_fidelities([1e7, 1e9 ** (1 / 3) * 1e7 ** (2 / 3), 1e9], [100, 300, 1000], bounds)
     u_P = gp.encode_fidelities(1e9, 1000, bounds)[0]                             # the target (1, 1)
     XA = discrete_scales(make_data(4, seed=8)[0])                                # (|A|, d)
-    XP = np.column_stack([W, np.tile(u_P, (5, 1))])                              # (M, d) at the target
+    XP = np.column_stack([W, np.tile(u_P, (5, 1))])                           # (M, d) at the target
     M, F = len(W), len(U)
-    Z = np.column_stack([W.repeat(F, axis=0), np.tile(U, (M, 1))])              # (M F, d) mixture-major
-    cov_plain, var_plain = gp.cross_covariance(g, np.vstack([XA, XP]), Z)       # (|A| + M, M F), (M F,)
+    Z = np.column_stack([W.repeat(F, axis=0), np.tile(U, (M, 1))])          # (M F, d) mixture-major
+    cov_plain, var_plain = gp.cross_covariance(g, np.vstack([XA, XP]), Z)   # (|A| + M, M F), (M F,)
     cov, own, var = gp.cross_covariance_grid(g, XA, W, U, u_P, block=block)
     tol = 1e-10 * np.abs(cov_plain).max()
     np.testing.assert_allclose(cov, cov_plain[:4].T.reshape(M, F, 4), rtol=0, atol=tol)
-    np.testing.assert_allclose(own, cov_plain[4 + np.arange(M).repeat(F), np.arange(M * F)].reshape(M, F),
+    np.testing.assert_allclose(own, cov_plain[4 + np.arange(M).repeat(F),
+                                              np.arange(M * F)].reshape(M, F),
                                rtol=0, atol=tol)
     np.testing.assert_allclose(var, var_plain.reshape(M, F), rtol=0, atol=tol)
     for bad in [(W[:, 1:], U), (W, U[:, :1])]:      # a weight or a fidelity column missing
@@ -275,7 +288,7 @@ def basis(A, a_N, a_T):
 
 
 LAW = {"mean_coupling": 0.5, "mean_alpha_N": 1.4, "mean_alpha_T": 0.6}
-S_LAW = np.diag([gp.LAW_VARIANCE] * 3 + [0.5])                            # diag(s_b^2, s_b^2, s_b^2, s_C^2)
+S_LAW = np.diag([gp.LAW_VARIANCE] * 3 + [0.5])                    # diag(s_b^2, s_b^2, s_b^2, s_C^2)
 
 
 def test_scaling_law_mean_equals_explicit_basis_formulas():
@@ -283,7 +296,8 @@ def test_scaling_law_mean_equals_explicit_basis_formulas():
     S = diag(s_b^2, s_b^2, s_b^2, s_C^2)."""
     X, y = make_data(30)
     Xs = make_data(6, seed=7)[0]
-    hyp = {"amplitude": 0.8, "w_lengthscale": np.full(K, 0.6), "N_lengthscale": [0.7], "T_lengthscale": [1.1],
+    hyp = {"amplitude": 0.8, "w_lengthscale": np.full(K, 0.6), "N_lengthscale": [0.7],
+           "T_lengthscale": [1.1],
            "noise": 0.02, **LAW}
     g = gp.fit_gp(X, y, K, gp.Config(run_noise=False, scale_deviation=False), hyperparameters=hyp)
     ys = (y - g.y_mean) / g.y_scale
@@ -314,7 +328,8 @@ def test_joint_scaling_law_posterior_equals_sklearn_kernel_plus_basis():
     hyp = {"amplitude": 0.8, "w_lengthscale": ls, "noise": 0.02, **LAW}
     cfg = gp.Config(structure="joint", run_noise=False, scale_deviation=False)
     g = gp.fit_gp(X, y, K, cfg, hyperparameters=hyp)
-    k = lambda A, B: 0.8 * Matern(ls, nu=2.5)(A, B) + basis(A, 1.4, 0.6).T @ S_LAW @ basis(B, 1.4, 0.6)
+    k = lambda A, B: (0.8 * Matern(ls, nu=2.5)(A, B)
+                      + basis(A, 1.4, 0.6).T @ S_LAW @ basis(B, 1.4, 0.6))
     mean, cov = explicit_posterior(k, X, y, Xs, 0.02, g.y_mean, g.y_scale)
     m_ours, c_ours = gp.predict(g, Xs, full_cov=True)
     np.testing.assert_allclose(m_ours, mean, rtol=1e-9)
@@ -325,20 +340,21 @@ def test_joint_scaling_law_posterior_equals_sklearn_kernel_plus_basis():
 
 
 def test_scaling_law_coupling_is_fitted_only_where_the_data_have_one():
-    """The coupling C / (N^alpha D^beta) has its own prior variance s_C^2, so the marginal likelihood decides
-    whether it is there: on a loss surface additive in N and D (Chinchilla's form) its fitted variance is
-    negligible beside C^2, and where the surface has the coupling C = 1.5 it is not. 10 mixtures x 4 scales
-    x 4 steps (4 checkpoints per run); with 2 levels per axis the basis functions could not be told apart."""
+    """The coupling C / (N^alpha D^beta) has its own prior variance s_C^2, so the marginal
+    likelihood decides whether it is there: on a loss surface additive in N and D (Chinchilla's
+    form) its fitted variance is negligible beside C^2, and where the surface has the coupling C =
+    1.5 it is not. 10 mixtures x 4 scales x 4 steps (4 checkpoints per run); with 2 levels per axis
+    the basis functions could not be told apart."""
     rng = np.random.default_rng(0)
     n_w = 3
     W = rng.dirichlet(np.ones(n_w), 10)                                                   # (10, 3)
     u = np.linspace(0.0, 1.0, 4)
-    u_N, u_T = (g.ravel() for g in np.meshgrid(u, u, indexing="ij"))                      # (16,) scale-major
+    u_N, u_T = (g.ravel() for g in np.meshgrid(u, u, indexing="ij"))             # (16,) scale-major
     X = np.column_stack([np.repeat(W, 16, axis=0), np.tile(u_N, 10), np.tile(u_T, 10)])  # (160, 5)
     mixture = 0.05 * ((X[:, :n_w] - np.array([0.5, 0.3, 0.2])) ** 2).sum(1)
     additive = 3.0 + np.exp(-2.0 * X[:, n_w]) + 0.8 * np.exp(-1.5 * X[:, n_w + 1]) + mixture
     coupled = additive + 1.5 * np.exp(-2.0 * X[:, n_w] - 1.5 * X[:, n_w + 1])
-    runs = np.repeat(np.arange(40), 4)                                                     # a run = 4 checkpoints
+    runs = np.repeat(np.arange(40), 4)                                       # a run = 4 checkpoints
     s_C = {}
     for name, y in (("additive", additive), ("coupled", coupled)):
         g = gp.fit_gp(X, y + 0.005 * rng.normal(size=len(y)), n_w, runs=runs)
@@ -350,19 +366,22 @@ def test_scaling_law_coupling_is_fitted_only_where_the_data_have_one():
 
 def test_scale_deviation_kernel_equals_gpytorch_coregionalization():
     """The default kernel against GPyTorch: Matern-5/2(w) x RBF(u_T) x IndexKernel over the discrete
-    scales with B = s^2 K_N + s_d^2 I (covar_factor = s chol(K_N), var = s_d^2) [Bonilla et al. 2008],
-    plus s_l^2 1[N = N'] and h^T S h; and the posterior by dense numpy algebra on that kernel, 1e-9."""
+    scales with B = s^2 K_N + s_d^2 I (covar_factor = s chol(K_N), var = s_d^2) [Bonilla et al.
+    2008], plus s_l^2 1[N = N'] and h^T S h; and the posterior by dense numpy algebra on that
+    kernel, 1e-9."""
     from gpytorch.kernels import IndexKernel, MaternKernel, RBFKernel
     X, y, runs = make_runs(6, [0.0, 0.4, 1.0], seed=1)
     Xs = make_runs(3, [0.0, 0.4, 1.0], seed=2)[0]
-    hyp = {"amplitude": 0.8, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0]), "N_lengthscale": [0.7],
-           "T_lengthscale": [1.1], "noise": 0.02, "scale_deviation": 0.6, "level_deviation": 0.3, **LAW}
+    hyp = {"amplitude": 0.8, "w_lengthscale": np.array([0.3, 0.5, 0.9, 1.3, 2.0]),
+           "N_lengthscale": [0.7],
+           "T_lengthscale": [1.1], "noise": 0.02, "scale_deviation": 0.6, "level_deviation": 0.3,
+           **LAW}
     g = gp.fit_gp(X, y, K, gp.Config(run_noise=False), hyperparameters=hyp)
     scales = np.array([0.0, 0.4, 1.0])
     K_N = np.exp(-0.5 * (scales[:, None] - scales[None, :]) ** 2 / 0.7 ** 2)
     index = IndexKernel(num_tasks=3, rank=3).double()
     index.covar_factor.data = torch.from_numpy(np.sqrt(0.8) * np.linalg.cholesky(K_N))
-    index.var = torch.full((3,), 0.8 * 0.6, dtype=torch.float64)                          # s_d^2 = q s^2
+    index.var = torch.full((3,), 0.8 * 0.6, dtype=torch.float64)                     # s_d^2 = q s^2
     level = IndexKernel(num_tasks=3, rank=1).double()
     level.covar_factor.data.zero_()
     level.var = torch.full((3,), 0.3, dtype=torch.float64)
@@ -375,8 +394,9 @@ def test_scale_deviation_kernel_equals_gpytorch_coregionalization():
         ia, ib = (torch.from_numpy(np.searchsorted(scales, M[:, K])) for M in (A, B))
         t = lambda M: torch.from_numpy(M)
         with torch.no_grad():
-            mix = (matern(t(A[:, :K]), t(B[:, :K])).to_dense() * rbf_T(t(A[:, K + 1:]), t(B[:, K + 1:])).to_dense()
-                   * index(ia[:, None], ib[:, None]).to_dense())
+            k_w = matern(t(A[:, :K]), t(B[:, :K])).to_dense()
+            k_T = rbf_T(t(A[:, K + 1:]), t(B[:, K + 1:])).to_dense()
+            mix = k_w * k_T * index(ia[:, None], ib[:, None]).to_dense()
             lev = level(ia[:, None], ib[:, None]).to_dense()
         return (mix + lev).numpy() + basis(A, 1.4, 0.6).T @ S_LAW @ basis(B, 1.4, 0.6)
 
@@ -391,10 +411,11 @@ def test_scale_deviation_kernel_equals_gpytorch_coregionalization():
 
 def test_same_scale_is_exact_to_1e_9_and_an_unseen_scale_keeps_the_deviations():
     """1[N = N'] holds within 1e-9 and not beyond; at a scale with no data, the deviations are
-    independent of every observation: the posterior variance there is at least (s_d^2 + s_l^2) y_scale^2
-    (k_w = k_T = 1 at a point itself), and a run at that scale lowers it."""
+    independent of every observation: the posterior variance there is at least (s_d^2 + s_l^2)
+    y_scale^2 (k_w = k_T = 1 at a point itself), and a run at that scale lowers it."""
     X, y, runs = make_runs(8, [0.0, 0.5], seed=3)
-    g = gp.fit_gp(X, y, K, gp.Config(mean="constant"), runs=runs, restarts=1)   # k smooth but 1[N = N']
+    g = gp.fit_gp(X, y, K, gp.Config(mean="constant"), runs=runs,
+                  restarts=1)   # k smooth but 1[N = N']
     h, P = g.hyperparameters, gp._params(g)
     x = X[:1].copy()
     near, far = x.copy(), x.copy()
@@ -402,18 +423,21 @@ def test_same_scale_is_exact_to_1e_9_and_an_unseen_scale_keeps_the_deviations():
     far[0, K] += 5e-9
     k = lambda A: gp._kernel(g.config, P, torch.from_numpy(x), torch.from_numpy(A), K).item()
     step = h["amplitude"] * h["scale_deviation"] + h["level_deviation"]
-    assert abs(k(x) - k(near)) < 1e-4 * step and abs(k(x) - k(far) - step) < 1e-4 * step   # others smooth
+    assert abs(k(x) - k(near)) < 1e-4 * step                          # the other terms are smooth
+    assert abs(k(x) - k(far) - step) < 1e-4 * step
     target = X[:4].copy()
     target[:, K] = 1.0
     var = gp.predict(g, target)[1]
-    assert np.all(var >= (h["amplitude"] * h["scale_deviation"] + h["level_deviation"]) * g.y_scale ** 2)
-    seen = gp.fit_gp(np.vstack([X, target[:1]]), np.append(y, y[0] - 0.5), K, g.config, hyperparameters=h)
+    assert np.all(var >= step * g.y_scale ** 2)
+    seen = gp.fit_gp(np.vstack([X, target[:1]]), np.append(y, y[0] - 0.5), K, g.config,
+                     hyperparameters=h)
     assert gp.predict(seen, target)[1].max() < var.min()
 
 
 def test_transfer_is_fitted_low_where_scales_disagree_and_high_where_they_agree():
-    """The ratio q = s_d^2 / s^2 is a fitted quantity: on four scales sharing one mixture effect it is
-    walked far below its prior's mode, and on four scales with independent effects far above it."""
+    """The ratio q = s_d^2 / s^2 is a fitted quantity: on four scales sharing one mixture effect it
+    is walked far below its prior's mode, and on four scales with independent effects far above it.
+    """
     q = {}
     for transfer in (1.0, 0.0):
         X, y, runs = make_runs(16, [0.0, 0.33, 0.67, 1.0], seed=4, transfer=transfer)
@@ -424,9 +448,10 @@ def test_transfer_is_fitted_low_where_scales_disagree_and_high_where_they_agree(
 
 def test_run_noise():
     X, y = make_data(30)
-    hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5], "T_lengthscale": [0.9],
+    hyp = {"amplitude": 1.3, "w_lengthscale": np.full(K, 0.7), "N_lengthscale": [0.5],
+           "T_lengthscale": [0.9],
            "scale_deviation": 0.3, "level_deviation": 0.1, **LAW}
-    # one observation per run: sigma^2 I + sigma_run^2 R is white noise of variance sigma^2 + sigma_run^2
+    # one observation per run: sigma^2 I + sigma_run^2 R is white noise, sigma^2 + sigma_run^2
     a = gp.fit_gp(X, y, K, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
     b = gp.fit_gp(X, y, K, gp.Config(run_noise=False), hyperparameters={**hyp, "noise": 0.03})
     assert abs(a.log_marginal_likelihood - b.log_marginal_likelihood) < 1e-10
@@ -436,7 +461,8 @@ def test_run_noise():
     Xc = np.repeat(X[:10], 3, axis=0)
     Xc[:, K + 1] = np.tile([0.0, 0.5, 1.0], 10)
     yc = np.repeat(y[:10], 3) + 0.1 * Xc[:, K + 1]
-    fit = lambda runs: gp.fit_gp(Xc, yc, K, runs=runs, hyperparameters={**hyp, "noise": 0.01, "run_noise": 0.02})
+    noises = {"noise": 0.01, "run_noise": 0.02}
+    fit = lambda runs: gp.fit_gp(Xc, yc, K, runs=runs, hyperparameters={**hyp, **noises})
     default, labelled, separate = fit(None), fit(np.arange(30) // 3), fit(np.arange(30))
     assert abs(default.log_marginal_likelihood - labelled.log_marginal_likelihood) < 1e-10
     assert abs(default.log_marginal_likelihood - separate.log_marginal_likelihood) > 1e-3
@@ -444,18 +470,19 @@ def test_run_noise():
 
 # ------------------------------------------------------------------ directional derivatives
 
-@pytest.mark.parametrize("opts", [dict(), dict(kernel_w="rbf", structure="joint"), dict(kernel_w="sm")])
+@pytest.mark.parametrize("opts", [dict(), dict(kernel_w="rbf", structure="joint"),
+                                  dict(kernel_w="sm")])
 def test_directional_derivative_equals_finite_differences_and_monte_carlo(opts):
-    """mean: 4th-order central differences of predict's mean (1e-6 relative); variance: the variance of the
-    central difference of posterior draws of f at x +- h v (exact from predict's covariance, 1e-4, and
-    from 20,000 draws, within 4 Monte Carlo standard errors)."""
+    """mean: 4th-order central differences of predict's mean (1e-6 relative); variance: the variance
+    of the central difference of posterior draws of f at x +- h v (exact from predict's covariance,
+    1e-4, and from 20,000 draws, within 4 Monte Carlo standard errors)."""
     X, y, runs = make_runs(10, [0.0, 0.5], seed=5)
     g = gp.fit_gp(X, y, K, gp.Config(**opts), runs=runs, restarts=1, maxiter=40)
     rng = np.random.default_rng(6)
     W = rng.dirichlet(np.full(K, 3.0), 4)
-    x = np.vstack([np.column_stack([W, np.tile([1.0, 1.0], (4, 1))]), X[:1]])   # target rows; a seen row
+    x = np.vstack([np.column_stack([W, np.tile([1.0, 1.0], (4, 1))]), X[:1]])  # target; a seen row
     V = np.zeros_like(x)
-    V[:, :K] = np.eye(K)[[0, 1, 2, 3, 4]] - x[:, :K]                            # weight towards domain j
+    V[:, :K] = np.eye(K)[[0, 1, 2, 3, 4]] - x[:, :K]                       # weight towards domain j
     mean, var = gp.directional_derivative(g, x, V)
     f = lambda h: gp.predict(g, x + h * V)[0]
     h = 1e-3
@@ -463,10 +490,10 @@ def test_directional_derivative_equals_finite_differences_and_monte_carlo(opts):
     np.testing.assert_allclose(mean, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max())
     h = 1e-3
     m, cov = gp.predict(g, np.vstack([x + h * V, x - h * V]), full_cov=True)    # (10,), (10, 10)
-    D = np.hstack([np.eye(5), -np.eye(5)]) / (2 * h)                            # f(x+hv) - f(x-hv) / 2h
+    D = np.hstack([np.eye(5), -np.eye(5)]) / (2 * h)                        # f(x+hv) - f(x-hv) / 2h
     np.testing.assert_allclose(var, np.diag(D @ cov @ D.T), rtol=1e-4)
     evals, evecs = np.linalg.eigh(cov)
-    draws = rng.standard_normal((20000, 10)) * np.sqrt(evals.clip(0)) @ evecs.T    # (20000, 10) ~ N(0, cov)
+    draws = rng.standard_normal((20000, 10)) * np.sqrt(evals.clip(0)) @ evecs.T   # ~ N(0, cov)
     mc = (draws @ D.T).var(axis=0)
     assert np.all(np.abs(mc - var) < 4 * np.sqrt(2 / 20000) * var), (mc, var)
     with pytest.raises(ValueError, match="directions"):
@@ -501,7 +528,8 @@ def test_degenerate_data_is_finite(case):
     for cfg in [gp.Config(), gp.Config(structure="joint", mean="constant")]:
         g = gp.fit_gp(X, y, K, cfg, restarts=2)
         Xs = make_data(5, seed=9)[0]
-        out = [*gp.predict(g, Xs), *gp.predict(g, Xs, full_cov=True), *gp.cross_covariance(g, Xs, X)]
+        out = [*gp.predict(g, Xs), *gp.predict(g, Xs, full_cov=True),
+               *gp.cross_covariance(g, Xs, X)]
         assert all(np.all(np.isfinite(a)) for a in out) and math.isfinite(g.log_marginal_likelihood)
         assert np.all(gp.predict(g, Xs)[1] >= 0) and g.noise_variance > 0
 
@@ -521,7 +549,8 @@ def test_bad_input_raises_one_line():
     g = gp.fit_gp(X, y, K, restarts=1)
     with pytest.raises(ValueError):
         gp.predict(g, Xo)
-    for opts in [dict(structure="additive"), dict(kernel_N="sm"), dict(structure="joint", kernel_w="sm")]:
+    for opts in [dict(structure="additive"), dict(kernel_N="sm"),
+                 dict(structure="joint", kernel_w="sm")]:
         with pytest.raises(ValueError) as err:
             gp.Config(**opts)
         assert "\n" not in str(err.value)
@@ -542,17 +571,19 @@ def test_encode():
 
 
 def test_cross_scale_script_prints_tables(monkeypatch, capsys):
-    """bench/cross_scale.py at a tiny size: per model and target-run count one row of means and one of
-    standard errors, every coverage a share in [0, 1]."""
+    """bench/cross_scale.py at a tiny size: per model and target-run count one row of means and one
+    of standard errors, every coverage a share in [0, 1]."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import cross_scale
-    monkeypatch.setattr(sys, "argv", ["cross_scale.py", "--case", "K5-S3-r0.9", "--mixtures", "8", "--repeats",
+    monkeypatch.setattr(sys, "argv", ["cross_scale.py", "--case", "K5-S3-r0.9", "--mixtures", "8",
+                                      "--repeats",
                                       "2", "--target-runs", "0", "2", "--models", "old", "new"])
     cross_scale.main()
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if line.startswith(("old ", "new "))]
-    assert sorted((r[0], r[1]) for r in rows) == [("new", "0"), ("new", "2"), ("old", "0"), ("old", "2")]
+    assert sorted((r[0], r[1]) for r in rows) == [("new", "0"), ("new", "2"), ("old", "0"),
+                                                  ("old", "2")]
     assert sum(line.startswith("  +- se") for line in lines) == 4
-    for cells in rows:                                          # model, target runs, spearman, rmse, cov68, cov95
+    for cells in rows:                            # model, target runs, spearman, rmse, cov68, cov95
         spearman, rmse, cov68, cov95 = map(float, cells[2:6])
         assert -1 <= spearman <= 1 and rmse > 0 and 0 <= cov68 <= cov95 <= 1
