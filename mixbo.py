@@ -40,7 +40,7 @@ import simulate
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
 # The GP that reports the recommendation's loss +- sd: a constant mean and Matern-5/2 on u_N, u_T
-# (chosen by bench/calibration.py, see bench/README.md).
+# (its coverage beside the loop GP's: bench/robustness.py, see bench/README.md).
 REPORTING_MODEL = dict(mean="constant", kernel_N="matern52", kernel_T="matern52")
 LEDGER_VERSION = 2
 LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite

@@ -131,7 +131,9 @@ def test_log_kg_keeps_digits_far_below_double_range():
 
 
 def _gp_problem(seed=0, D=3):
-    """A small fitted GP over (w, scale, steps) with a scaling-law mean, and its search space."""
+    """A small fitted GP over (w, scale, steps), and its search space. A constant mean: every prior
+    variance is then a hyperparameter, which _refit_at_data_mean can rescale exactly (the scaling
+    law's fixed, vague coefficient variance could not be)."""
     rng = np.random.default_rng(seed)
     scales, steps = (1e6, 1e7), (100, 400)
     bounds = (scales[0], scales[-1], steps[0], steps[-1])
@@ -141,7 +143,7 @@ def _gp_problem(seed=0, D=3):
     y = (3.0 + 2.0 / np.log(S) * 10 + 30.0 / np.sqrt(T) + ((W - [0.5, 0.3, 0.2]) ** 2).sum(1)
          + 0.02 * rng.normal(size=len(W)))
     X = gp.encode(W, S, T, bounds)
-    model = gp.fit_gp(X, y, D, seed=0, restarts=2)
+    model = gp.fit_gp(X, y, D, gp.Config(mean="constant"), seed=0, restarts=2)
     return model, W, scales, steps, bounds, X, y
 
 
@@ -154,13 +156,10 @@ def _refit_at_data_mean(model, X, x_new):
     y_new = model.y_mean
     y2 = np.append(model.y, y_new)
     r2 = (model.y_scale / y2.std()) ** 2
-    variances = ("amplitude", "noise", "run_noise", "fid_amplitude", "mean_amplitude",
-                 "mean_coupling")
+    variances = ("amplitude", "noise", "run_noise", "level_deviation", "mean_coupling")
     h = {k: (v * r2 if k in variances else v) for k, v in model.hyperparameters.items()}
     cfg = model.config
-    refit = gp.fit_gp(np.vstack([X, x_new]), y2, model.n_weights, hyperparameters=h,
-                      structure=cfg.structure, kernel_w=cfg.kernel_w, kernel_N=cfg.kernel_N,
-                      kernel_T=cfg.kernel_T, mean=cfg.mean, run_noise=cfg.run_noise)
+    refit = gp.fit_gp(np.vstack([X, x_new]), y2, model.n_weights, cfg, hyperparameters=h)
     assert abs(refit.y_mean - model.y_mean) < 1e-12 * abs(model.y_mean)
     return refit, y_new
 
@@ -296,8 +295,8 @@ def _two_fidelity_gp(N_lengthscale):
     y = 3.0 + ((W - 0.3) ** 2).sum(1) + np.where(S == 1e6, 0.5, 0.0)
     h = {"noise": 1e-2, "amplitude": 1.0, "w_lengthscale": np.full(D, 0.3),
          "N_lengthscale": np.array([N_lengthscale]), "T_lengthscale": np.array([1.0])}
-    model = gp.fit_gp(gp.encode(W, S, 1000, bounds), y, D, hyperparameters=h, mean="constant",
-                      run_noise=False)
+    config = gp.Config(mean="constant", run_noise=False, scale_deviation=False)
+    model = gp.fit_gp(gp.encode(W, S, 1000, bounds), y, D, config, hyperparameters=h)
     return model, W, scales, steps, bounds
 
 
@@ -448,8 +447,9 @@ def _fixed_case():
          + 0.01 * rng.normal(size=42))
     h = {"noise": 1e-3, "amplitude": 0.8, "w_lengthscale": np.array([0.3, 0.4, 0.5]),
          "N_lengthscale": np.array([0.7]), "T_lengthscale": np.array([1.2])}
-    model = gp.fit_gp(gp.encode(Wn, Sn, Tn, bounds), y, D, hyperparameters=h, structure="product",
-                      kernel_w="matern52", mean="constant", run_noise=False)
+    config = gp.Config(kernel_w="matern52", mean="constant", run_noise=False,
+                       scale_deviation=False)
+    model = gp.fit_gp(gp.encode(Wn, Sn, Tn, bounds), y, D, config, hyperparameters=h)
     cand = acq.simplex_candidates(D, 300, 8, incumbents=W[:2], n_local=40)
     cost = lambda s, t: s * t / (1.6e7 * 1000)
     return model, W, cand, scales, steps, bounds, cost

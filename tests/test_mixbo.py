@@ -183,10 +183,11 @@ def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(
     r = len(res.trials) - len(res.trials) % res.settings.refit_every             # last refit
     def model(**options):
         W, N, T, y, runs = mixbo._observations(res.trials[:r])
-        hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, seed=mixbo.trial_seed(0, r, mixbo.MODEL),
-                        **options).hyperparameters
+        config = gp.Config(**options)
+        hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs,
+                        seed=mixbo.trial_seed(0, r, mixbo.MODEL)).hyperparameters
         W, N, T, y, runs = mixbo._observations(res.trials)
-        return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, runs=runs, hyperparameters=hyp, **options)
+        return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs, hyperparameters=hyp)
     mixtures = mixbo._mixtures(res.trials)
     Xs = gp.encode(mixtures, 16e6, 200, bounds)
     i = int(np.argmin(gp.predict(model(mean="scaling_law", kernel_N="rbf", kernel_T="rbf"), Xs)[0]))
