@@ -892,6 +892,7 @@ class Search:
                                    min(objective.steps), max(objective.steps)))
         self.records, self.recommendations, self.told = [], [], []   # by id; by tell; told ids
         self.spent_told, self.failures_in_a_row, self.waiting = 0.0, 0, False
+        self.summary = None                          # the last {"kind": "summary"} record
         header = ledger_header(self.settings, objective, source, sha256)
         self.file, lines = None, [header]
         if ledger is not None:
@@ -917,8 +918,8 @@ class Search:
                 self.recommendations.append(r)
             elif kind == "budget":
                 budget = r["budget"]
-            elif kind == "summary":                      # a finished search's insight: redone
-                pass
+            elif kind == "summary":                      # a finished search's insight
+                self.summary = r
             else:
                 raise ValueError(f"ledger {self.ledger} has a {kind!r} line out of order (trial "
                                  f"{t}); it was not written by this version of mixbo")
@@ -1031,8 +1032,12 @@ class Search:
         info = {}
         if summarize and self.recommendations:
             last = self.recommendations[-1]
-            info = insight(self.ctx, self.finished, last["weights"])
-            self._write({"kind": "summary", "after_trial": last["after_trial"], **info})
+            if self.summary and self.summary["after_trial"] == last["after_trial"]:
+                info = {k: v for k, v in self.summary.items() if k not in ("kind", "after_trial")}
+            else:
+                info = insight(self.ctx, self.finished, last["weights"])
+                self.summary = {"kind": "summary", "after_trial": last["after_trial"], **info}
+                self._write(self.summary)
         return Result(self.settings, self.finished, list(self.recommendations), self.ctx.spent,
                       self.ledger, info)
 

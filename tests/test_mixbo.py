@@ -181,6 +181,7 @@ def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(
     res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None, **CHEAP)
     bounds = (1e6, 16e6, 100, 200)
     r = len(res.trials) - len(res.trials) % res.settings.refit_every             # last refit
+    r = r or len(res.trials)                                 # none yet: fitted on every trial
     def model(**options):
         W, N, T, y, runs = mixbo._observations(res.trials[:r])
         config = gp.Config(**options)
