@@ -139,12 +139,12 @@ def bench(objective, strategies, seeds=10, budget=mixbo.Settings.budget, jobs=2,
             "results": table}
 
 
-def _json_ready(x):
+def json_ready(x):
     """x with every non-finite float (a cost that was never reached) as null: strict JSON."""
     if isinstance(x, dict):
-        return {k: _json_ready(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
+        return [json_ready(v) for v in x]
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
@@ -190,7 +190,7 @@ def run(args, objective, strategies, settings, argv, say=print):
     print_bench(say, b)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(_json_ready(b), f, indent=1, allow_nan=False)
+            json.dump(json_ready(b), f, indent=1, allow_nan=False)
         say(f"wrote {args.json}")
     return 0
 

@@ -32,6 +32,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import loop_bench  # noqa: E402  (bench/, the script's folder)
 import mixbo  # noqa: E402
 import simulate  # noqa: E402
 
@@ -104,15 +105,6 @@ def summarize(curves, n_targets, optimum, q_random, budget):
             "model2": float(np.mean(np.array(zm) <= 2)) if zm else None}
 
 
-def json_ready(x):
-    """x with every non-finite float (a cost never reached) as null: strict JSON."""
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def build_objectives(names, as_table, folder, aggregate=""):
     out = {}
     for name in names:
@@ -181,7 +173,7 @@ def main(argv=None):
                   f" {fmt(row['model2'], '.2f'):>7}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(json_ready({"command": "python bench/robustness.py "
+            json.dump(loop_bench.json_ready({"command": "python bench/robustness.py "
                                   + " ".join(sys.argv[1:] if argv is None else argv),
                                   "budgets": budgets, "results": table}), f, allow_nan=False)
     return 0
