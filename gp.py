@@ -239,8 +239,8 @@ def _kernel(cfg, P, A, B, K, paired=False):
 # LogNormal priors on the natural value (as BoTorch): lengthscales (sqrt2 + log(d) / 2, sqrt3),
 # noise and run_noise (-4, 1) [HV]; q and s_l^2 boundary-avoiding [CH]: where the data cannot tell
 # how far the scales agree (one or two scales) the prior decides, without collapsing to perfect
-# transfer. The rest is flat in its bounds. In z = log x (what L-BFGS-B moves) a LogNormal(mu,
-# sigma) is a normal of sd sigma about its mode mu - sigma^2.
+# transfer; the modes by bench/cross_scale.py (README-gp.md). The rest is flat in its bounds. In
+# z = log x (what L-BFGS-B moves) a LogNormal(mu, sigma) is a normal of sd sigma about mu - sigma^2.
 
 DEVIATION_PRIOR = (math.log(0.25) + 4.0, 2.0)     # log q ~ N(log 0.25, 2^2): corr 0.8 at the mode
 LEVEL_PRIOR = (math.log(0.0025) + 4.0, 2.0)       # log s_l^2 ~ N(log 0.05^2, 2^2): sd 0.05 there
