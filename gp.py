@@ -150,7 +150,7 @@ def _group_kernel(kind, A, B, P, prefix, paired=False):
 @dataclass(frozen=True)
 class Config:
     """The model options, each declared here once (section 3 says what they do). The defaults are
-    chosen by bench/cross_scale.py, see bench/README-gp.md."""
+    chosen by bench/cross_scale.py, see bench/README.md."""
     structure: str = "product"       # "product" | "joint"
     kernel_w: str = "matern52"       # on the weights (on every column with "joint")
     kernel_N: str = "rbf"            # on u_N: "rbf" | "matern52"
@@ -239,7 +239,7 @@ def _kernel(cfg, P, A, B, K, paired=False):
 # LogNormal priors on the natural value (as BoTorch): lengthscales (sqrt2 + log(d) / 2, sqrt3),
 # noise and run_noise (-4, 1) [HV]; q and s_l^2 boundary-avoiding [CH]: where the data cannot tell
 # how far the scales agree (one or two scales) the prior decides, without collapsing to perfect
-# transfer; the modes by bench/cross_scale.py (README-gp.md). The rest is flat in its bounds. In
+# transfer; the modes by bench/cross_scale.py (bench/README.md). The rest is flat in its bounds. In
 # z = log x (what L-BFGS-B moves) a LogNormal(mu, sigma) is a normal of sd sigma about mu - sigma^2.
 
 DEVIATION_PRIOR = (math.log(0.25) + 4.0, 2.0)     # log q ~ N(log 0.25, 2^2): corr 0.8 at the mode
@@ -282,7 +282,7 @@ def _law_exponents(U, y):
     """(a_N, a_T) for fit_gp to hold fixed, and the mean squared residual: least squares of h^T beta
     alone to the standardized y (variable projection, Golub & Pereyra 1973: beta is linear given a),
     a grid of log a in [log 0.1, log 10] then Nelder-Mead; a column with < 3 distinct values gives
-    1. Fitted with the rest they cost many more evaluations: bench/bench_gp.py, see README-gp.md."""
+    1. Fitted with the rest they cost many more evaluations (bench/bench_gp.py, bench/README.md)."""
     U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
