@@ -578,8 +578,9 @@ def propose(ctx, history, t):
             w = design_point(ctx, history, t, N, T)
         why = "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)"
         p = None if w is None else Proposal(w, N, T, why)
-    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # none ok: explore
-        p = propose_sobol(ctx, history, t)
+    elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # no ok trial yet:
+        pending = any(r["status"] == "pending" for r in history)         # wait for one, or
+        p = WAIT if pending else propose_sobol(ctx, history, t)          # (all failed) explore
     else:
         p = PROPOSE[ctx.settings.strategy](ctx, history, t)
     return p if p is WAIT or p is None or ctx.affordable(p.scale, p.steps) else None

@@ -728,3 +728,13 @@ def test_resume_identity_names_the_field_and_a_larger_budget_extends(tmp_path, c
     assert run("--budget", "4", "--resume") == 2
     err = capsys.readouterr().err
     assert "sha256" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_gp_strategy_with_only_pending_trials_waits_instead_of_guessing(tmp_path):
+    """Asked for 8 trials before any has finished, mfkg hands out its initial design and then waits
+    (no model yet) rather than spending the budget on blind runs at the target."""
+    objective = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    search = mixbo.Search(objective, mixbo.Settings(budget=2.0, **CHEAP), warn=mixbo.silent)
+    trials = search.ask(8)
+    assert len(trials) == 3 and all(t.decision.startswith("init") for t in trials)
+    assert search.waiting and search.ctx.spent <= mixbo.DESIGN_SHARE * 2.0 + 1e-12
