@@ -500,9 +500,12 @@ def test_the_state_is_a_function_of_the_ledger_with_tells_out_of_order(tmp_path)
     settings = mixbo.Settings(strategy="ei", budget=8.0, seed=1, n_init=2, candidates=64)
     a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
     with mixbo.Search(obj, settings, ledger=a) as search:
-        trials = search.ask(3)
-        for t in (trials[2], trials[0], trials[1]):
-            search.tell(t.trial, result=obj.run(np.array(t.weights), t.scale, t.steps, t.seed))
+        run = lambda t: obj.run(np.array(t.weights), t.scale, t.steps, t.seed)
+        trials = search.ask(2)                               # the design; then it waits
+        search.tell(trials[1].trial, result=run(trials[1]))
+        trials += search.ask(1)                              # trial 2, with trial 0 pending
+        for t in (trials[2], trials[0]):
+            search.tell(t.trial, result=run(t))
         later = search.ask(1)                                # trial 3, asked after out-of-order tells
         with open(a) as f:
             lines = f.readlines()
@@ -738,3 +741,23 @@ def test_a_gp_strategy_with_only_pending_trials_waits_instead_of_guessing(tmp_pa
     trials = search.ask(8)
     assert len(trials) == 3 and all(t.decision.startswith("init") for t in trials)
     assert search.waiting and search.ctx.spent <= mixbo.DESIGN_SHARE * 2.0 + 1e-12
+
+
+def test_aggregate_worst_is_in_the_header_and_the_summary_reports_tradeoffs_and_utilities(tmp_path):
+    """--aggregate worst: every trial's loss is the max of its domain losses, the header records it,
+    and the final summary record holds the trade-offs (recommended vs uniform, per domain) and one
+    utility per domain."""
+    objective = simulate.make_benchmark("default")
+    ledger = str(tmp_path / "worst.jsonl")
+    lines = []
+    res = mixbo.optimize(objective, "mfkg", 0.3, seed=0, ledger=ledger, out=lines.append,
+                         candidates=64, aggregate="worst")
+    records = read_lines(ledger)
+    assert records[0]["settings"]["aggregate"] == "worst"
+    for t in res.trials:
+        assert t["loss"] == max(t["domain_losses"].values())
+    summary = records[-1]
+    assert summary["kind"] == "summary"
+    assert set(summary["tradeoffs"]) == {"recommended", "uniform"}
+    assert set(summary["utilities"]) == set(objective.domains)
+    assert any(line.startswith("domain utilities") for line in lines)
