@@ -371,6 +371,7 @@ def _ddp_worker(rank, world, port, corpus, out):
     res = train_lm.train(corpus, [0.2, 0.5, 0.3], replace(TINY, steps=10, micro_batch=2))
     if rank == 0:
         Path(out).write_text(json.dumps(res["checkpoints"]))
+    torch.distributed.barrier()          # neither rank tears gloo down while the other still uses it
     torch.distributed.destroy_process_group()
 
 
