@@ -328,7 +328,8 @@ def log_knowledge_gradient_bound(a, sd):
 
 STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 _CHUNK = 2 ** 21  # numbers per (measurements, E + 1) array of the KG (16 MB): bounds the memory
-_FIRST_ROUND = 256  # pairs whose KG comes first; any size is exact, see bench/README.md ("The acquisition step")
+# pairs whose KG comes first; any size is exact, see bench/README.md ("The acquisition step")
+_FIRST_ROUND = 256
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,8 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
     of candidates. Candidates with the same row of pairs form one grid of mixtures x fidelities."""
     mean_E, mean_C = means
     XA = gp.encode(evaluated, target[0], target[1], bounds)  # (E, D + 2)
-    U = gp.encode_fidelities([s for s, _ in fidelities], [t for _, t in fidelities], bounds)  # (F, 2)
+    U = gp.encode_fidelities([s for s, _ in fidelities], [t for _, t in fidelities],
+                             bounds)  # (F, 2)
     u_target = gp.encode_fidelities([target[0]], [target[1]], bounds)[0]  # (2,)
     out = np.full(pairs.shape, -np.inf)
     packed = np.packbits(pairs, axis=1)  # (C, ceil(F / 8)) uint8: np.unique sorts these fast

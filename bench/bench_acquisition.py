@@ -16,7 +16,8 @@ Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.
 (one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only;
 --profile: cProfile of the mfkg and exhaustive steps at the largest n; --first-round: the size
 of the branch and bound's first round.
-Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README.md ("The acquisition step").
+Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README.md
+("The acquisition step").
 """
 
 import argparse

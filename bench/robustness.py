@@ -1,13 +1,14 @@
 """Robustness of mixbo's strategies across the controlled-transfer test bed (simulate.TESTBED).
 
-For every instance x strategy x seed, `mixbo.optimize` runs with the default settings (ledger in memory)
-and the recommendation after every trial is scored, uncharged, by the instance's noise-free true loss at
-the target. Per instance and strategy it reports, over seeds:
+For every instance x strategy x seed, `mixbo.optimize` runs with the default settings (ledger in
+memory) and the recommendation after every trial is scored, uncharged, by the instance's noise-free
+true loss at the target. Per instance and strategy it reports, over seeds:
   final     median true loss of the final recommendation (and its regret over the known optimum)
-  x random  budget / median cost from which the recommendation STAYS at or below q_random (random search's
-            median final true loss) until the budget is spent; "-" when the median seed never stays there
+  x random  budget / median cost from which the recommendation STAYS at or below q_random (random
+            search's median final true loss) until the budget is spent; "-" when the median seed
+            never stays there
   target    median number of runs at the target scale and steps
-  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (nominal 0.68 / 0.95);
+  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (0.68 / 0.95);
             model1/2 the same for the loop's own GP's prediction of the recommendation
 With --as-table every instance is first written as a pool-based run table (simulate.write_table) and
 replayed through simulate.load_table, as `python mixbo.py --table` would.
@@ -74,7 +75,8 @@ def run_one(task):
     result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score,
                             aggregate=aggregate)
     target = tuple(objective.target)
-    n_target = sum(t["status"] == "ok" and (t["scale"], t["steps"]) == target for t in result.trials)
+    n_target = sum(t["status"] == "ok" and (t["scale"], t["steps"]) == target
+                   for t in result.trials)
     return curve, n_target, time.perf_counter() - t0
 
 
@@ -125,7 +127,8 @@ def main(argv=None):
     p.add_argument("--instances", default=",".join(simulate.TESTBED))
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--budget", type=float, help="one budget for every instance (default: by ladder)")
+    p.add_argument("--budget", type=float,
+                   help="one budget for every instance (default: by ladder)")
     p.add_argument("--as-table", action="store_true", help="replay each instance as a pool table")
     p.add_argument("--aggregate", default="", help="mixbo's --aggregate, scored the same way")
     p.add_argument("--jobs", type=int, default=2)
@@ -149,7 +152,8 @@ def main(argv=None):
     by_task = dict(zip(tasks, runs))
     print(f"robustness: {len(names)} instances x {', '.join(strategies)} x {args.seeds} seeds"
           f"{' (as tables)' if args.as_table else ''}; {time.perf_counter() - t0:.0f} s wall")
-    print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'final':>8} {'regret':>8} {'x random':>9}"
+    print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'final':>8} {'regret':>8}"
+          f" {'x random':>9}"
           f" {'target':>7} {'cover1':>7} {'cover2':>7} {'model1':>7} {'model2':>7}")
     table = {}
     for n in names:
