@@ -14,7 +14,9 @@ With --as-table every instance is first written as a pool-based run table (simul
 replayed through simulate.load_table, as `python mixbo.py --table` would.
 
 Run: python bench/robustness.py [--instances a,b] [--strategies mfkg,ei,random,hyperband,regression]
-     [--seeds 20] [--budget B] [--as-table] [--jobs 2] [--json out.json]
+     [--seeds 20] [--budget B] [--as-table] [--jobs 2] [--json out.json] [--runs runs.jsonl]
+--runs keeps every finished search as a JSON line and skips those already there: a long run can be
+stopped and continued, and the table printed from what has finished (--seeds smaller than asked).
 """
 
 import os
@@ -133,6 +135,7 @@ def main(argv=None):
     p.add_argument("--aggregate", default="", help="mixbo's --aggregate, scored the same way")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write every curve and the table as JSON")
+    p.add_argument("--runs", help="JSON lines of finished searches: appended, and reused")
     args = p.parse_args(argv)
     mixbo.recommend = recommend_with_model          # the benchmark peeks at the loop's own GP too
     names, strategies = args.instances.split(","), args.strategies.split(",")
@@ -142,35 +145,47 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         _OBJECTIVES.update(build_objectives(names, args.as_table, folder, args.aggregate))
     budgets = {n: args.budget or default_budget(_OBJECTIVES[n]) for n in names}
-    tasks = [(n, s, seed, budgets[n], args.aggregate) for n in names for s in strategies
-             for seed in range(args.seeds)]
-    if args.jobs > 1:
-        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            runs = pool.map(run_one, tasks, chunksize=1)
-    else:
-        runs = [run_one(t) for t in tasks]
-    by_task = dict(zip(tasks, runs))
+    tasks = [(n, s, seed, budgets[n], args.aggregate) for seed in range(args.seeds) for n in names
+             for s in strategies]                # seed by seed: a stopped run covers every row
+    by_task = {}
+    if args.runs and os.path.exists(args.runs):
+        with open(args.runs) as f:
+            done = [json.loads(line) for line in f if line.strip()]
+        inf = lambda c: [(p[0], math.inf if p[1] is None else p[1], *p[2:]) for p in c]
+        by_task = {tuple(r["task"]): (inf(r["curve"]), r["n_target"], r["wall_s"]) for r in done}
+    todo = [t for t in tasks if t not in by_task]
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for task, run in zip(todo, pool.imap(run_one, todo)):
+            by_task[task] = run
+            if args.runs:
+                with open(args.runs, "a") as f:
+                    f.write(json.dumps(loop_bench.json_ready({"task": task, "curve": run[0],
+                            "n_target": run[1], "wall_s": run[2]})) + "\n")
     print(f"robustness: {len(names)} instances x {', '.join(strategies)} x {args.seeds} seeds"
           f"{' (as tables)' if args.as_table else ''}; {time.perf_counter() - t0:.0f} s wall")
-    print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'final':>8} {'regret':>8}"
+    print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'seeds':>5} {'final':>8} {'regret':>8}"
           f" {'x random':>9}"
           f" {'target':>7} {'cover1':>7} {'cover2':>7} {'model1':>7} {'model2':>7}")
     table = {}
     for n in names:
         objective = _OBJECTIVES[n]
         optimum = objective.optimum[1] if objective.optimum is not None else None
-        get = lambda s: [by_task[(n, s, seed, budgets[n], args.aggregate)]
-                         for seed in range(args.seeds)]
+        get = lambda s: [by_task[task] for task in ((n, s, seed, budgets[n], args.aggregate)
+                                                    for seed in range(args.seeds)) if task in by_task]
+        if not get("random"):
+            continue
         q_random = float(np.percentile([r[0][-1][1] for r in get("random")], 50, method="higher"))
         table[n] = {}
         for s in strategies:
             runs_s = get(s)
+            if not runs_s:
+                continue
             row = summarize([r[0] for r in runs_s], [r[1] for r in runs_s], optimum, q_random,
                             budgets[n])
             row["curves"] = [r[0] for r in runs_s]
             table[n][s] = row
             fmt = lambda v, f: "-" if v is None else format(v, f)
-            print(f"{n:<28} {budgets[n]:>6g} {s:<11} {row['final_true_loss']:>8.4f}"
+            print(f"{n:<28} {budgets[n]:>6g} {s:<11} {len(runs_s):>5} {row['final_true_loss']:>8.4f}"
                   f" {fmt(row['final_regret'], '.4f'):>8} {fmt(row['speedup_vs_random'], '.2f'):>9}"
                   f" {row['target_runs']:>7g} {fmt(row['cover1'], '.2f'):>7}"
                   f" {fmt(row['cover2'], '.2f'):>7} {fmt(row['model1'], '.2f'):>7}"
