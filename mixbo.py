@@ -41,7 +41,6 @@ GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
 # The GP that reports the recommendation's loss +- sd: a constant mean and Matern-5/2 on u_N, u_T
 # (its coverage beside the loop GP's: bench/robustness.py, see bench/README.md).
-REPORTING_MODEL = dict(mean="constant", kernel_N="matern52", kernel_T="matern52")
 LEDGER_VERSION = 2
 LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
 DESIGN_SHARE = 0.2      # mfkg's initial design spends at most this share below the target
@@ -79,7 +78,9 @@ class Settings:
     budget: float = option(5.0, "in target-run equivalents (1.0 = one run at the target)")
     seed: int = option(0, "seeds every random choice of the search")
     n_init: int = option(0, "initial space-filling design size (0: the strategy's default)")
-    refit_every: int = option(10, "refit GP hyperparameters every N trials; condition in between")
+    refit_growth: float = option(1.25, "refit the GP's hyperparameters when the finished trials "
+                                       "have grown by this factor (1: every trial); condition "
+                                       "in between")
     candidates: int = option(256, "mixtures the acquisition scores per trial")
     fixed_cost: float = option(0.05, "mfkg: overhead added to every run's cost in KG / cost "
                                      "(target-run equivalents; not charged)")
@@ -97,9 +98,9 @@ class Settings:
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget < math.inf):
             raise ValueError(f"budget must be a number > 0 (target-run equivalents); "
                              f"got {self.budget}")
-        if (self.n_init < 0 or self.refit_every < 1 or self.candidates < 1 or self.eta < 2
+        if (self.n_init < 0 or not self.refit_growth >= 1 or self.candidates < 1 or self.eta < 2
                 or not self.fixed_cost >= 0 or not 0 < self.regression_share < 1):
-            raise ValueError("n_init must be >= 0, refit_every >= 1, candidates >= 1, eta >= 2, "
+            raise ValueError("n_init must be >= 0, refit_growth >= 1, candidates >= 1, eta >= 2, "
                              "fixed_cost >= 0 and regression_share in (0, 1)")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
             raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and "
@@ -450,17 +451,26 @@ def _observations(history, domain=None):
             np.array(y, dtype=float), np.array(runs))
 
 
+def refit_point(c, growth):
+    """How many of c finished trials the hyperparameters are fitted on: the largest r <= c of the
+    schedule 1, 2, ..., r' = max(r + 1, ceil(growth r)), so they are refitted whenever the data
+    have grown by the factor `growth` (and the cost of refits stays a fixed multiple of the last)."""
+    r = 1
+    while max(r + 1, math.ceil(growth * r)) <= c:
+        r = max(r + 1, math.ceil(growth * r))
+    return r
+
+
 def fit_model(ctx, history, domain=None, **options):
     """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
-    one. Hyperparameters are refitted (MAP) when the number of trials c is a multiple of
-    refit_every; in between, the GP is conditioned on all data with those fitted on the first
-    r = c - c % refit_every trials (cached in ctx.refit): a function of the finished trials only.
-    With a domain, the GP of that domain's losses (_observations)."""
+    one. Hyperparameters are fitted (MAP) on the first r = refit_point(c, refit_growth) of the c
+    trials (cached in ctx.refit), and the GP is conditioned on all of them with those: a function
+    of the finished trials only. With a domain, the GP of that domain's losses (_observations)."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
     c = len(history)
-    r = c - c % ctx.settings.refit_every
+    r = refit_point(c, ctx.settings.refit_growth)
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                 # nothing to refit on yet: fit now
     key = (domain, *sorted(options.items()))
@@ -588,8 +598,8 @@ def propose(ctx, history, t):
 
 def recommend(ctx, history):
     """The mixture to train at the target, from the finished trials. GP strategies: the argmin of
-    ctx.model's posterior mean at the target over the evaluated mixtures, its loss +- sd from
-    REPORTING_MODEL. Regression before any target run: its argmin (a proxy-scale prediction).
+    ctx.model's posterior mean at the target over the evaluated mixtures, with its posterior mean
+    +- sd there. Regression before any target run: its argmin (a proxy-scale prediction).
     Otherwise the best loss observed at the target, else at the highest fidelity reached."""
     target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
     ran_target = any((r["scale"], r["steps"]) == target for r in ok)
@@ -600,10 +610,9 @@ def recommend(ctx, history):
         import gp
         mixtures = _mixtures(history)
         i, _, _ = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
-        reporter = fit_model(ctx, history, **REPORTING_MODEL)
-        mean, var = gp.predict(reporter, gp.encode(mixtures[i:i + 1], *target, ctx.bounds))
+        mean, var = gp.predict(ctx.model, gp.encode(mixtures[i:i + 1], *target, ctx.bounds))
         choice.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
-                      source="constant-mean GP posterior at the target")
+                      source="GP posterior at the target")
     elif (ctx.settings.strategy == "regression" and not ran_target
           and _regression_ranking(ctx, history)):
         W, predicted = _regression_ranking(ctx, history)
@@ -627,7 +636,7 @@ def recommend(ctx, history):
 def insight(ctx, history, weights):
     """What the GP says about the mixture `weights` at the target (GP strategies; {} otherwise):
       tradeoffs   for it, uniform and each --mixture: the predicted target objective +- sd (the
-                  reporting GP) and each domain's predicted target loss +- sd (one GP per domain on
+                  loop's GP) and each domain's predicted target loss +- sd (one GP per domain on
                   its own losses, the same model options and refit schedule)
       utilities   per domain, the predicted change of the target objective per unit of weight moved
                   to it from the others in proportion, D_v f(w) with v = e_k - w, +- the sd of the
@@ -642,7 +651,7 @@ def insight(ctx, history, weights):
     named.update({f"--mixture {i}": np.asarray(m) for i, m in enumerate(ctx.settings.mixture)})
     X = gp.encode(np.array(list(named.values())), *target, ctx.bounds)          # (M, K + 2)
     ok = [r for r in history if r["status"] == "ok"]
-    models = {"objective": fit_model(ctx, history, **REPORTING_MODEL)}
+    models = {"objective": ctx.model}
     models.update({d: fit_model(ctx, history, domain=d) for d in domains
                    if any(d in c["domain_losses"] for r in ok for c in r["checkpoints"])})
     predictions = {k: gp.predict(m, X) for k, m in models.items()}              # (M,), (M,)

@@ -8,8 +8,7 @@ true loss at the target. Per instance and strategy it reports, over seeds:
             search's median final true loss) until the budget is spent; "-" when the median seed
             never stays there
   target    median number of runs at the target scale and steps
-  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (0.68 / 0.95);
-            model1/2 the same for the loop's own GP's prediction of the recommendation
+  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (0.68 / 0.95)
 With --as-table every instance is first written as a pool-based run table (simulate.write_table) and
 replayed through simulate.load_table, as `python mixbo.py --table` would.
 
@@ -40,21 +39,8 @@ import mixbo  # noqa: E402
 import simulate  # noqa: E402
 
 STRATEGIES = ("mfkg", "ei", "random", "hyperband", "regression")
-_RECOMMEND = mixbo.recommend
 BUDGET_BY_LADDER = {2: 30.0, 3: 10.0}      # target-run equivalents by number of scales; others: 20
 _OBJECTIVES = {}                           # instance -> Objective, inherited by forked workers
-
-
-def recommend_with_model(ctx, history):
-    """mixbo.recommend, plus the loop GP's own prediction of the recommendation at the target (what
-    the reported +- would be without a separate reporting GP)."""
-    choice = _RECOMMEND(ctx, history)
-    if ctx.model is not None and choice["weights"] is not None:
-        import gp
-        X = gp.encode(np.array([choice["weights"]]), *ctx.objective.target, ctx.bounds)
-        mean, var = gp.predict(ctx.model, X)
-        choice.update(model_loss=float(mean[0]), model_sd=float(np.sqrt(var[0])))
-    return choice
 
 
 def default_budget(objective):
@@ -71,8 +57,7 @@ def run_one(task):
     def score(trial, recommendation):
         w = recommendation["weights"]
         true = math.inf if w is None else float(objective.true_loss(np.asarray(w)))
-        curve.append((trial["spent"], true, recommendation["loss"], recommendation["sd"],
-                      recommendation.get("model_loss"), recommendation.get("model_sd")))
+        curve.append((trial["spent"], true, recommendation["loss"], recommendation["sd"]))
 
     result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score,
                             aggregate=aggregate)
@@ -94,19 +79,16 @@ def stay_cost(curve, q):
 
 
 def summarize(curves, n_targets, optimum, q_random, budget):
-    finals = [c[-1] if c else (0.0, math.inf, None, None, None, None) for c in curves]
+    finals = [c[-1] if c else (0.0, math.inf, None, None) for c in curves]
     true = np.array([f[1] for f in finals])
     z = [abs(f[2] - f[1]) / f[3] for f in finals if f[3] is not None and f[3] > 0]
-    zm = [abs(f[4] - f[1]) / f[5] for f in finals if f[5] is not None and f[5] > 0]
     stay = float(np.percentile([stay_cost(c, q_random) for c in curves], 50, method="higher"))
     return {"final_true_loss": float(np.median(true)),
             "final_regret": float(np.median(true - optimum)) if optimum is not None else None,
             "speedup_vs_random": budget / stay if math.isfinite(stay) and stay > 0 else None,
             "target_runs": float(np.median(n_targets)),
             "cover1": float(np.mean(np.array(z) <= 1)) if z else None,
-            "cover2": float(np.mean(np.array(z) <= 2)) if z else None,
-            "model1": float(np.mean(np.array(zm) <= 1)) if zm else None,
-            "model2": float(np.mean(np.array(zm) <= 2)) if zm else None}
+            "cover2": float(np.mean(np.array(z) <= 2)) if z else None}
 
 
 def build_objectives(names, as_table, folder, aggregate=""):
@@ -137,7 +119,6 @@ def main(argv=None):
     p.add_argument("--json", help="write every curve and the table as JSON")
     p.add_argument("--runs", help="JSON lines of finished searches: appended, and reused")
     args = p.parse_args(argv)
-    mixbo.recommend = recommend_with_model          # the benchmark peeks at the loop's own GP too
     names, strategies = args.instances.split(","), args.strategies.split(",")
     if "random" not in strategies:
         strategies.append("random")              # the reference of the speed-up
@@ -165,7 +146,7 @@ def main(argv=None):
           f"{' (as tables)' if args.as_table else ''}; {time.perf_counter() - t0:.0f} s wall")
     print(f"{'instance':<28} {'budget':>6} {'strategy':<11} {'seeds':>5} {'final':>8} {'regret':>8}"
           f" {'x random':>9}"
-          f" {'target':>7} {'cover1':>7} {'cover2':>7} {'model1':>7} {'model2':>7}")
+          f" {'target':>7} {'cover1':>7} {'cover2':>7}")
     table = {}
     for n in names:
         objective = _OBJECTIVES[n]
@@ -188,8 +169,7 @@ def main(argv=None):
             print(f"{n:<28} {budgets[n]:>6g} {s:<11} {len(runs_s):>5} {row['final_true_loss']:>8.4f}"
                   f" {fmt(row['final_regret'], '.4f'):>8} {fmt(row['speedup_vs_random'], '.2f'):>9}"
                   f" {row['target_runs']:>7g} {fmt(row['cover1'], '.2f'):>7}"
-                  f" {fmt(row['cover2'], '.2f'):>7} {fmt(row['model1'], '.2f'):>7}"
-                  f" {fmt(row['model2'], '.2f'):>7}")
+                  f" {fmt(row['cover2'], '.2f'):>7}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(loop_bench.json_ready({"command": "python bench/robustness.py "

@@ -77,9 +77,9 @@ def run_cli(*args, timeout=120):
 def test_same_seed_same_ledger_and_budget_respected(tmp_path):
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     a, b, c = (str(tmp_path / f"{x}.jsonl") for x in "abc")
-    ra = mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=a, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=b, out=None, refit_every=2, **CHEAP)
-    mixbo.optimize(obj, "mfkg", 1.5, seed=4, ledger=c, out=None, refit_every=2, **CHEAP)
+    ra = mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=a, out=None, refit_growth=1.5, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=3, ledger=b, out=None, refit_growth=1.5, **CHEAP)
+    mixbo.optimize(obj, "mfkg", 1.5, seed=4, ledger=c, out=None, refit_growth=1.5, **CHEAP)
     assert strip_wall(read_lines(a)) == strip_wall(read_lines(b))
     assert strip_wall(read_lines(a)) != strip_wall(read_lines(c))
     assert len(ra.trials) > 5 and ra.spent <= 1.5
@@ -172,30 +172,30 @@ def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
         assert any("is extrapolated" in line for line in lines) == noted
 
 
-def test_recommendation_is_the_law_gp_argmin_with_the_constant_mean_gp_interval(tmp_path):
-    """mfkg recommends the scaling-law GP's argmin at the target over the evaluated mixtures and reports the
-    posterior there of a constant-mean GP with Matern-5/2 on u_N, u_T: both refitted here from the history,
-    outside mixbo's loop."""
+def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path):
+    """mfkg recommends its GP's argmin at the target over the evaluated mixtures and reports that GP's
+    posterior there: the GP refitted here from the history, outside mixbo's loop, on the trials the
+    refit schedule names."""
     import gp
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None, **CHEAP)
     bounds = (1e6, 16e6, 100, 200)
-    r = len(res.trials) - len(res.trials) % res.settings.refit_every             # last refit
-    r = r or len(res.trials)                                 # none yet: fitted on every trial
-    def model(**options):
+    r = mixbo.refit_point(len(res.trials), res.settings.refit_growth)           # last refit
+    assert 1 < r < len(res.trials)
+    def model():
         W, N, T, y, runs = mixbo._observations(res.trials[:r])
-        config = gp.Config(**options)
+        config = gp.Config()
         hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs,
                         seed=mixbo.trial_seed(0, r, mixbo.MODEL)).hyperparameters
         W, N, T, y, runs = mixbo._observations(res.trials)
         return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs, hyperparameters=hyp)
     mixtures = mixbo._mixtures(res.trials)
     Xs = gp.encode(mixtures, 16e6, 200, bounds)
-    i = int(np.argmin(gp.predict(model(mean="scaling_law", kernel_N="rbf", kernel_T="rbf"), Xs)[0]))
-    mean, var = gp.predict(model(mean="constant", kernel_N="matern52", kernel_T="matern52"), Xs[i:i + 1])
+    mean, var = gp.predict(model(), Xs)
+    i = int(np.argmin(mean))
     rec = res.recommendation
     assert np.allclose(rec["weights"], mixtures[i], atol=1e-12)
-    assert abs(rec["loss"] - mean[0]) < 1e-9 and abs(rec["sd"] - np.sqrt(var[0])) < 1e-9
+    assert abs(rec["loss"] - mean[i]) < 1e-9 and abs(rec["sd"] - np.sqrt(var[i])) < 1e-9
 
 
 def test_each_trial_is_its_own_run_for_the_gp_and_a_failure_is_a_pessimistic_observation():
@@ -249,8 +249,8 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
     run is a fresh interpreter (the CLI end to end); the killed ones are forked processes."""
     import multiprocessing
     path = write_objective(tmp_path / "obj.py", sleep=0.01)
-    args = ["--objective", path, "--strategy", "mfkg", "--budget", "2", "--seed", "5", "--candidates", "64",
-            "--n-init", "3", "--refit-every", "2", "--quiet"]
+    args = ["--objective", path, "--strategy", "mfkg", "--budget", "2.5", "--seed", "5", "--candidates", "64",
+            "--n-init", "3", "--refit-growth", "1.5", "--quiet"]
     ref = str(tmp_path / "ref.jsonl")
     assert run_cli(*args, "--ledger", ref).returncode == 0
     ref_lines = strip_wall(read_lines(ref))
@@ -460,8 +460,8 @@ def test_the_loop_makes_the_reference_ledgers_trials(name):
 
 def test_ask_tell_with_tells_in_order_makes_the_closed_loops_trials(tmp_path):
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
-    closed = mixbo.optimize(obj, "mfkg", 1.0, seed=2, out=None, refit_every=3, **CHEAP)
-    settings = mixbo.Settings(strategy="mfkg", budget=1.0, seed=2, refit_every=3, **CHEAP)
+    closed = mixbo.optimize(obj, "mfkg", 1.0, seed=2, out=None, refit_growth=1.5, **CHEAP)
+    settings = mixbo.Settings(strategy="mfkg", budget=1.0, seed=2, refit_growth=1.5, **CHEAP)
     with mixbo.Search(obj, settings, ledger=str(tmp_path / "ask.jsonl")) as search:
         while trials := search.ask(1):
             t = trials[0]
@@ -761,3 +761,11 @@ def test_aggregate_worst_is_in_the_header_and_the_summary_reports_tradeoffs_and_
     assert set(summary["tradeoffs"]) == {"recommended", "uniform"}
     assert set(summary["utilities"]) == set(objective.domains)
     assert any(line.startswith("domain utilities") for line in lines)
+
+
+def test_refit_point_refits_when_the_trials_grew_by_the_factor():
+    points = sorted({mixbo.refit_point(c, 1.25) for c in range(1, 400)})
+    assert points[:12] == [1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30]
+    assert all(b == max(a + 1, math.ceil(1.25 * a)) for a, b in zip(points, points[1:]))
+    assert [mixbo.refit_point(c, 1.0) for c in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert all(mixbo.refit_point(c, 1.25) <= c for c in range(1, 400))
