@@ -1,19 +1,15 @@
 """Objectives for data-mixture search: multi-scale simulators, objective files and run tables.
 
 Everything the optimizer minimizes is an `Objective` (its contract is the class docstring).
-1. Simulators, `make_benchmark(name)`: per-domain losses are a level in (N, D), Chinchilla's law
-   (Hoffmann et al. 2022, Sec. 3.3), plus terms of Ye et al.'s data mixing law (Ye et al. 2024,
-   Sec. 3). BENCHMARKS move the law's rates with compute; TESTBED blends a target and a small-scale
-   law so that the smallest scale ranks mixtures like the target at a stated Spearman rho, as
-   losses, jumping losses or negated accuracies (a sigmoid of the loss, the shape Dubey et al. 2024
-   fit, Sec. 3.2.1). Loss optima carry a Frank-Wolfe gap (Jaggi 2013).
+1. Simulators, `make_benchmark(name)`: per domain a Chinchilla level in (N, D) (Hoffmann et al.
+   2022, Sec. 3.3) plus data-mixing-law terms (Ye et al. 2024, Sec. 3). BENCHMARKS move the law's
+   rates with compute; TESTBED (data/README.md) ranks mixtures at the smallest scale like the
+   target at a stated Spearman rho, as losses, jumping losses or negated accuracies (a sigmoid of
+   the loss, as Dubey et al. 2024 fit, Sec. 3.2.1); loss optima: a Frank-Wolfe gap (Jaggi 2013).
 2. Objective files, `load_objective_file(path)`: a Python file defining loss(), or a search space.
 3. Run tables, `load_table(path)`: a CSV of runs replayed exactly; `write_table` writes one.
-Criteria over per-domain losses (mean, worst, weighted, one domain): `parse_aggregate`, `aggregate`.
-`python simulate.py` prints the test bed.
+Criteria over per-domain losses: `parse_aggregate`, `aggregate`. `python simulate.py`: the test bed.
 """
-from __future__ import annotations
-
 import csv
 import dataclasses
 import functools
@@ -27,37 +23,30 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
-
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """What is minimized. A trial trains on a mixture at one (model scale, steps):
         run(weights, scale, steps, seed) -> {"loss": float, "domain_losses": {domain: float},
             "checkpoints": [{"steps": int, "loss", "domain_losses"}, ...], "cost": float}
     loss: the objective there; domain_losses: per domain ({} if unknown); checkpoints: every grid
-    step below `steps`, then `steps`; cost = cost(scale, steps), in units of cost(*target). weights
-    (K,) in `domains` order (check_weights), seed an int >= 0: equal arguments give equal numbers,
-    and a longer run passes the same checkpoints. A run that raises or returns a non-finite loss is
-    a failed trial. run None: a search space only, results come from outside. candidates (M, K):
-    the only mixtures allowed; available(weights, scale, steps) -> bool; true_loss(weights,
-    scale=None, steps=None): noise-free, at the target unless given, (K,) -> float, (n, K) -> (n,);
-    true_domain_losses: per domain, (K,) or (n, K); optimum: (weights, loss) at the target;
-    noise_sd: the seed sd there; spearman: of the smallest scale's objective with the target's over
-    random mixtures. None: unknown (candidates: the simplex; available: always)."""
+    step below `steps`, then `steps`. weights (K,) in `domains` order, seed an int >= 0: equal
+    arguments give equal numbers, a longer run passes the same checkpoints; a run that raises or
+    returns a non-finite loss is a failed trial. true_loss(weights, scale=None, steps=None) is
+    noise-free, at the target unless given, (K,) -> float, (n, K) -> (n,). None: unknown."""
     name: str
     domains: tuple[str, ...]
     scales: tuple[float, ...]
     steps: tuple[int, ...]
     target: tuple[float, int]
-    run: Callable | None
-    cost: Callable
-    candidates: np.ndarray | None = None
-    available: Callable | None = None
+    run: Callable | None                          # None: a search space, results come from outside
+    cost: Callable                                # cost(scale, steps), in units of cost(*target)
+    candidates: np.ndarray | None = None          # (M, K): the only mixtures allowed (None: all)
+    available: Callable | None = None             # (weights, scale, steps) -> bool (None: always)
     true_loss: Callable | None = None
-    true_domain_losses: Callable | None = None
-    optimum: tuple | None = None
-    noise_sd: float | None = None
-    spearman: float | None = None
-
+    true_domain_losses: Callable | None = None    # as true_loss, per domain: (K,), (n, K)
+    optimum: tuple | None = None                  # (weights, loss) at the target
+    noise_sd: float | None = None                 # the seed-to-seed sd there
+    spearman: float | None = None                 # smallest scale vs target over random mixtures
 
 SLIMPAJAMA_DOMAINS = ("wikipedia", "stackexchange", "github", "arxiv", "book")
 DEFAULT_SCALES = (20e6, 40e6, 80e6, 150e6, 300e6, 600e6, 1e9)
@@ -65,14 +54,10 @@ DEFAULT_STEPS = (2500, 5000, 10000, 20000)
 TOKENS_PER_STEP = 2 ** 19                # 512 sequences of 1024 tokens per optimizer step
 SIMPLEX_TOL = 1e-3                       # how far weights may miss the simplex (rounded tables)
 SAME_MIXTURE_TOL = 1e-6                  # weights this close (max norm) are one mixture
-# Hoffmann et al. 2022, Sec. 3.3 (Approach 3, parametric fit): L(N, D) = E + A/N^alpha + B/D^beta
-CHINCHILLA_A, CHINCHILLA_B, CHINCHILLA_ALPHA, CHINCHILLA_BETA = 406.4, 410.7, 0.34, 0.28
-
 
 def flops_cost(scale, steps, tokens_per_step=TOKENS_PER_STEP):
     """Training FLOPs 6 * N * D (Kaplan et al. 2020, Sec. 2.1), D = steps * tokens_per_step."""
     return 6.0 * float(scale) * float(steps) * float(tokens_per_step)
-
 
 def check_weights(weights, num_domains, what="weights"):
     """The project's one simplex check: float64 (K,) weights, clipped at 0 and renormalized, or a
@@ -86,13 +71,11 @@ def check_weights(weights, num_domains, what="weights"):
                          f"be >= 0 and sum to 1 within {SIMPLEX_TOL:g} (sum {w.sum():.12g})")
     return np.clip(w, 0.0, None) / np.clip(w, 0.0, None).sum()
 
-
 def checkpoint_steps(grid, steps):
     """The checkpoints a run to `steps` passes: grid steps below it, then `steps` (ascending)."""
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     return [int(s) for s in grid if s < steps] + [int(steps)]
-
 
 def noise_free(target, values):
     """The one builder of true_loss and true_domain_losses: values(w (n, K), scale, steps) ->
@@ -104,14 +87,9 @@ def noise_free(target, values):
         return y if w.ndim == 2 else (float(y[0]) if y.ndim == 1 else y[0])
     return at
 
-
 # --- Criteria over per-domain losses --------------------------------------------------------------
-class Aggregate(NamedTuple):
-    """A criterion over the losses of `domains`: weights (K,) of a weighted mean; None = worst."""
-    text: str
-    domains: tuple[str, ...]
-    weights: tuple[float, ...] | None
-
+# A criterion over the losses of `domains`: weights (K,) of a weighted mean; None = worst.
+Aggregate = NamedTuple("Aggregate", [("text", str), ("domains", tuple), ("weights", tuple | None)])
 
 def parse_aggregate(text, domains):
     """Aggregate from "mean", "worst", "weighted:D=W,..." (unnamed domains weigh 0; the weights
@@ -136,10 +114,8 @@ def parse_aggregate(text, domains):
     w = check_weights(list(weights.values()), len(domains), what=f"aggregate {text!r}: weights")
     return Aggregate(text, domains, tuple(w.tolist()))
 
-
 def aggregate(spec, domain_losses):
-    """spec of per-domain losses: a dict {domain: loss} -> float, an array (..., K) -> (...);
-    `worst`, a max of smooth functions, is continuous but kinked where the worst domain changes."""
+    """spec of per-domain losses: a dict {domain: loss} -> float, an array (..., K) -> (...)."""
     if isinstance(domain_losses, dict):
         weights = spec.weights or (1,) * len(spec.domains)
         missing = [d for d, w in zip(spec.domains, weights) if w and d not in domain_losses]
@@ -154,18 +130,15 @@ def aggregate(spec, domain_losses):
     value = losses.max(axis=-1) if spec.weights is None else losses @ np.array(spec.weights)
     return float(value) if value.ndim == 0 else value
 
-
 def minimize_aggregate(f, spec, grad=None, seed=0, n_starts=4):
     """(weights (K,), value) minimizing aggregate(spec, f(w)), f: (K,) -> (K,), on the simplex by
-    SLSQP (with grad, the aggregate's gradient, if given) from the centroid and n_starts
-    Dirichlet(1) draws; `worst` on its epigraph min_{w, s} s s.t. f_k(w) <= s. Global when every
-    f_k is convex."""
+    SLSQP (jac=grad) from the centroid and n_starts Dirichlet(1) draws; global if f is convex."""
     K = len(spec.domains)
     starts = np.vstack([np.full(K, 1 / K),
                         np.random.default_rng(seed).dirichlet(np.ones(K), n_starts)])
     value, bounds = (lambda w: aggregate(spec, f(w))), [(0.0, 1.0)] * K
     goal, constraints = value, [{"type": "eq", "fun": lambda x: x[:K].sum() - 1.0}]
-    if spec.weights is None:                                  # epigraph of the max over domains
+    if spec.weights is None:                  # worst: epigraph min_{w, s} s s.t. f_k(w) <= s
         starts = np.column_stack([starts, [f(w).max() for w in starts]])
         goal, bounds = (lambda x: x[K]), bounds + [(None, None)]
         constraints.append({"type": "ineq", "fun": lambda x: x[K] - f(x[:K])})
@@ -175,55 +148,43 @@ def minimize_aggregate(f, spec, grad=None, seed=0, n_starts=4):
     best = min((w / w.sum() for w in found), key=value)
     return best, float(value(best))
 
-
 def aggregate_optimum(objective, spec, seed=0):
-    """(weights (K,), value) minimizing `spec` of the true per-domain losses at the target: the
-    best candidate of a pool objective, else minimize_aggregate (global on the simulators)."""
+    """(weights (K,), value) minimizing `spec` of the true per-domain losses at the target."""
     if objective.true_domain_losses is None:
-        raise ValueError(f"{objective.name} has no true per-domain losses; its optimum under "
-                         f"{spec.text!r} is unknown")
+        raise ValueError(f"{objective.name} lacks the true per-domain losses {spec.text!r} needs")
     if objective.candidates is None:
         return minimize_aggregate(objective.true_domain_losses, spec, seed=seed)
     values = aggregate(spec, objective.true_domain_losses(objective.candidates))
     return objective.candidates[int(np.argmin(values))].copy(), float(values.min())
 
-
 def scored_by(objective, spec):
-    """The objective whose true_loss and optimum are `spec`'s aggregate of its true per-domain
-    losses (what a benchmark scores under mixbo's --aggregate)."""
+    """The objective with true_loss and optimum `spec`'s aggregate of its true per-domain losses."""
     def true_loss(weights, scale=None, steps=None):
         return aggregate(spec, objective.true_domain_losses(weights, scale, steps))
     return dataclasses.replace(objective, true_loss=true_loss,
                                optimum=aggregate_optimum(objective, spec))
 
-
 # --- Simulators: a level in (N, D) plus mixing-law terms ------------------------------------------
 @dataclasses.dataclass(frozen=True, eq=False)
 class Simulator:
-    """Noise-free per-domain losses and a noise model. Losses, or with accuracy = (chance, slope,
-    midpoint (K,)) negated accuracies -(chance + (1 - chance) sigmoid(slope (midpoint - L))), of
-        L(w, N, T) = level(N, T) + sum_m c_m exp(t_m w),  (c_m (K,), t_m (K, K)) in terms(N, T).
-    The objective is their mean. Noise: a run offset of sd noise_run_sd (N / 20M)^-exponent, plus
-    noise_checkpoint_sd per checkpoint and domain; seeded by (noise_key, seed, scale, weights)."""
+    """Noise-free per-domain losses L(w, N, T) = level(N, T) + sum_m c_m exp(t_m w), or negated
+    accuracies -(chance + (1 - chance) sigmoid(slope (midpoint - L))); the objective: their mean."""
     name: str
     domains: tuple[str, ...]
     level: Callable                     # level(scale, steps) -> (K,)
     terms: Callable                     # terms(scale, steps) -> [(c (K,), t (K, K)), ...]
     scales: tuple[float, ...] = DEFAULT_SCALES
     steps: tuple[int, ...] = DEFAULT_STEPS
-    accuracy: tuple | None = None
-    noise_run_sd: float = 0.015
+    accuracy: tuple | None = None       # (chance, slope, midpoint (K,)): negated accuracies
+    noise_run_sd: float = 0.015         # a run's offset has sd noise_run_sd (N / 20M)^-exponent
     noise_scale_exponent: float = 0.1
-    noise_checkpoint_sd: float = 0.004
-    noise_key: int = 0
+    noise_checkpoint_sd: float = 0.004  # plus noise per checkpoint and domain
+    noise_key: int = 0                  # noise seeded by (noise_key, seed, scale, weights)
     spearman: float | None = None
 
-
 def reducible_loss(scale, steps):
-    """Chinchilla's A/N^alpha + B/D^beta (Hoffmann et al. 2022, Sec. 3.3), D = steps * 2^19."""
-    return CHINCHILLA_A / scale ** CHINCHILLA_ALPHA + \
-        CHINCHILLA_B / (steps * TOKENS_PER_STEP) ** CHINCHILLA_BETA
-
+    """Chinchilla's fit A/N^alpha + B/D^beta, D = steps * 2^19 (Hoffmann et al. 2022, Sec. 3.3)."""
+    return 406.4 / scale ** 0.34 + 410.7 / (steps * TOKENS_PER_STEP) ** 0.28
 
 def domain_losses(sim, weights, scale, steps):
     """Noise-free per-domain losses (or negated accuracies); weights (n, K) -> (n, K)."""
@@ -235,12 +196,10 @@ def domain_losses(sim, weights, scale, steps):
     chance, slope, midpoint = sim.accuracy
     return -(chance + (1.0 - chance) / (1.0 + np.exp(-slope * (midpoint - losses))))
 
-
 def noise_sd_at(sim, scale):
     """Seed-to-seed sd of the objective (the mean over domains) at a model scale."""
     run_sd = sim.noise_run_sd * (scale / 20e6) ** -sim.noise_scale_exponent
     return math.sqrt(run_sd ** 2 + sim.noise_checkpoint_sd ** 2 / len(sim.domains))
-
 
 def run_simulator(sim, weights, scale, steps, seed):
     """One simulated training run: the Objective.run of a simulator."""
@@ -261,26 +220,20 @@ def run_simulator(sim, weights, scale, steps, seed):
     return {"loss": checkpoints[-1]["loss"], "domain_losses": checkpoints[-1]["domain_losses"],
             "checkpoints": checkpoints, "cost": flops_cost(scale, steps)}
 
-
 def simulator_optimum(sim, scale, steps):
-    """(weights (K,), objective) at the optimum, by minimize_aggregate. A loss is a sum of
-    c exp(affine in w) with c >= 0 at the target, convex, so its optimum is certified to 1e-7:
-    Frank-Wolfe gap (Jaggi 2013, Sec. 2): grad(w).w - min_j grad(w)_j >= f(w) - min f."""
+    """(weights (K,), objective) at the optimum; a loss (convex: c >= 0) certified to 1e-7 by the
+    Frank-Wolfe gap grad(w).w - min_j grad(w)_j >= f(w) - min f (Jaggi 2013, Sec. 2)."""
     terms, f = sim.terms(scale, steps), lambda w: domain_losses(sim, w, scale, steps)[0]
-    grad = None if sim.accuracy else \
-        lambda w: sum((c * np.exp(t @ w)) @ t for c, t in terms) / len(w)
+    grad = None if sim.accuracy else lambda w: sum(c * np.exp(t @ w) @ t for c, t in terms) / len(w)
     w, value = minimize_aggregate(f, parse_aggregate("mean", sim.domains), grad)
     if grad is not None and grad(w) @ w - grad(w).min() > 1e-7:
         raise RuntimeError(f"{sim.name}: optimum not certified, Frank-Wolfe gap > 1e-7")
     return w, value
 
-
 def spearman_to_target(sim, mixtures):
-    """Spearman rank correlation over `mixtures` (n, K) of the noise-free objective at the
-    smallest scale with the target's (both at the last steps)."""
+    """Spearman rho over `mixtures` (n, K) of the noise-free objective, smallest scale vs target."""
     at = lambda scale: domain_losses(sim, mixtures, scale, sim.steps[-1]).mean(axis=1)
     return float(spearmanr(at(sim.scales[0]), at(sim.scales[-1]))[0])
-
 
 def random_similarity(rng, K):
     """Random (K, K) transfer S_ij of domain j's data to domain i: sparse, asymmetric, S_ii = 1."""
@@ -288,27 +241,19 @@ def random_similarity(rng, K):
     np.fill_diagonal(S, 1.0)
     return S
 
-
 # --- BENCHMARKS: one mixing-law term whose rates move log-linearly with compute -------------------
-# SlimPajama transfer (row i receives from column j): Wikipedia and books share prose,
-# StackExchange sits between prose and code, ArXiv shares technical text with StackExchange.
-_SLIMPAJAMA_SIMILARITY = np.array([
-    # wiki  stack  github arxiv  book
-    [1.00, 0.30, 0.05, 0.30, 0.50],   # wikipedia
-    [0.30, 1.00, 0.40, 0.30, 0.15],   # stackexchange
-    [0.05, 0.35, 1.00, 0.10, 0.02],   # github
-    [0.30, 0.30, 0.15, 1.00, 0.15],   # arxiv
-    [0.50, 0.10, 0.02, 0.10, 1.00],   # book
-])
+# Transfer S_ij of j's data to i: prose (wikipedia, book), code (github), the others in between
+_SLIMPAJAMA_SIMILARITY = np.array([[1.00, 0.30, 0.05, 0.30, 0.50],     # wikipedia
+                                   [0.30, 1.00, 0.40, 0.30, 0.15],     # stackexchange
+                                   [0.05, 0.35, 1.00, 0.10, 0.02],     # github
+                                   [0.30, 0.30, 0.15, 1.00, 0.15],     # arxiv
+                                   [0.50, 0.10, 0.02, 0.10, 1.00]])    # book
 _SLIMPAJAMA_E = np.array([1.20, 1.05, 0.20, 0.85, 1.40])   # nats/token: code most predictable
 BENCHMARKS = ("default", "sparse", "shift", "random")
 
-
 def benchmark_parameters(name="default", num_domains=5, seed=0):
     """dict(name, domains, E, k, tau_small, tau_target, similarity, noise_key) of a BENCHMARKS
-    instance: "random" draws num_domains domains from `seed`; default (interior optimum), sparse
-    (book gets 0 at the target), shift (the optimum moves far) have tau = level exp(-+ delta
-    direction) at the smallest / target fidelity: direction +1 is wanted by small models."""
+    instance: default, sparse (book gets 0 at the target), shift (the optimum moves far), random."""
     if name == "random":
         if num_domains < 2:
             raise ValueError(f"a random benchmark needs at least 2 domains, got {num_domains}")
@@ -319,46 +264,33 @@ def benchmark_parameters(name="default", num_domains=5, seed=0):
                     tau_small=3.0 * np.exp(-0.6 * direction),
                     tau_target=3.0 * np.exp(0.6 * direction))
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARKS} or a TESTBED "
-                         "name")
+        raise ValueError(f"unknown benchmark {name!r}; pick one of {BENCHMARKS} or a TESTBED name")
     level, delta = (3.5, 0.8) if name == "shift" else (3.0, 0.5)
     direction = np.array([1.0, 0.0, -1.0, -1.0, 1.0]) * (-1.0 if name == "sparse" else 1.0)
     return dict(name=name, domains=SLIMPAJAMA_DOMAINS, E=_SLIMPAJAMA_E, k=np.full(5, 3.0),
                 similarity=_SLIMPAJAMA_SIMILARITY, tau_small=level * np.exp(-delta * direction),
                 tau_target=level * np.exp(delta * direction), noise_key=0)
 
-
 def benchmark_law(name="default", num_domains=5, seed=0):
     """The Simulator of a BENCHMARKS instance: level E_i + A/N^alpha + B/D^beta, one term
-    k_i exp(-tau_i(p) sum_j S_ij w_j), tau_i(p) = tau_small_i^(1-p) tau_target_i^p, p the position
-    of log(N D) between the smallest fidelity and the target, clipped to [0, 1]."""
+    k_i exp(-tau_i(p) sum_j S_ij w_j), tau_i(p) = tau_small_i^(1-p) tau_target_i^p."""
     par = benchmark_parameters(name, num_domains, seed)
     lo, hi = (math.log(DEFAULT_SCALES[i] * DEFAULT_STEPS[i]) for i in (0, -1))
-
     def terms(scale, steps):
-        p = min(1.0, max(0.0, (math.log(scale * steps) - lo) / (hi - lo)))
+        p = min(1.0, max(0.0, (math.log(scale * steps) - lo) / (hi - lo)))     # where log(N D) is
         return [(par["k"], -(par["tau_small"] ** (1 - p) * par["tau_target"] ** p)[:, None]
                  * par["similarity"])]
     return Simulator(name=par["name"], domains=par["domains"], terms=terms,
                      level=lambda scale, steps: par["E"] + reducible_loss(scale, steps),
                      noise_key=par["noise_key"])
 
-
 # --- TESTBED: controlled transfer from the smallest scale to the target ---------------------------
 LADDERS = {2: (1e9 / 60, 1e9), 3: (0.18e9, 0.48e9, 1e9), 7: DEFAULT_SCALES}  # 1:60; .18:.48:1
 POOL_SIZE = 8000                         # Dirichlet(1) mixtures that calibrate and measure rho
 
-
-class Instance(NamedTuple):
-    """A test-bed instance: metric "loss", "jump" (a loss whose target level jumps off the small
-    scales' extrapolation) or "accuracy" (the objective is -accuracy); K domains; the ladder
-    LADDERS[num_scales]; rho, the requested Spearman of the smallest scale with the target."""
-    metric: str
-    num_domains: int
-    num_scales: int
-    rho: float
-    seed: int
-
+# Test-bed instance (data/README.md): metric loss/jump/accuracy, LADDERS[num_scales], requested rho
+Instance = NamedTuple("Instance", [("metric", str), ("num_domains", int), ("num_scales", int),
+                                   ("rho", float), ("seed", int)])
 
 TESTBED = {f"{m}-K{K}-L{L}-rho{rho:g}": Instance(m, K, L, rho, seed) for seed, (m, K, L, rho) in
            enumerate([("loss", 5, 7, 0.99), ("loss", 5, 7, 0.9), ("loss", 5, 7, 0.7),
@@ -368,35 +300,28 @@ TESTBED = {f"{m}-K{K}-L{L}-rho{rho:g}": Instance(m, K, L, rho, seed) for seed, (
                       ("accuracy", 20, 2, 0.7), ("accuracy", 20, 7, 0.2), ("jump", 5, 7, 0.9),
                       ("jump", 5, 3, 0.5), ("jump", 20, 2, 0.99)])}
 
-
 @functools.lru_cache(maxsize=64)
 def testbed_law(instance, name="testbed"):
-    """The Simulator of a test-bed Instance. Per-domain losses (before the accuracy map):
+    """The Simulator of a test-bed Instance (design: data/README.md), per-domain losses
         L_i(w, N, T) = E_i + A/N^alpha + B/D^beta [+ jump_i at the target scale]
-                       + sqrt(r_N) a_g g_i(w) + sqrt(1 - r_N) a_h (h_i(w) - beta g_i(w))
-    g, h: independent random mixing-law terms exp(t w), centred on a pool of Dirichlet(1)
-    mixtures; beta makes the second part uncorrelated with g over the pool; a_g, a_h give both
-    parts an objective sd of 0.04 there. r_N = r_0 + (1 - r_0) log(N / N_0) / log(N_target / N_0),
-    so the target's r is 1; r_0 is set by bisection so that spearman_to_target(pool) = rho."""
+                       + sqrt(r_N) a_g g_i(w) + sqrt(1 - r_N) a_h (h_i(w) - beta g_i(w)),
+    r_N rising log-linearly in N from r_0 to 1 at the target; r_0 bisected to the requested rho."""
     rng, K = np.random.default_rng(instance.seed), instance.num_domains
     scales, rates = LADDERS[instance.num_scales], lambda: -rng.uniform(1.0, 4.0, K)[:, None]
     t_g, t_h = rates() * random_similarity(rng, K), rates() * random_similarity(rng, K)
-    E = rng.uniform(0.8, 1.6, K)
-    midpoint = E + rng.uniform(1.2, 1.8, K)
+    E, above = rng.uniform(0.8, 1.6, K), rng.uniform(1.2, 1.8, K)     # accuracy midpoint E + above
     jump = rng.uniform(0.1, 0.2, K) * (instance.metric == "jump")
     pool = rng.dirichlet(np.ones(K), POOL_SIZE)
     g, h = np.exp(pool @ t_g.T), np.exp(pool @ t_h.T)                       # (n, K) each
-    beta = np.cov(h.mean(1), g.mean(1))[0, 1] / g.mean(1).var(ddof=1)
-    a_g, a_h = 0.04 / g.mean(1).std(), 0.04 / (h - beta * g).mean(1).std()
-    accuracy = (0.25, 1.5, midpoint) if instance.metric == "accuracy" else None
+    beta = np.cov(h.mean(1), g.mean(1))[0, 1] / g.mean(1).var(ddof=1)   # h - beta g _|_ g on pool
+    a_g, a_h = 0.04 / g.mean(1).std(), 0.04 / (h - beta * g).mean(1).std()     # objective sd 0.04
+    accuracy = (0.25, 1.5, E + above) if instance.metric == "accuracy" else None
     run_sd, exponent, checkpoint_sd = (0.005, 0.0, 0.002) if accuracy else (0.02, 0.1, 0.004)
-
     def law(r_0):
         def terms(scale, steps):
             r = r_0 + (1 - r_0) * math.log(scale / scales[0]) / math.log(scales[-1] / scales[0])
             c_g, c_h = math.sqrt(r) * a_g - math.sqrt(1 - r) * a_h * beta, math.sqrt(1 - r) * a_h
             return [(np.full(K, c_g), t_g), (np.full(K, c_h), t_h)]
-
         def level(scale, steps):
             (c_g, _), (c_h, _) = terms(scale, steps)
             centre = c_g * g.mean(0) + c_h * h.mean(0)
@@ -412,12 +337,9 @@ def testbed_law(instance, name="testbed"):
     fresh = np.random.default_rng([instance.seed, 1]).dirichlet(np.ones(K), POOL_SIZE)
     return dataclasses.replace(law(lo), spearman=spearman_to_target(law(lo), fresh))
 
-
 @functools.lru_cache(maxsize=64)
 def make_benchmark(name="default", num_domains=5, seed=0):
-    """Objective of a simulator, its target the largest scale and steps: a BENCHMARKS name
-    ("default", "sparse", "shift": 5 SlimPajama domains; "random": num_domains domains drawn from
-    `seed`) or a TESTBED name."""
+    """Objective of a BENCHMARKS (num_domains, seed: "random" only) or TESTBED simulator."""
     sim = testbed_law(TESTBED[name], name) if name in TESTBED else \
         benchmark_law(name, num_domains, seed)
     target, per_domain = (sim.scales[-1], sim.steps[-1]), functools.partial(domain_losses, sim)
@@ -429,17 +351,12 @@ def make_benchmark(name="default", num_domains=5, seed=0):
                      true_domain_losses=noise_free(target, per_domain), optimum=(w_opt, f_opt),
                      noise_sd=noise_sd_at(sim, target[0]), spearman=sim.spearman)
 
-
 # --- Objective files: a Python file that defines loss(weights, scale, steps), or a search space
 def load_objective_file(path, domains=None, scales=None, steps=None, target=None,
                         tokens_per_step=None):
-    """Objective from a Python file (format: README.md, "Objective files") defining loss(weights,
-    scale, steps) -> float, or -> {"loss": float, "domain_losses": {domain: float}} (or per-domain
-    losses under the domain names). If loss takes `seed` it gets the run's seed; else the file is
-    noise-free and true_loss and true_domain_losses call it. DOMAINS and no loss: a search space
-    only (run None). DOMAINS, SCALES, STEPS, TARGET, TOKENS_PER_STEP: the argument here, else the
-    file's, else SLIMPAJAMA_DOMAINS, DEFAULT_SCALES, DEFAULT_STEPS, (max SCALES, max STEPS), 2**19;
-    cost, NOISE_SD, OPTIMUM: the file's, else flops_cost, None. Bad input: a one-line ValueError."""
+    """Objective of a Python file defining loss() (format: README.md, "Objective files"), which is
+    noise-free (true_loss calls it) unless it takes a seed; DOMAINS and no loss: a search space
+    (run None). Arguments replace the file's DOMAINS, SCALES, STEPS, TARGET, TOKENS_PER_STEP."""
     where = f"objective file {path}"
     if not os.path.isfile(path):
         raise ValueError(f"{where} does not exist; pass the path of a Python file defining loss()")
@@ -474,15 +391,13 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     cost = cost if callable(cost) else functools.partial(
         flops_cost, tokens_per_step=pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP))
     optimum, noise_sd = getattr(module, "OPTIMUM", None), getattr(module, "NOISE_SD", None)
+    optimum = optimum and (check_weights(optimum[0], len(domains)), float(optimum[1]))
     space = Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid,
-                      target=(float(target[0]), int(target[1])), run=None, cost=cost,
-                      optimum=optimum and (check_weights(optimum[0], len(domains)),
-                                           float(optimum[1])),
-                      noise_sd=None if noise_sd is None else float(noise_sd))
+                      target=(float(target[0]), int(target[1])), cost=cost, optimum=optimum,
+                      noise_sd=None if noise_sd is None else float(noise_sd), run=None)
     if not callable(loss_fn):
         return space
     takes_seed = "seed" in inspect.signature(loss_fn).parameters
-
     def call(weights, scale, s, seed=0):
         """(loss, {domain: loss}) of loss() at one checkpoint; other dict keys are ignored."""
         what = f"{where}: loss(weights, scale={scale:g}, steps={s})"
@@ -507,17 +422,14 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
             raise ValueError(f"{what} returned a non-finite loss ({loss}, {per_domain}); losses "
                              "must be finite")
         return loss, per_domain
-
     def run(weights, scale, steps, seed=0):
         checkpoints = [dict(zip(("steps", "loss", "domain_losses"),
                                 (s, *call(weights, scale, s, seed))))
                        for s in checkpoint_steps(step_grid, steps)]
         run_cost = float(cost(scale, steps))
         if not (math.isfinite(run_cost) and run_cost > 0):
-            raise ValueError(f"{where}: cost({scale:g}, {steps}) returned {run_cost}; it must be "
-                             "a positive number")
+            raise ValueError(f"{where}: cost({scale:g}, {steps}) must be > 0, got {run_cost}")
         return dict(checkpoints[-1], checkpoints=checkpoints, cost=run_cost)
-
     def per_domain(w, scale, steps):
         rows = [call(v, float(scale), int(steps))[1] for v in w]
         if any(len(r) != len(domains) for r in rows):
@@ -529,23 +441,14 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
         space, run=run, true_loss=noise_free(space.target, objective),
         true_domain_losses=noise_free(space.target, per_domain))
 
-
 # --- Run tables: a CSV of runs, replayed exactly (format: data/README.md) ------------------------
-class RunTable(NamedTuple):
-    """A parsed run table: domains (the w_<domain> columns), fidelity ("steps", else "tokens"
-    standing for steps), the distinct mixtures (M, K), and per CSV row a dict: line, run, seed
-    ("" without that column), w, mixture (index), scale, tokens, steps, cost, objective (the
-    metric), domain_losses."""
-    path: str
-    domains: tuple[str, ...]
-    fidelity: str
-    mixtures: np.ndarray
-    rows: list
-
+# A parsed run table: domains, fidelity ("steps" or "tokens"), the distinct mixtures (M, K), per
+# CSV row a dict: line, run, seed, w, mixture, scale, tokens, steps, cost, objective, domain_losses
+RunTable = NamedTuple("RunTable", [("path", str), ("domains", tuple), ("fidelity", str),
+                                   ("mixtures", np.ndarray), ("rows", list)])
 
 def read_table(path, metric="loss"):
-    """Parse and validate a run table (format: data/README.md) into a RunTable; a malformed one
-    is a one-line ValueError naming the row (CSV line) and column."""
+    """RunTable of a run table (data/README.md); if malformed, one line naming row and column."""
     if not os.path.isfile(path):
         raise ValueError(f"table {path} does not exist; pass the path of a CSV file of runs")
     with open(path, newline="") as f:
@@ -563,16 +466,13 @@ def read_table(path, metric="loss"):
             raise ValueError(f"table {path}: row 1 (header) has no column '{c}'; required: run, "
                              f"w_<domain> for each domain, scale, tokens, {metric}")
     if len(domains) < 2 or not all(domains):
-        raise ValueError(f"table {path}: row 1 (header) needs a w_<domain> column for each of >= 2 "
-                         "domains")
-    rows, mixtures, mixture_of_run, seen = [], [], {}, {}
+        raise ValueError(f"table {path}: row 1 (header) needs w_<domain> columns for >= 2 domains")
+    rows, mixtures, run_mixture, seen = [], [], {}, {}
     for line, cells in lines[1:]:
         if len(cells) != len(header):
-            raise ValueError(f"table {path}: row {line} has {len(cells)} cells but the header has "
-                             f"{len(header)}")
+            raise ValueError(f"table {path}: row {line} has {len(cells)} cells, not {len(header)}")
         bad = lambda c, problem: ValueError(f"table {path}: row {line}, column '{c}': {problem}")
         cell = lambda c: cells[col[c]].strip()
-
         def number(c):
             try:
                 value = float(cell(c))
@@ -592,8 +492,7 @@ def read_table(path, metric="loss"):
             if v <= 0 or (c == "steps" and v != int(v)):
                 raise bad(c, f"{v} must be a positive" + " integer" * (c == "steps"))
         near = [m for m, v in enumerate(mixtures) if np.abs(v - w).max() <= SAME_MIXTURE_TOL]
-        m, first = mixture_of_run.setdefault(cell("run"),
-                                             (near[0] if near else len(mixtures), line))
+        m, first = run_mixture.setdefault(cell("run"), (near[0] if near else len(mixtures), line))
         if m < len(mixtures) and m not in near:                # one run id = one mixture
             j = int(np.argmax(np.abs(w - mixtures[m])))
             raise bad(f"w_{domains[j]}", f"run '{cell('run')}' has weight {w[j]:.6g} here but "
@@ -615,15 +514,10 @@ def read_table(path, metric="loss"):
     return RunTable(path, domains, "steps" if "steps" in col else "tokens", np.array(mixtures),
                     rows)
 
-
 def load_table(path, metric="loss", target_scale=None):
-    """Objective that replays a run table (format: data/README.md) exactly, with the column
-    `metric` as the objective. run(weights, scale, steps, seed) replays replicate seed mod R of
-    that mixture (replicates sorted by run id, then seed) with its checkpoints at that scale.
-    true_loss, true_domain_losses (when every loss_<domain> is known) and optimum average the
-    replicates. Candidates: the mixtures run at the target, target_scale (default the largest) at
-    its largest steps. cost(scale, steps): the rows' mean there, else flops_cost at the median
-    tokens per step. noise_sd: the pooled sd of replicate groups (at the target if it has any)."""
+    """Objective replaying a run table (format, replicates: data/README.md), the column `metric` its
+    objective; candidates: the mixtures run at the target, target_scale (default the largest) at its
+    largest steps; cost: the rows' mean, else flops_cost; noise_sd: pooled over replicates."""
     table = read_table(path, metric)
     scales = tuple(sorted({r["scale"] for r in table.rows}))
     target_scale = scales[-1] if target_scale is None else float(target_scale)
@@ -633,10 +527,9 @@ def load_table(path, metric="loss", target_scale=None):
     target = (target_scale, max(r["steps"] for r in table.rows if r["scale"] == target_scale))
     tokens_per_step = np.median([r["tokens"] / r["steps"] for r in table.rows]) \
         if table.fidelity == "steps" else 1.0
-    cells = {}                                     # (mixture, scale, steps) -> replicate rows
+    cells = {}                          # (mixture, scale, steps) -> replicate rows by run id, seed
     for r in sorted(table.rows, key=lambda r: (r["run"], r["seed"])):
         cells.setdefault((r["mixture"], r["scale"], r["steps"]), []).append(r)
-
     def replicates(weights, scale, steps, must=True):
         distance = np.abs(table.mixtures - check_weights(weights, len(table.domains))).max(axis=1)
         key = (int(np.argmin(distance)), float(scale), int(steps))
@@ -644,9 +537,7 @@ def load_table(path, metric="loss", target_scale=None):
             return cells[key]
         if must:
             raise ValueError(f"table {path} has no run of mixture {np.round(weights, 4).tolist()} "
-                             f"at scale {scale:g}, steps {steps}; ask only for what available() "
-                             "allows")
-
+                             f"at scale {scale:g}, steps {steps}; ask only what available() allows")
     def run(weights, scale, steps, seed=0):
         rows = replicates(weights, scale, steps)
         r = rows[int(seed) % len(rows)]                       # this replicate at this scale
@@ -655,7 +546,6 @@ def load_table(path, metric="loss", target_scale=None):
         checkpoints = [{"steps": c["steps"], "loss": c["objective"],
                         "domain_losses": dict(c["domain_losses"])} for _, _, c in chain]
         return dict(checkpoints[-1], checkpoints=checkpoints, cost=r["cost"])
-
     def cost(scale, steps):
         at = [r["cost"] for r in table.rows if (r["scale"], r["steps"]) == (scale, steps)]
         return float(np.mean(at)) if at else flops_cost(scale, steps, tokens_per_step)
@@ -671,20 +561,16 @@ def load_table(path, metric="loss", target_scale=None):
     # pooled sd: sqrt(sum_g sum_i (y_gi - mean_g)^2 / sum_g (n_g - 1))
     pooled = sum(((g - g.mean()) ** 2).sum() for g in groups) / \
         max(1, sum(len(g) - 1 for g in groups))
-    return Objective(name=f"table:{path}", domains=table.domains, scales=scales,
-                     steps=tuple(sorted({r["steps"] for r in table.rows})), target=target, run=run,
-                     cost=cost, candidates=candidates, true_loss=true_loss,
+    return Objective(name=f"table:{path}", domains=table.domains, scales=scales, target=target,
+                     steps=tuple(sorted({r["steps"] for r in table.rows})), run=run, cost=cost,
+                     candidates=candidates, true_loss=true_loss,
                      available=lambda w, N, T: replicates(w, N, T, must=False) is not None,
                      true_domain_losses=noise_free(target, per_domain) if known else None,
                      optimum=(candidates[int(np.argmin(losses))], float(losses.min())),
                      noise_sd=math.sqrt(pooled) if groups else None)
 
-
 def write_table(objective, path, n_mixtures=64, seeds=(0, 1), seed=0):
-    """Write `objective` as a run table: the uniform mixture ("m00") and n_mixtures - 1
-    Dirichlet(1) draws from `seed`, run at every scale to the last steps with each seed in `seeds`;
-    one row per checkpoint: run, seed, w_<domain>, scale, tokens (= cost / (6 scale)), steps, cost,
-    loss_<domain>, loss."""
+    """Write `objective` as a run table of "m00" (uniform) and n_mixtures - 1 Dirichlet(1) draws."""
     K, domains = len(objective.domains), objective.domains
     pool = np.vstack([np.full(K, 1 / K),
                       np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures - 1)])
@@ -699,7 +585,6 @@ def write_table(objective, path, n_mixtures=64, seeds=(0, 1), seed=0):
                 out.writerow([f"m{m:02d}", s, *w, scale, round(cost / (6 * scale)), c["steps"],
                               cost, *(c["domain_losses"][d] for d in domains), c["loss"]])
 
-
 def main():
     """Print the test bed: each instance's ladder, noise sd, optimum and Spearman."""
     print(f"{'instance':<24} {'scales':<22} {'noise sd':>8} {'optimum':>8} {'spearman':>8}")
@@ -708,7 +593,6 @@ def main():
         ladder = ", ".join(f"{s / 1e6:.4g}M" for s in o.scales) if len(o.scales) < 7 else \
             "20M..1B (7)"
         print(f"{name:<24} {ladder:<22} {o.noise_sd:8.4f} {o.optimum[1]:8.4f} {o.spearman:8.3f}")
-
 
 if __name__ == "__main__":
     main()
