@@ -55,28 +55,21 @@ def objective_file(folder, text):
     return str(path)
 
 
-def search_to_the_end(objective, settings):
-    """The closed loop by ask/tell in memory; returns the Search (its ctx.model is the loop GP)
-    and the summary's insight."""
-    search = mixbo.Search(objective, settings, warn=mixbo.silent)
-    while trials := search.ask(1):
-        search.tell(trials[0].trial, **mixbo.run_objective(objective, trials[0], search.aggregate))
-    return search, search.result(summarize=True).insight
-
-
 @pytest.fixture(scope="module")
 def three_domain_search(tmp_path_factory):
-    """mfkg with refit_every 3 and one --mixture, on a budget that runs both scales and both step
-    counts (so that the last GP is conditioned on hyperparameters fitted on fewer trials)."""
+    """Seven runs of Dirichlet(1) mixtures at both scales to 200 steps (checkpoints at 100 and 200),
+    told to an mfkg Search with one --mixture (Search.attach); with seven trials the default refit
+    schedule fits the GP's hyperparameters on all of them. Returns the objective, the Search (its
+    ctx.model is the loop GP) and the summary's insight."""
     objective = simulate.load_objective_file(objective_file(tmp_path_factory.mktemp("three"),
                                                             THREE_DOMAINS))
-    settings = mixbo.Settings(strategy="mfkg", budget=2.0, seed=3, candidates=32, refit_every=3,
-                              mixture=((0.6, 0.2, 0.2),))
-    search, info = search_to_the_end(objective, settings)
-    ran = {(r["scale"], r["steps"]) for r in search.finished}
-    assert len(search.finished) % 3 and len({N for N, _ in ran}) == len({T for _, T in ran}) == 2
-    assert all(r["status"] == "ok" for r in search.finished)
-    return objective, search, info
+    settings = mixbo.Settings(budget=10.0, seed=3, mixture=((0.6, 0.2, 0.2),))
+    search = mixbo.Search(objective, settings, warn=mixbo.silent)
+    W = np.random.default_rng(3).dirichlet(np.ones(3), 7)
+    for i, w in enumerate(W):
+        scale = objective.scales[i % 2]
+        search.attach(w, scale, 200, result=objective.run(w, scale, 200, seed=i))
+    return objective, search, search.result(summarize=True).insight
 
 
 def test_worst_finds_another_mixture_than_mean_as_it_should(tmp_path):
@@ -88,8 +81,7 @@ def test_worst_finds_another_mixture_than_mean_as_it_should(tmp_path):
     for name in ("mean", "worst"):
         spec = simulate.parse_aggregate(name, objective.domains)
         optimum[name] = simulate.aggregate_optimum(objective, spec)[0][0]
-        result = mixbo.optimize(objective, "ei", 6, seed=0, out=None, candidates=32, refit_every=3,
-                                aggregate=name)
+        result = mixbo.optimize(objective, "ei", 5, seed=0, out=None, candidates=32, aggregate=name)
         chosen[name] = np.array(result.recommendation["weights"])
     assert abs(optimum["mean"] - 1 / 8) < 1e-6
     assert abs(optimum["worst"] - (17 ** 0.5 - 1) / 8) < 1e-6
@@ -127,35 +119,30 @@ def test_utilities_are_the_derivative_of_the_loop_gp_along_e_k_minus_w(three_dom
 
 
 def test_per_domain_predictions_are_those_of_gps_fitted_outside_the_loop(three_domain_search):
-    """The trade-off table's entries (recommended, uniform, --mixture 0; the objective by the
-    reporting GP, each domain by its own GP) equal gp.fit_gp fitted here on the same observations:
-    every checkpoint of every run, hyperparameters fitted on the first r = n - n % refit_every of
-    the n trials with the model seed of trial r, then conditioned on all n (to 1e-6)."""
+    """Each domain's row of the trade-off table (recommended, uniform, --mixture 0) is the posterior
+    at the target of gp.fit_gp fitted here on that domain's losses at every checkpoint of every run
+    (each run its own label), with the default model and the model seed of the fit on all 7
+    trials (to 1e-6)."""
     objective, search, info = three_domain_search
     bounds = (min(objective.scales), max(objective.scales), min(objective.steps),
               max(objective.steps))
-    rows = [(t["weights"], t["scale"], c, i) for i, t in enumerate(search.finished)
-            for c in t["checkpoints"]]
-    r = len(search.finished) - len(search.finished) % 3
+    rows = [(t["weights"], t["scale"], c["steps"], c["domain_losses"], i)
+            for i, t in enumerate(search.finished) for c in t["checkpoints"]]
+    W, N, T, losses, runs = (np.array(column) for column in zip(*rows))
+    X = gp.encode(W, N, T.astype(float), bounds)
     mixtures = {"recommended": search.recommendations[-1]["weights"], "uniform": [1 / 3] * 3,
                 "--mixture 0": [0.6, 0.2, 0.2]}
-    assert set(info["tradeoffs"]) == set(mixtures)
+    assert set(info["tradeoffs"]) == set(mixtures) and len(set(T)) == len(set(N)) == 2
     X_target = gp.encode(np.array(list(mixtures.values())), *objective.target, bounds)
-    for key, config in [("objective", gp.Config(**mixbo.REPORTING_MODEL))] + [
-            (d, gp.Config()) for d in objective.domains]:
-        value = (lambda c: c["loss"]) if key == "objective" else (lambda c: c["domain_losses"][key])
-        W, N, T, runs = (np.array(column) for column in zip(*[(w, n, c["steps"], i)
-                                                               for w, n, c, i in rows]))
-        X, y = gp.encode(W, N, T.astype(float), bounds), np.array([value(c) for *_, c, _ in rows])
-        first = runs < r
-        fitted = gp.fit_gp(X[first], y[first], 3, config, runs=runs[first],
-                           seed=mixbo.trial_seed(3, r, mixbo.MODEL))
-        model = gp.fit_gp(X, y, 3, config, runs=runs, hyperparameters=fitted.hyperparameters)
+    for d in objective.domains:
+        y = np.array([loss[d] for loss in losses])
+        model = gp.fit_gp(X, y, 3, gp.Config(), runs=runs,
+                          seed=mixbo.trial_seed(3, len(search.finished), mixbo.MODEL))
         mean, var = gp.predict(model, X_target)
         for i, name in enumerate(mixtures):
-            got_mean, got_sd = info["tradeoffs"][name][key]
+            got_mean, got_sd = info["tradeoffs"][name][d]
             assert abs(got_mean - mean[i]) < 1e-6 and abs(got_sd - np.sqrt(var[i])) < 1e-6, (
-                name, key)
+                name, d)
 
 
 def test_plot_without_matplotlib_is_one_line_and_the_search_exits_0(tmp_path, monkeypatch, capsys):
