@@ -1320,8 +1320,8 @@ def _print_summary(say, ctx, result):
 
 
 def plot_search(folder, ctx, result, say=print):
-    """Four PNGs of a finished search in `folder` (created), from its recommendation records and
-    summary; returns their paths. loss_vs_cost: the recommendation's target loss (+- 1 sd where
+    """Up to four PNGs of a finished search in `folder` (created), from its recommendation records
+    and summary; returns their paths. loss_vs_cost: the recommendation's target loss (+- 1 sd where
     predicted) against the cost spent, and its true loss where the objective knows it (simulators,
     tables; of the --aggregate's true domain losses); cost_by_scale: the cost spent, stacked by
     scale; weights: the recommendation's mixture; tradeoffs: the summary's trade-off table (GP
