@@ -1381,9 +1381,8 @@ def plot_search(folder, ctx, result, say=print):
             mean, sd = np.array([row[k] for k in keys]).T
             ax.bar(np.arange(len(keys)) + (j - (len(table) - 1) / 2) * width, mean, width,
                    yerr=sd, capsize=2, label=name)
-        low, high = (min(m - s for row in table.values() for m, s in row.values()),
-                     max(m + s for row in table.values() for m, s in row.values()))
-        ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+        low = min(m - s for row in table.values() for m, s in row.values())
+        ax.set_ylim(bottom=low - 0.1 * (ax.get_ylim()[1] - low))        # bars, not from zero
         ax.set_xticks(range(len(keys)), keys, rotation=20)
 
     os.makedirs(folder, exist_ok=True)
@@ -1395,7 +1394,7 @@ def plot_search(folder, ctx, result, say=print):
         figure("cost_by_scale", "trials told", "cost spent (target-run equivalents)",
                cost_by_scale)
     if result.insight.get("tradeoffs"):
-        figure("tradeoffs", "", f"predicted {target} (+- 1 sd)", tradeoffs)
+        figure("tradeoffs", "", "predicted loss at the target (+- 1 sd)", tradeoffs)
     say(f"--plot: wrote {', '.join(paths) or 'nothing (no trial finished)'}")
     return paths
 
