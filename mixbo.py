@@ -109,7 +109,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Runner:
-    """How the trials run; free to change between calls on one ledger."""
+    """How the trials run and what is written besides the ledger; free to change between calls."""
     launch: str = option("", "run each trial as this shell command, with the placeholders {trial} "
                              "{seed} {scale} {steps} {weights_json} {result} {w_<domain>} "
                              "(mixbo.fill_template)", metavar="TEMPLATE")
@@ -117,6 +117,8 @@ class Runner:
     trial_timeout: float = option(0.0, "--launch: seconds after which a trial's command is "
                                        "killed and the trial failed (0: no limit)")
     max_failures: int = option(3, "stop after this many failed trials in a row (0: never)")
+    plot: str = option("", "at the end of the search, write PNG plots of it to this folder "
+                           "(plot_search; pip install -r requirements-plot.txt)", metavar="DIR")
 
     def __post_init__(self):
         if self.parallel < 1 or not self.trial_timeout >= 0 or self.max_failures < 0:
@@ -1240,6 +1242,8 @@ def optimize(objective, strategy="mfkg", budget=Settings.budget, seed=0, ledger=
                                                                   search.aggregate)))
         result = search.result(summarize=out is not None or ledger is not None)
     _print_summary(summary, search.ctx, result)
+    if runner.plot:
+        plot_search(runner.plot, search.ctx, result, summary)
     return result
 
 
@@ -1324,6 +1328,86 @@ def _print_summary(say, ctx, result):
             + ", ".join(f"{N} {o['distance']:.2f}" for N, o in info["optimum_by_scale"].items()))
 
 
+def plot_search(folder, ctx, result, say=print):
+    """Up to four PNGs of a finished search in `folder` (created), from its recommendation records
+    and summary; returns their paths. loss_vs_cost: the recommendation's target loss (+- 1 sd where
+    predicted) against the cost spent, and its true loss where the objective knows it (simulators,
+    tables; of the --aggregate's true domain losses); cost_by_scale: the cost spent, stacked by
+    scale; weights: the recommendation's mixture; tradeoffs: the summary's trade-off table (GP
+    strategies). matplotlib is an optional extra: without it, one line and no files."""
+    try:
+        from matplotlib.figure import Figure    # no pyplot: the Agg canvas, no display, no state
+    except ImportError:
+        say("--plot: matplotlib is not installed; pip install -r requirements-plot.txt")
+        return []
+    truth, domains, paths = ctx.objective, ctx.objective.domains, []
+    if ctx.settings.aggregate:                  # the true loss of what the search minimized
+        spec = simulate.parse_aggregate(ctx.settings.aggregate, domains)
+        truth = (simulate.scored_by(truth, spec) if truth.true_domain_losses is not None
+                 else dataclasses.replace(truth, true_loss=None, optimum=None))
+    told = {r["trial"]: r for r in result.trials}
+    order = [told[c["after_trial"]] for c in result.recommendations]      # tell order
+    n = np.arange(1, len(order) + 1)                                     # trials told so far
+    has = [c["weights"] is not None for c in result.recommendations]
+    made, n_made = [c for c, h in zip(result.recommendations, has) if h], n[has]
+
+    def figure(name, xlabel, ylabel, draw):
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.subplots()
+        draw(ax)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{truth.name}: {ctx.settings.strategy}")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+        paths.append(os.path.join(folder, name + ".png"))
+        fig.savefig(paths[-1], dpi=120)
+
+    def loss_vs_cost(ax):
+        x = [told[c["after_trial"]]["spent"] for c in made]
+        y = np.array([c["loss"] for c in made])
+        ax.plot(x, y, drawstyle="steps-post", label="recommendation's loss (ledger)")
+        if any(c["sd"] is not None for c in made):
+            sd = np.array([np.nan if c["sd"] is None else c["sd"] for c in made])
+            ax.fill_between(x, y - sd, y + sd, step="post", alpha=0.3, label="+- 1 sd")
+        if truth.true_loss is not None:
+            ax.plot(x, truth.true_loss(np.array([c["weights"] for c in made])),
+                    drawstyle="steps-post", label="its true loss")
+        if truth.optimum is not None:
+            ax.axhline(truth.optimum[1], color="k", linestyle=":", label="true optimum")
+
+    def cost_by_scale(ax):
+        scales = sorted({r["scale"] for r in order})
+        ax.stackplot(n, [np.cumsum([r["cost"] * (r["scale"] == N) for r in order])
+                         for N in scales], labels=[fmt_scale(N) for N in scales], step="post")
+
+    def weights(ax):
+        ax.stackplot(n_made, np.array([c["weights"] for c in made]).T, labels=domains,
+                     step="post")
+        ax.set_ylim(0, 1)
+
+    def tradeoffs(ax):
+        table = result.insight["tradeoffs"]                     # {mixture: {key: [mean, sd]}}
+        keys, width = list(next(iter(table.values()))), 0.8 / len(table)
+        for j, (name, row) in enumerate(table.items()):
+            mean, sd = np.array([row[k] for k in keys]).T
+            ax.bar(np.arange(len(keys)) + (j - (len(table) - 1) / 2) * width, mean, width,
+                   yerr=sd, capsize=2, label=name)
+        low = min(m - s for row in table.values() for m, s in row.values())
+        ax.set_ylim(bottom=low - 0.1 * (ax.get_ylim()[1] - low))        # bars, not from zero
+        ax.set_xticks(range(len(keys)), keys, rotation=20)
+
+    os.makedirs(folder, exist_ok=True)
+    target = f"{ctx.settings.aggregate or 'loss'} at the target"
+    if made:
+        figure("loss_vs_cost", "cost spent (target-run equivalents)", target, loss_vs_cost)
+        figure("weights", "trials told", "recommended mixture's weights", weights)
+    if order:
+        figure("cost_by_scale", "trials told", "cost spent (target-run equivalents)",
+               cost_by_scale)
+    if result.insight.get("tradeoffs"):
+        figure("tradeoffs", "", "predicted loss at the target (+- 1 sd)", tradeoffs)
+    say(f"--plot: wrote {', '.join(paths) or 'nothing (no trial finished)'}")
+    return paths
+
+
 # ----------------------------------------------------------------------------------------------
 # 8. command line: python mixbo.py [ask | tell] [flags]; flags generated from the dataclasses
 
@@ -1359,7 +1443,7 @@ def build_parser():
                      "of it on a ledger.")
     add_options(parser.add_argument_group("objective (one; on a ledger's first call only)"), Source)
     add_options(parser.add_argument_group("search (the ledger header records these)"), Settings)
-    add_options(parser.add_argument_group("running trials"), Runner)
+    add_options(parser.add_argument_group("running trials, and output"), Runner)
     group = parser.add_argument_group("ledger, ask and tell")
     group.add_argument("--ledger", help="the JSON-lines ledger "
                        "(default runs/<objective>-<strategy>-seed<seed>.jsonl)")
@@ -1527,6 +1611,9 @@ def main(argv=None):
             from bench import loop_bench
             loop_bench.add_arguments(parser)
         args = parser.parse_args(argv)
+        if getattr(args, "plot", "") and (args.bench or command != "run"):
+            raise ValueError("--plot draws one closed-loop search, not --bench, ask or tell; plot "
+                             "a ledger with: python mixbo.py --resume --ledger PATH --plot DIR")
         objective, settings, source, sha256 = _search_from(args, command)
         if args.bench:
             strategies = settings.pop("strategy", "mfkg,ei,random").split(",")

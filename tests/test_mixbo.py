@@ -760,6 +760,7 @@ def test_aggregate_worst_is_in_the_header_and_the_summary_reports_tradeoffs_and_
     assert summary["kind"] == "summary"
     assert set(summary["tradeoffs"]) == {"recommended", "uniform"}
     assert set(summary["utilities"]) == set(objective.domains)
+    assert "trade-offs at the target (predicted, +- sd): recommended | uniform" in lines
     assert any(line.startswith("domain utilities") for line in lines)
 
 
