@@ -9,13 +9,17 @@ For each n in --sizes (GP observations, n / 4 runs observed at 4 checkpoints):
   2. BoTorch qKnowledgeGradient (one-shot KG, Monte Carlo fantasies) optimized by optimize_acqf on a
      SingleTaskGP on the same data (initial hyperparameters: fitting is not part of the step), with
      sum(w) = 1 as an equality constraint and small num_fantasies / restarts so it finishes.
-Then the 'kg' step (target only) at the largest n, and log-EI over 10,000 points at n = --n-ei:
-mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic LogExpectedImprovement.
+Then the 'kg' step (target only) at the largest n; `ask --n 8` (--ask) at n = --ask-n through
+mixbo.Search.ask, resumed from a ledger of n / 4 finished trials on --sim default written here
+(--candidates per proposal, the kriging believer for proposals 2..8; the fit on resuming is not
+timed), split into the believer, the candidates and the steps; and log-EI over 10,000 points at
+n = --n-ei: mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic
+LogExpectedImprovement.
 
 Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.py
 (one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only;
---profile: cProfile of the mfkg and exhaustive steps at the largest n; --first-round: the size
-of the branch and bound's first round.
+--profile: cProfile of the mfkg and exhaustive steps at the largest n and of ask --n 8;
+--only-ask: the ask rows alone; --first-round: the size of the branch and bound's first round.
 Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README.md
 ("The acquisition step").
 """
