@@ -360,7 +360,33 @@ def _target_posterior(model, mixtures, target, bounds):
     return mean, np.sqrt(var)
 
 
-def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W):
+def _kg_may_reach(A, B, floor):
+    """(Z,) bool: False only where h of the row's lines, intercepts A and slopes B (Z, M) in max
+    form, is provably below exp(floor) (Z,), from the lines alone in O(M) a row. With r the row's
+    highest line, d_i = A_i - A_r <= 0 and e_i = |B_i - B_r|, the KG is
+        E[max_i (d_i + (B_i - B_r) Z)]    (line r is one of them and E[B_r Z] = 0)
+    and a max of terms >= 0 is at most their sum:
+        KG <= (max_i B_i - min_i B_i) phi(0)                                     (d_i <= 0)
+        KG <= sum_i E[(d_i + e_i Z)^+] = sum_i e_i h(d_i / e_i)
+        h(u) <= phi(u) / (1 + u^2) for u <= 0    (Gordon 1941, Ann. Math. Stat. 12, Mills ratio)
+    The first bound screens the rows, the second is summed where the first does not settle it,
+    both raised by 1e-6 (relative) against round-off. An underflowing term (< 1e-300) lowers the sum
+    only below exp(floor) for floor > -600: a row with floor <= -600 is always True."""
+    slack = np.exp(np.minimum(floor, 700.0) - 1e-6)  # (Z,) exp(floor), a little less
+    may = (B.max(axis=1) - B.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
+    rows = np.flatnonzero(may & (floor > -600.0))
+    A, B = A[rows], B[rows]
+    r = np.argmax(A, axis=1)
+    d = A - A[np.arange(len(rows)), r, None]  # (z, M) <= 0
+    e = np.abs(B - B[np.arange(len(rows)), r, None])
+    with np.errstate(over="ignore", under="ignore"):
+        u2 = (d * d) / (e * e + 1e-300)  # e = 0: d = 0 gives 0, else huge; the term is 0 either way
+        terms = e * np.exp(-0.5 * u2 - _LOG_SQRT_2PI) / (1.0 + u2)
+    may[rows] = terms.sum(axis=1) >= slack[rows]
+    return may
+
+
+def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, floor=None):
     """log KG (m, f) of measuring each mixture of W (m, D) at each encoded fidelity U (f, 2).
 
     For z = (w, N_f, T_f) the set A is the evaluated mixtures at the target, XA (E, D + 2), plus the
@@ -369,6 +395,8 @@ def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W):
         b = [Sigma_n(A_E, z); Sigma_n(p, z)] / sqrt(Sigma_n(z, z) + lambda)    (FPD 2009)
     with lambda the noise variance of a new observation. a and b are built one row per measurement
     and passed transposed: log_knowledge_gradient works on that layout, so b needs no copy.
+    floor (m, f): a measurement whose KG _kg_may_reach rules out reaching exp(floor) is not walked
+    and gets -inf.
     """
     cov, own, var = gp.cross_covariance_grid(model, XA, W, U, u_target)  # (m, f, E), (m, f), (m, f)
     m, f, E = cov.shape
@@ -380,13 +408,20 @@ def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W):
     b = np.concatenate([cov.reshape(m * f, E), own.reshape(m * f, 1)], axis=1) / sd_y
     a = np.empty((m * f, E + 1))
     a[:, :E], a[:, E] = mean_E, mean_W.repeat(f)
-    return log_knowledge_gradient(a.T, b.T).reshape(m, f)
+    if floor is None:
+        return log_knowledge_gradient(a.T, b.T).reshape(m, f)
+    out = np.full(m * f, -np.inf)
+    walk = _kg_may_reach(-a, b, floor.reshape(m * f))
+    out[walk] = log_knowledge_gradient(a[walk].T, b[walk].T)
+    return out.reshape(m, f)
 
 
-def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, means, pairs):
+def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, means, pairs,
+                  floor=None):
     """log KG (C, F) of measuring candidate c at fidelity f where pairs (C, F) is True, -inf
     elsewhere. means = (mean_E, mean_C): the posterior means at the target of evaluated (E, D) and
-    of candidates. Candidates with the same row of pairs form one grid of mixtures x fidelities."""
+    of candidates. Candidates with the same row of pairs form one grid of mixtures x fidelities.
+    floor (C, F), optional: a pair whose KG provably lies below it may be left at -inf."""
     mean_E, mean_C = means
     XA = gp.encode(evaluated, target[0], target[1], bounds)  # (E, D + 2)
     U = gp.encode_fidelities([s for s, _ in fidelities], [t for _, t in fidelities],
@@ -404,7 +439,8 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
         for start in range(0, rows.size, chunk):
             c = rows[start:start + chunk]
             out[np.ix_(c, f)] = _log_kg_chunk(model, candidates[c], U[f], u_target, XA, evaluated,
-                                              mean_E, mean_C[c])
+                                              mean_E, mean_C[c],
+                                              None if floor is None else floor[np.ix_(c, f)])
     return out
 
 
@@ -468,10 +504,11 @@ def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bo
 
     Branch and bound, exact: bound (C, F) >= log(KG / cost) at every pair (_log_kg_bounds). The
     KG of the _FIRST_ROUND pairs with the largest bounds is computed first, then that of every other
-    pair whose bound reaches the best allowed score so far. No pair left out can reach it, so the
-    argmax (ties included) is the one over all pairs. If every allowed KG is 0, the candidate with
-    the largest posterior sd at the target is run at the target (if allowed, else at the most
-    expensive allowed fidelity) with value -inf and kg 0.0.
+    pair whose bound reaches the best allowed score so far; of those, the envelope is walked only
+    where bounds from the pair's own lines (_kg_may_reach) do not rule it out. No pair left
+    out can reach it, so the argmax (ties included) is the one over all pairs. If every allowed KG
+    is 0, the candidate with the largest posterior sd at the target is run at the target (if
+    allowed, else at the most expensive allowed fidelity) with value -inf and kg 0.0.
     """
     mean_E, sd_E = _target_posterior(model, evaluated, target, bounds)
     mean_C, sd_C = _target_posterior(model, candidates, target, bounds)
@@ -483,9 +520,9 @@ def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bo
         bound, n_first = np.full((len(candidates), 1), np.inf), len(candidates)
     log_kg = np.full(bound.shape, -np.inf)  # -inf where not computed
 
-    def best_allowed(pairs):  # compute the KG at pairs, then the best allowed (c, f) or None
+    def best_allowed(pairs, floor=None):  # the KG at pairs, then the best allowed (c, f) or None
         log_kg[pairs] = _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds,
-                                      (mean_E, mean_C), pairs)[pairs]
+                                      (mean_E, mean_C), pairs, floor)[pairs]
         return _argmax_allowed(log_kg - log_cost, candidates, fidelities, available)
 
     first = np.zeros(bound.size, dtype=bool)
@@ -494,8 +531,8 @@ def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bo
     pick = best_allowed(first)
     best = -np.inf if pick is None else log_kg[pick] - log_cost[pick[1]]
     rest = ~first & (bound >= best)
-    if rest.any():
-        pick = best_allowed(rest)
+    if rest.any():  # a pair whose KG / cost provably stays below best is left at -inf
+        pick = best_allowed(rest, np.broadcast_to(best + log_cost, bound.shape))
     if pick is not None:
         c, f = pick
         return c, f, float(log_kg[c, f] - log_cost[f]), float(np.exp(log_kg[c, f]))

@@ -9,22 +9,28 @@ For each n in --sizes (GP observations, n / 4 runs observed at 4 checkpoints):
   2. BoTorch qKnowledgeGradient (one-shot KG, Monte Carlo fantasies) optimized by optimize_acqf on a
      SingleTaskGP on the same data (initial hyperparameters: fitting is not part of the step), with
      sum(w) = 1 as an equality constraint and small num_fantasies / restarts so it finishes.
-Then the 'kg' step (target only) at the largest n, and log-EI over 10,000 points at n = --n-ei:
-mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic LogExpectedImprovement.
+Then the 'kg' step (target only) at the largest n; `ask --n 8` (--ask) at n = --ask-n through
+mixbo.Search.ask, resumed from a ledger of n / 4 finished trials on --sim default written here
+(--candidates per proposal, the kriging believer for proposals 2..8; the fit on resuming is not
+timed), split into the believer, the candidates and the steps; and log-EI over 10,000 points at
+n = --n-ei: mixbo's (gp.predict + log_expected_improvement) beside BoTorch's analytic
+LogExpectedImprovement.
 
 Run from the repository root:  OMP_NUM_THREADS=1 python bench/bench_acquisition.py
 (one thread: two torch threads on two busy cores oversubscribe them). --no-botorch: mixbo only;
---profile: cProfile of the mfkg and exhaustive steps at the largest n; --first-round: the size
-of the branch and bound's first round.
+--profile: cProfile of the mfkg and exhaustive steps at the largest n and of ask --n 8;
+--only-ask: the ask rows alone; --first-round: the size of the branch and bound's first round.
 Wall-clock, best of --repeat for mixbo, one run for BoTorch qKG. Results: bench/README.md
 ("The acquisition step").
 """
 
 import argparse
 import cProfile
+import json
 import os
 import pstats
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -32,6 +38,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import acquisition as acq  # noqa: E402
 import gp  # noqa: E402
+import mixbo  # noqa: E402
+import simulate  # noqa: E402
 
 N_DOMAINS = 5  # 5 weights + scale + steps = 7 GP inputs (as bench_gp.py)
 SCALES = tuple(float(s) for s in np.geomspace(1e6, 6.4e7, 7))  # 7 model scales (parameters)
@@ -89,7 +97,7 @@ def timed_split(step, repeat):
             out = originals[key](*args, **kwargs)
             spent[parts[key]] = spent.get(parts[key], 0.0) + time.perf_counter() - t0
             if key == (acq, "_log_kg_pairs"):
-                spent["KGs"] = spent.get("KGs", 0) + int(args[-1].sum())  # args[-1]: the pairs
+                spent["KGs"] = spent.get("KGs", 0) + int(args[7].sum())  # args[7]: the pairs
             return out
         return wrapper
 
@@ -166,6 +174,85 @@ def mfkg_rows(n, args):
                   f"kg step (target only, {len(C)} KGs)": kg_step}
 
 
+def ask_ledger(n_obs, candidates, folder, seed=0):
+    """A ledger of n_obs / 4 finished trials on the default simulator (Dirichlet mixtures at random
+    scales, each run to the last steps: 4 checkpoints), as mixbo writes it, and the Settings to
+    resume it with: mfkg, `candidates` per trial, a budget whose room below the reserve holds every
+    fidelity. Returns (objective, settings, path)."""
+    objective = simulate.make_benchmark("default")
+    rng = np.random.default_rng(seed)
+    runs = n_obs // len(objective.steps)
+    W = rng.dirichlet(np.ones(len(objective.domains)), size=runs)
+    scales = rng.choice(objective.scales, size=runs)
+    unit, steps = objective.cost(*objective.target), objective.steps[-1]
+    spent = sum(objective.cost(s, steps) / unit for s in scales)
+    budget = float(np.ceil((spent + 8.0) / (1.0 - mixbo.VERIFY_SHARE)))  # room for 8 target runs
+    settings = mixbo.Settings(budget=budget, candidates=candidates, seed=seed)
+    lines, spent = [mixbo.ledger_header(settings, objective)], 0.0
+    for t, (w, s) in enumerate(zip(W, scales)):
+        cost = objective.cost(s, steps) / unit
+        spent += cost
+        lines += [{"kind": "ask", "trial": t, "decision": "told (run outside mixbo)",
+                   "weights": w.tolist(), "scale": float(s), "steps": int(steps), "seed": t,
+                   "cost": cost},
+                  {"kind": "tell", "trial": t, "spent": spent, "started": None, "finished": None,
+                   "wall_s": None, **mixbo.check_outcome(steps, objective.run(w, s, steps, t))},
+                  {"kind": "recommendation", "after_trial": t}]
+    path = os.path.join(folder, "ledger.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    return objective, settings, path
+
+
+def ask_rows(n, args, folder):
+    """`ask --n 8` at n observations through mixbo.Search.ask (the kriging believer for proposals
+    2..8), split into where its time goes, and resumed(): a Search on a fresh copy of the ledger
+    (its fit, not timed, is the one every repeat asks from)."""
+    objective, settings, path = ask_ledger(n, args.candidates, folder)
+    original = open(path).read()
+
+    def resumed():
+        with open(path, "w") as f:
+            f.write(original)
+        return mixbo.Search(objective, settings, ledger=path, resume=True)
+
+    parts = {(mixbo, "kriging_believer"): "kriging believer (mixbo.kriging_believer: gp.fit_gp)",
+             (acq, "simplex_candidates"): "candidates (acquisition.simplex_candidates)",
+             (acq, "choose_next"): "the steps (acquisition.choose_next)"}
+    originals, spent = {key: getattr(*key) for key in parts}, {}
+
+    def wrap(key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = originals[key](*a, **k)
+            spent[parts[key]] = spent.get(parts[key], 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    times, split = [], None
+    for _ in range(args.repeat):
+        with resumed() as search:
+            n_obs = len(search.ctx.model.y)
+            spent.clear()
+            for key in parts:
+                setattr(*key, wrap(key))
+            try:
+                t0 = time.perf_counter()
+                trials = search.ask(args.ask)
+                times.append(time.perf_counter() - t0)
+            finally:
+                for key, fn in originals.items():
+                    setattr(*key, fn)
+        if times[-1] == min(times):
+            split = [(label, spent.get(label, 0.0)) for label in parts.values()]
+    chose = ", ".join(f"{t.scale:.2g}/{t.steps}" for t in trials)
+    rows = [(f"n={n_obs}: ask --n {args.ask} (mixbo.Search.ask, --sim default, --candidates "
+             f"{args.candidates})", min(times),
+             f"median of {args.repeat} {np.median(times):.3f} s; scale/steps {chose}")]
+    rows += [(f"  {label}", sec, "") for label, sec in split]
+    return rows, resumed
+
+
 def log_ei_rows(args):
     """mixbo's and BoTorch's analytic log-EI over args.ei_points mixtures at n = args.n_ei."""
     X, y, W = synthetic_runs(args.n_ei, seed=1)
@@ -210,6 +297,11 @@ def main():
     p.add_argument("--restarts", type=int, default=2, help="BoTorch qKG num_restarts")
     p.add_argument("--raw-samples", type=int, default=64, help="BoTorch qKG raw_samples")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--ask", type=int, default=8, help="proposals of the ask row (ask --n)")
+    p.add_argument("--ask-n", type=int, default=300, help="GP observations of the ask row")
+    p.add_argument("--candidates", type=int, default=2000,
+                   help="the ask row's --candidates (simplex_candidates' n_global)")
+    p.add_argument("--only-ask", action="store_true", help="the ask row alone")
     p.add_argument("--no-botorch", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the steps at the largest n")
     p.add_argument("--first-round", type=int, default=acq._FIRST_ROUND,
@@ -217,13 +309,18 @@ def main():
     args = p.parse_args()
     acq._FIRST_ROUND = args.first_round
     t_start = time.perf_counter()
-    rows = []
-    for n in args.sizes:
+    rows, steps = [], {}
+    folder = tempfile.TemporaryDirectory()
+    ask, resumed = ask_rows(args.ask_n, args, folder.name)
+    for n in [] if args.only_ask else args.sizes:
         n_rows, steps = mfkg_rows(n, args)
         rows += n_rows
-    what, kg_step = list(steps.items())[-1]
-    rows.append((f"n={args.sizes[-1]}: mixbo {what}", best_of(kg_step, args.repeat)[0], ""))
-    rows += log_ei_rows(args)
+    if steps:
+        what, kg_step = list(steps.items())[-1]
+        rows.append((f"n={args.sizes[-1]}: mixbo {what}", best_of(kg_step, args.repeat)[0], ""))
+    rows += ask
+    if not args.only_ask:
+        rows += log_ei_rows(args)
 
     threads = sys.modules["torch"].get_num_threads()
     print(f"torch threads {threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
@@ -239,6 +336,12 @@ def main():
             profile = cProfile.Profile()
             profile.runcall(fn)
             pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+        with resumed() as search:
+            print(f"\ncProfile of ask --n {args.ask} at n={args.ask_n}, by own time:")
+            profile = cProfile.Profile()
+            profile.runcall(search.ask, args.ask)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(16)
+    folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -434,6 +434,27 @@ def test_kg_bound_is_above_every_slope_within_the_sds_and_equals_its_integral():
         np.testing.assert_allclose(np.exp(bound[col]), want, rtol=1e-7)
 
 
+def test_kg_may_reach_never_rules_out_a_kg_at_its_floor_and_is_gordons_bound_for_two_lines():
+    """_kg_may_reach: True wherever the exact KG reaches the floor (random lines); for two lines,
+    u = d / e apart, it is True just below e phi(u) / (1 + u^2) and False just above (h(0) = phi(0):
+    exact at u = 0); floors <= -600 are never ruled out."""
+    rng = np.random.default_rng(21)
+    M, Z = 9, 400
+    a = rng.normal(size=(M, Z)) * rng.uniform(0.01, 1, size=Z)
+    b = rng.normal(size=(M, Z)) * rng.uniform(1e-3, 1, size=Z)
+    b[:, :5] = 0.3  # equal slopes: KG = 0
+    exact = acq.log_knowledge_gradient(a, b)
+    assert np.all(acq._kg_may_reach(-a.T, b.T, exact))
+    assert not acq._kg_may_reach(-a.T, b.T, np.full(Z, 1.0))[:5].any()
+    u = np.array([0.0, -1.0, -3.0, -30.0])
+    A, B = np.column_stack([np.zeros_like(u), u]), np.column_stack([np.zeros_like(u), np.ones(4)])
+    gordon = np.array([float(mpmath.log(mpmath.npdf(x) / (1 + x * x))) for x in u])
+    assert gordon[0] == pytest.approx(acq.log_h(np.zeros(1))[0], rel=1e-14)
+    assert acq._kg_may_reach(A, B, gordon - 1e-7).all()
+    assert not acq._kg_may_reach(A, B, gordon + 2e-6).any()
+    assert acq._kg_may_reach(A[-1:] * 1e3, B[-1:], np.array([-600.0])).all()
+
+
 def _fixed_case():
     """A GP with fixed hyperparameters: 14 runs over 3 scales x 3 checkpoints, 300 candidates."""
     rng = np.random.default_rng(7)
@@ -493,8 +514,11 @@ def test_branch_and_bound_equals_the_exhaustive_argmax(case, monkeypatch):
     assert np.all(log_kg <= bound[:, None])
     computed = []
     log_kg_pairs = acq._log_kg_pairs
-    monkeypatch.setattr(acq, "_log_kg_pairs", lambda *a: computed.append(a[-1].sum()) or
+    monkeypatch.setattr(acq, "_log_kg_pairs", lambda *a: computed.append(a[7].sum()) or
                         log_kg_pairs(*a))
+    walked, log_knowledge_gradient = [0], acq.log_knowledge_gradient
+    monkeypatch.setattr(acq, "log_knowledge_gradient", lambda a, b: walked.__setitem__(
+        0, walked[0] + b.shape[1]) or log_knowledge_gradient(a, b))
     d = acq.choose_next("mfkg", model, cand, W, scales, steps, target, bounds, cost=cost,
                         fixed_cost=fixed_cost)
     c, f = np.unravel_index(np.argmax(score), score.shape)
@@ -503,3 +527,5 @@ def test_branch_and_bound_equals_the_exhaustive_argmax(case, monkeypatch):
     assert d.kg == pytest.approx(np.exp(log_kg[c, f]), rel=1e-12)
     if case == "fixed":
         assert sum(computed) < 0.75 * score.size  # the bound prunes
+    if case == "fixed_cost":
+        assert walked[0] < sum(computed)  # the union bound skips envelopes
