@@ -456,7 +456,7 @@ def _observations(history, domain=None):
 def refit_point(c, growth):
     """How many of c finished trials the hyperparameters are fitted on: the largest r <= c of the
     schedule 1, 2, ..., r' = max(r + 1, ceil(growth r)), so they are refitted whenever the data
-    have grown by the factor `growth` (and the cost of refits stays a fixed multiple of the last)."""
+    have grown by the factor `growth` (all refits cost a fixed multiple of the last one)."""
     r = 1
     while max(r + 1, math.ceil(growth * r)) <= c:
         r = max(r + 1, math.ceil(growth * r))

@@ -151,8 +151,8 @@ def main(argv=None):
     for n in names:
         objective = _OBJECTIVES[n]
         optimum = objective.optimum[1] if objective.optimum is not None else None
-        get = lambda s: [by_task[task] for task in ((n, s, seed, budgets[n], args.aggregate)
-                                                    for seed in range(args.seeds)) if task in by_task]
+        keys = lambda s: [(n, s, seed, budgets[n], args.aggregate) for seed in range(args.seeds)]
+        get = lambda s: [by_task[task] for task in keys(s) if task in by_task]
         if not get("random"):
             continue
         q_random = float(np.percentile([r[0][-1][1] for r in get("random")], 50, method="higher"))
@@ -166,10 +166,17 @@ def main(argv=None):
             row["curves"] = [r[0] for r in runs_s]
             table[n][s] = row
             fmt = lambda v, f: "-" if v is None else format(v, f)
-            print(f"{n:<28} {budgets[n]:>6g} {s:<11} {len(runs_s):>5} {row['final_true_loss']:>8.4f}"
+            print(f"{n:<28} {budgets[n]:>6g} {s:<11} {len(runs_s):>5}"
+                  f" {row['final_true_loss']:>8.4f}"
                   f" {fmt(row['final_regret'], '.4f'):>8} {fmt(row['speedup_vs_random'], '.2f'):>9}"
                   f" {row['target_runs']:>7g} {fmt(row['cover1'], '.2f'):>7}"
                   f" {fmt(row['cover2'], '.2f'):>7}")
+    for s in strategies:                 # coverage pooled over instances: (seeds, share within)
+        z = [abs(c[-1][2] - c[-1][1]) / c[-1][3] for rows in table.values() if s in rows
+             for c in rows[s]["curves"] if c and c[-1][3]]
+        if z:
+            print(f"pooled {s}: {len(z)} searches, final |predicted - true| <= 1 sd in "
+                  f"{np.mean(np.array(z) <= 1):.2f}, <= 2 sd in {np.mean(np.array(z) <= 2):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(loop_bench.json_ready({"command": "python bench/robustness.py "
