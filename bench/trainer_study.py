@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mixbo  # noqa: E402
@@ -144,6 +145,8 @@ def plot(folder, report, domains):
     for name, s in report["searches"].items():
         t = np.array([[c, m, sd if sd is not None else 0.0] for c, m, sd in s["trace"]
                       if m is not None])
+        if not len(t):                                    # no trial succeeded
+            continue
         ax.step(t[:, 0], t[:, 1], where="post", label=name)
         if name in mixbo.GP_STRATEGIES:
             ax.fill_between(t[:, 0], t[:, 1] - t[:, 2], t[:, 1] + t[:, 2], step="post", alpha=0.2)
@@ -194,7 +197,7 @@ def main(argv=None):
           f"{args.batch_size} x block {args.block_size}; budget {args.budget:g} target runs per "
           f"method, strategies {', '.join(strategies)}, seed {args.seed}; evaluation: "
           f"{args.repeats} seeds at {sizes[-1]} and {args.larger} "
-          f"({larger / scale:.1f}x params); torch threads {torch_threads()}")
+          f"({larger / scale:.1f}x params); torch threads {torch.get_num_threads()}")
     t0 = time.perf_counter()
     first = objective.run(np.full(len(domains), 1 / len(domains)), scale, n_steps, seeds[0])
     one = time.perf_counter() - t0
@@ -255,12 +258,6 @@ def print_summary(report, domains, strategies):
         if compare:
             print(f"  mfkg's best beats sobol's on {len(wins)} of {len(domains)} domains "
                   f"({', '.join(wins) or 'none'}); average {diff['average'][0]:+.4f}")
-
-
-def torch_threads():
-    import torch
-    return torch.get_num_threads()
-
 
 if __name__ == "__main__":
     try:
