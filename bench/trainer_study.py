@@ -6,7 +6,8 @@ train_lm.make_objective) against Sobol and uniform at the target, all at the bud
 trials at the target cost; each through mixbo.optimize, as a user calls it. Then every method's
 recommendation is retrained with fresh seeds at the search scale and at a larger one (the transfer
 check): the average and per-domain val loss (nats/byte), mean +- sd over seeds, the paired
-difference mfkg - sobol (the seeds are shared), and on how many domains mfkg's best beats Sobol's.
+differences mfkg - sobol, mfkg - uniform, sobol - uniform (the seeds are shared), and on how many
+domains mfkg's best beats Sobol's.
 
     OMP_NUM_THREADS=1 python bench/trainer_study.py --json study.json [--plot DIR]
 
