@@ -543,8 +543,13 @@ def cross_covariance_grid(gp, XA, W, U, u_P, block=1024):
     """cross_covariance on the GRID z_mf = [w_m, u_f], W (M, K) x U (F, 2) (encode_fidelities), y
     units: cov (M, F, |A|) = Sigma_n(z_mf, XA), own (M, F) = Sigma_n(z_mf, [w_m, u_P]) (the
     knowledge gradient's projection to the target u_P (2,)), var (M, F) = Sigma_n(z_mf, z_mf) faster
-    than on the M F rows: prior covariances by _kernel_grid, V_A and V_P solved once, own from one
-    column of V_P per measurement, V_Z^T = K(Z, X) L^-T in blocks of about `block` rows."""
+    than on the M F rows. "product": the training rows have R distinct mixtures (a run's checkpoints
+    share one), row j the mixture r(j), so with kappa_m = k_w(w_m, .) (R,) over them and the
+    fidelity terms phi_f, o_f (n,) of section 3,
+        K(X, z_mf) = phi_f * kappa_m[r] + o_f,   L^-1 K(X, z_mf) = T_f kappa_m + t_f
+    with T_f = L^-1 diag(phi_f) onehot(r) (n, R) and t_f = L^-1 o_f solved once per fidelity: the
+    products V_Z^T [V_A, V_P, V_Z] of eq. 2.24 become (R, .) forms in kappa_m, no solve per row.
+    "joint" (no such factors), or R >= M: V_Z^T = K(Z, X) L^-T in blocks of about `block` rows."""
     XA, K = torch.from_numpy(_check_inputs(XA, gp.n_weights, "XA")), gp.n_weights
     W, U, u_P = (np.asarray(v, dtype=np.float64) for v in (W, U, u_P))
     if W.ndim != 2 or W.shape[1] != K or U.ndim != 2 or U.shape[1] != 2 or u_P.shape != (2,) \
@@ -555,22 +560,49 @@ def cross_covariance_grid(gp, XA, W, U, u_P, block=1024):
     W, U = XP[:, :K], torch.from_numpy(U)                                         # (M, K), (F, 2)
     X, P, cfg, L = torch.from_numpy(gp.X), _params(gp), gp.config, gp.L
     n, M, F = X.shape[0], W.shape[0], U.shape[0]
-    cov, own, var = (torch.empty(M, F, *extra, dtype=DTYPE) for extra in ((XA.shape[0],), (), ()))
     with torch.no_grad():
         VA = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XA, K), upper=False)    # (n, |A|)
-        VP = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XP, K), upper=False).T  # (M, n)
         Z0 = torch.cat([W[:1].expand(F, K), U], dim=1)                            # (F, d) a mixture
         prior_var = _kernel(cfg, P, Z0, Z0, K, paired=True)                          # (F,) k(z, z)
         own_prior = _kernel(cfg, P, Z0, XP[:1], K)[:, 0]                  # (F,) k(z, p): w-free
-        mb = max(1, block // F)                                                   # mixtures a block
-        for s in range(0, M, mb):
-            m = min(mb, M - s)
-            Kz = _kernel_grid(cfg, P, W[s:s + m], U, X, K).reshape(m * F, n)
-            VZ = torch.linalg.solve_triangular(L.T, Kz, upper=True, left=False).reshape(m, F, n)
-            cov[s:s + m] = _kernel_grid(cfg, P, W[s:s + m], U, XA, K) - VZ @ VA          # eq. 2.24
-            own[s:s + m] = own_prior - (VZ * VP[s:s + m, None, :]).sum(2)
-            var[s:s + m] = (prior_var - (VZ * VZ).sum(2)).clamp_min(0.0)
-    return tuple((gp.y_scale ** 2 * t).numpy() for t in (cov, own, var))
+        mixtures, r = _distinct(X[:, :K])
+        if cfg.structure == "joint" or len(mixtures) >= M:        # T_f would cost more than V_Z
+            return _grid_in_blocks(gp, cfg, P, XA, W, U, XP, VA, prior_var, own_prior, block)
+        r = torch.arange(n) if r is None else r                           # row j has mixture r(j)
+        kappa = _group_kernel(cfg.kernel_w, W, mixtures, P, "w")                       # (M, R)
+        phi, offset = _fidelity_terms(cfg, P, torch.cat([U, XP[:1, K:]]), X[:, K:], False)
+        onehot = torch.zeros(n, len(mixtures), dtype=DTYPE)
+        onehot[torch.arange(n), r] = 1.0                                              # (n, R)
+        T = torch.linalg.solve_triangular(L, phi[:, :, None] * onehot, upper=False)  # (F+1, n, R)
+        t = torch.linalg.solve_triangular(L, offset.expand(F + 1, n).T, upper=False).T  # (F+1, n)
+        T_P, t_P, T, t = T[F], t[F], T[:F], t[:F]                      # the target's, the grid's
+        TA = T.transpose(1, 2) @ VA                                                 # (F, R, |A|)
+        cov = _kernel_grid(cfg, P, W, U, XA, K) - torch.einsum("mr,fra->mfa", kappa, TA) \
+            - (t @ VA)[None]                                                         # eq. 2.24
+        own, var = torch.empty(M, F, dtype=DTYPE), torch.empty(M, F, dtype=DTYPE)
+        VP = kappa @ T_P.T + t_P                                                      # (M, n)
+        for f in range(F):
+            VZ = kappa @ T[f].T + t[f]                                                # (M, n)
+            own[:, f] = own_prior[f] - (VZ * VP).sum(1)
+            var[:, f] = (prior_var[f] - VZ.square_().sum(1)).clamp_min(0.0)
+    return tuple((gp.y_scale ** 2 * v).numpy() for v in (cov, own, var))
+
+def _grid_in_blocks(gp, cfg, P, XA, W, U, XP, VA, prior_var, own_prior, block):
+    """cross_covariance_grid's (cov, own, var) with V_Z^T = K(Z, X) L^-T solved in blocks of
+    about `block` rows (any structure)."""
+    X, L, K = torch.from_numpy(gp.X), gp.L, gp.n_weights
+    n, M, F = X.shape[0], W.shape[0], U.shape[0]
+    cov, own, var = (torch.empty(M, F, *extra, dtype=DTYPE) for extra in ((XA.shape[0],), (), ()))
+    VP = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XP, K), upper=False).T      # (M, n)
+    mb = max(1, block // F)                                                       # mixtures a block
+    for s in range(0, M, mb):
+        m = min(mb, M - s)
+        Kz = _kernel_grid(cfg, P, W[s:s + m], U, X, K).reshape(m * F, n)
+        VZ = torch.linalg.solve_triangular(L.T, Kz, upper=True, left=False).reshape(m, F, n)
+        cov[s:s + m] = _kernel_grid(cfg, P, W[s:s + m], U, XA, K) - VZ @ VA              # eq. 2.24
+        own[s:s + m] = own_prior - (VZ * VP[s:s + m, None, :]).sum(2)
+        var[s:s + m] = (prior_var - (VZ * VZ).sum(2)).clamp_min(0.0)
+    return tuple((gp.y_scale ** 2 * v).numpy() for v in (cov, own, var))
 
 def directional_derivative(gp, X, V):
     """Posterior mean (m,) and variance (m,), y units, of D_v f(x) = v . grad_x f(x) at rows X (m,
