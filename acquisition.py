@@ -1,7 +1,7 @@
 """
 Acquisition for mixbo: which mixture to train next, at which model scale and for how many steps.
 
-On a fitted gp.GP (rows gp.encode) and finite candidate sets: exact, no inner optimizer, no MC.
+On a fitted gp.GP and finite candidate sets: exact, no inner optimizer, no Monte Carlo.
   simplex_candidates        mixtures drawn on the simplex, on its faces and around incumbents.
   log_expected_improvement  EI for minimization as log EI (Ament et al. 2023, NeurIPS, "LogEI").
   lower_confidence_bound    GP-UCB, sign-flipped for losses (Srinivas et al. 2010, ICML).
@@ -350,8 +350,8 @@ def _kg_may_reach(A, B, floor):
         KG <= (max_i B_i - min_i B_i) phi(0)                                     (d_i <= 0)
         KG <= sum_i E[(d_i + e_i Z)^+] = sum_i e_i h(d_i / e_i)
         h(u) <= phi(u) / (1 + u^2) for u <= 0    (Gordon 1941, Ann. Math. Stat. 12, Mills ratio)
-    The first screens the rows, the second is summed where the first does not settle it; both are
-    raised by 1e-6 (relative) against round-off. Underflow (< 1e-300): floor <= -600 is True."""
+    The first screens the rows, the second is summed where it does not settle them (both + 1e-6
+    relative, for round-off); rows with floor <= -600, where terms may underflow, are True."""
     slack = np.exp(np.minimum(floor, 700.0) - 1e-6)  # (Z,) exp(floor), a little less
     may = (B.max(axis=1) - B.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
     rows = np.flatnonzero(may & (floor > -600.0))
@@ -373,8 +373,8 @@ def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, floor=No
     candidate's projection p = (w, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP):
         a = [mu_n(A_E); mu_n(p)]
         b = [Sigma_n(A_E, z); Sigma_n(p, z)] / sqrt(Sigma_n(z, z) + lambda)    (FPD 2009)
-    with lambda the noise variance of a new observation, built one row per measurement (passed
-    transposed: no copy). floor (m, f): where _kg_may_reach rules out exp(floor), -inf unwalked."""
+    with lambda the noise variance of a new observation, one row per measurement (passed transposed:
+    no copy). floor (m, f): a pair _kg_may_reach rules out (KG < exp(floor)) gets -inf, unwalked."""
     cov, own, var = gp.cross_covariance_grid(model, XA, W, U, u_target)  # (m, f, E), (m, f), (m, f)
     m, f, E = cov.shape
     # an evaluated candidate has its projection in A_E already: copy that line so the two are equal

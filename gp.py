@@ -271,10 +271,10 @@ def _specs(cfg, d, K):
     return specs
 
 def _law_exponents(U, y):
-    """(a_N, a_T) for fit_gp to hold fixed, and the mean squared residual: least squares of h^T beta
+    """(a_N, a_T) for fit_gp to hold fixed (fitted with the rest they cost many more evaluations:
+    bench/bench_gp.py, see bench/README.md) and the mean squared residual: least squares of h^T beta
     to the standardized y (variable projection, Golub & Pereyra 1973), a grid of log a in [log 0.1,
-    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values. Why fixed: bench/bench_gp.py,
-    see bench/README.md."""
+    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values."""
     U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
@@ -333,7 +333,7 @@ def _initial_theta(specs, rng, first, residual=1.0):
 # ------------------------------------------------------------------------ 5. marginal likelihood
 
 def _cholesky(Kmat):
-    """(L, jitter), lower L L^T = Kmat + jitter I (jitter: JITTER_TRIES), or (None, None)."""
+    """(L, jitter), L L^T = Kmat + jitter I (JITTER_TRIES' schedule; Kmat kept), or (None, None)."""
     scale = Kmat.diagonal().mean().abs().item()
     for k in range(JITTER_TRIES + 1):
         jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * scale
