@@ -1,8 +1,7 @@
 """
 Acquisition for mixbo: which mixture to train next, at which model scale and for how many steps.
 
-Everything works on a fitted gp.GP over rows [w_1..w_D, u_N, u_T] (gp.encode) and on finite
-candidate sets, so every quantity is exact: no inner optimizer, no Monte Carlo.
+On a fitted gp.GP and finite candidate sets: exact, no inner optimizer, no Monte Carlo.
   simplex_candidates        mixtures drawn on the simplex, on its faces and around incumbents.
   log_expected_improvement  EI for minimization as log EI (Ament et al. 2023, NeurIPS, "LogEI").
   lower_confidence_bound    GP-UCB, sign-flipped for losses (Srinivas et al. 2010, ICML).
@@ -31,14 +30,10 @@ _HALF_LOG_PI_OVER_2 = 0.5 * np.log(np.pi / 2.0)
 
 
 def _dirichlet(rng, alpha):
-    """Dirichlet draws, one per row of alpha (n, D) -> (n, D), exact for tiny alpha.
-
-    Gamma(alpha) for alpha < 1 as in Marsaglia & Tsang (2000), "A simple method for generating gamma
-    variables": with G ~ Gamma(alpha + 1) and U ~ U(0, 1),
+    """Dirichlet draws, one per row of alpha (n, D) -> (n, D), exact for tiny alpha: the normalized
+    gamma vector, Gamma(alpha) as in Marsaglia & Tsang (2000): G ~ Gamma(alpha + 1), U ~ U(0, 1),
         G U^(1/alpha) ~ Gamma(alpha)
-    kept in logs, because Gamma(alpha) underflows to exactly 0 for small alpha (a row of zeros would
-    give 0/0). The Dirichlet is the normalized gamma vector: a softmax of the log-gammas.
-    """
+    in logs (Gamma(alpha) underflows to 0 for small alpha: a row of zeros would give 0/0)."""
     log_g = np.log(rng.standard_gamma(alpha + 1.0))  # drawn first, then U: the seeded order
     log_gamma = log_g + np.log(rng.uniform(size=alpha.shape)) / alpha
     w = np.exp(log_gamma - log_gamma.max(axis=1, keepdims=True))  # largest entry 1, none NaN
@@ -68,8 +63,7 @@ def simplex_candidates(n_domains, n_global, seed, incumbents=None, n_local=256, 
         (one pseudo-count spread evenly, so zero weights may become positive; mean ~ w0, the sd of a
         weight w is sqrt(w (1 - w) / (c + 2)): c = 20 steps about a lengthscale, c = 200 refines),
         snapped to faces as above.
-    floor in [0, 1/D]: every row finally becomes floor + (1 - D floor) w, every weight >= floor.
-    Seeded: the same arguments give the same array.
+    floor in [0, 1/D]: each row finally becomes floor + (1 - D floor) w (weights >= floor); seeded.
     """
     n_domains, n_global, n_local = int(n_domains), int(n_global), int(n_local)
     if n_domains < 2:
@@ -82,12 +76,10 @@ def simplex_candidates(n_domains, n_global, seed, incumbents=None, n_local=256, 
     rng = np.random.default_rng(seed)
     zero_below = 0.1 / n_domains
     parts = [np.eye(n_domains), np.full((1, n_domains), 1.0 / n_domains)]  # vertices, uniform
-    n_flat = n_global // 2
-    parts.append(_dirichlet(rng, np.ones((n_flat, n_domains))))
-    n_sparse = n_global - n_flat
-    low, high = np.log(min(1.0 / n_domains, 0.5)), np.log(0.5)
-    alpha = np.exp(rng.uniform(low, high, size=(n_sparse, 1)))  # (n_sparse, 1) one alpha per draw
-    alpha = np.broadcast_to(alpha, (n_sparse, n_domains)).copy()
+    parts.append(_dirichlet(rng, np.ones((n_global // 2, n_domains))))
+    log_alpha = rng.uniform(np.log(min(1.0 / n_domains, 0.5)), np.log(0.5),
+                            size=(n_global - n_global // 2, 1))  # one alpha per sparse draw
+    alpha = np.repeat(np.exp(log_alpha), n_domains, axis=1)
     parts.append(_snap_to_face(_dirichlet(rng, alpha), zero_below))
     if incumbents is not None:
         inc = np.atleast_2d(np.asarray(incumbents, dtype=np.float64))  # (m, D)
@@ -101,10 +93,9 @@ def simplex_candidates(n_domains, n_global, seed, incumbents=None, n_local=256, 
             conc = np.resize(np.asarray(concentrations, dtype=np.float64), n_local)[:, None]
             if np.any(conc <= 0):
                 raise ValueError(f"concentrations must be > 0, got {concentrations}")
-            local = _dirichlet(rng, conc * centre + 1.0 / n_domains)
+            local = _dirichlet(rng, conc * centre + 1.0 / n_domains)  # alpha = c w0 + 1/D
             parts.append(_snap_to_face(local, zero_below))
-    w = np.concatenate(parts, axis=0)
-    return floor + (1.0 - n_domains * floor) * w
+    return floor + (1.0 - n_domains * floor) * np.concatenate(parts, axis=0)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -135,15 +126,12 @@ def log_h(u):
         raise ValueError("log_h got NaN: the posterior mean or sd it came from is NaN "
                          "(check the GP fit)")
     out = np.empty_like(u)
-    direct = u > -1.0
-    mid = (u <= -1.0) & (u >= -1e3)
-    tail = u < -1e3
-    ud = u[direct]
+    direct, tail = u > -1.0, u < -1e3
+    mid = ~direct & ~tail  # -1e3 <= u <= -1 (u is not NaN)
+    ud, um, ut = u[direct], u[mid], u[tail]
     out[direct] = np.log(np.exp(-0.5 * ud * ud - _LOG_SQRT_2PI) + ud * ndtr(ud))
-    um = u[mid]
     log_ratio = np.log(-um * erfcx(-um / np.sqrt(2.0))) + _HALF_LOG_PI_OVER_2  # < 0
     out[mid] = -0.5 * um * um - _LOG_SQRT_2PI + _log1mexp(log_ratio)
-    ut = u[tail]
     with np.errstate(over="ignore", divide="ignore"):  # u = -inf (or u^2 overflowing): -inf
         r = 1.0 / (ut * ut)
         out[tail] = -0.5 * ut * ut - _LOG_SQRT_2PI + np.log(r) + np.log1p(-3.0 * r + 15.0 * r * r)
@@ -159,22 +147,19 @@ def log_expected_improvement(mean, sd, best):
     incumbent (the caller's lowest posterior mean at the fidelity EI is taken at). sd is clamped at
     1e-12 (BoTorch clamps the variance at 1e-12): zero variance gives a finite value, never NaN.
     EI = sd h(u), u = (best - mean) / sd (Jones et al. 1998, eq. 15, sign-flipped for minimization):
-        log EI = log sd + log h(u)    (Ament et al. 2023)
-    """
+        log EI = log sd + log h(u)    (Ament et al. 2023)"""
     mean = np.asarray(mean, dtype=np.float64)
     sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd)) and np.isfinite(best)):
         raise ValueError("log_expected_improvement needs finite mean, sd and best "
                          "(check the GP fit)")
-    u = (best - mean) / sd
-    return np.log(sd) + log_h(u)
+    return np.log(sd) + log_h((best - mean) / sd)
 
 
 def lower_confidence_bound(mean, sd, beta):
     """The optimistic loss, to be MINIMIZED: (m,), (m,), float -> (m,). beta multiplies the
     VARIANCE, as in BoTorch's UpperConfidenceBound (kappa = sqrt(beta) in mu - kappa sigma).
-        LCB = mu - sqrt(beta) sigma    (Srinivas et al. 2010, GP-UCB, sign-flipped)
-    """
+        LCB = mu - sqrt(beta) sigma    (Srinivas et al. 2010, GP-UCB, sign-flipped)"""
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     return np.asarray(mean, dtype=np.float64) - np.sqrt(beta) * np.asarray(sd, dtype=np.float64)
@@ -183,8 +168,7 @@ def lower_confidence_bound(mean, sd, beta):
 def srinivas_beta(n_candidates, t, delta=0.1):
     """beta_t for a finite domain D of n_candidates points at iteration t >= 1; the regret bound
     holds with probability >= 1 - delta.
-        beta_t = 2 log(|D| t^2 pi^2 / (6 delta))    (Srinivas et al. 2010, Theorem 1)
-    """
+        beta_t = 2 log(|D| t^2 pi^2 / (6 delta))    (Srinivas et al. 2010, Theorem 1)"""
     if n_candidates < 1 or t < 1 or not 0.0 < delta < 1.0:
         raise ValueError(f"srinivas_beta needs n_candidates >= 1, t >= 1, 0 < delta < 1; "
                          f"got {n_candidates}, {t}, {delta}")
@@ -196,9 +180,8 @@ def srinivas_beta(n_candidates, t, delta=0.1):
 
 
 def _max_line(A, B, slope):
-    """Per row of lines (Z, M), the index (Z,) of the largest intercept among the lines whose
-    slope equals slope (Z, 1); with the row's smallest (largest) slope: the maximum at z -> -inf
-    (+inf)."""
+    """Per row of lines (Z, M), the index (Z,) of the largest intercept among the lines of slope
+    `slope` (Z, 1): with the row's smallest (largest) slope, the maximum at z -> -inf (+inf)."""
     return np.argmax(np.where(B == slope, A, -np.inf), axis=1)
 
 
@@ -266,11 +249,9 @@ def log_knowledge_gradient(a, b, groups=8):
     summed as logsumexp_k [log(b_{j_k+1} - b_{j_k}) + log_h(-|c_k|)], so values far below 1e-300
     keep their digits. Equal breakpoints (three lines through a point) telescope.
 
-    FPD's Alg. 1 sorts and stacks each column in turn. Here every column walks its envelope from the
-    left at once (_walk): from the current line j the next is the steeper line whose crossing with
-    j comes first. That costs O(M) per envelope line, so lines that cannot be on the envelope are
-    dropped first (_prefilter) and the columns are walked in `groups` groups of similar kept counts.
-    """
+    FPD's Alg. 1 sorts and stacks each column in turn; here all columns walk their envelopes from
+    the left at once (_walk: the next line is the steeper one crossing the current first, O(M) a
+    line), after _prefilter drops lines that cannot be on them, in `groups` of similar counts."""
     b = np.asarray(b, dtype=np.float64)
     if b.ndim != 2:
         raise ValueError(f"b must be an (M, Z) array (lines x candidate measurements), "
@@ -369,9 +350,8 @@ def _kg_may_reach(A, B, floor):
         KG <= (max_i B_i - min_i B_i) phi(0)                                     (d_i <= 0)
         KG <= sum_i E[(d_i + e_i Z)^+] = sum_i e_i h(d_i / e_i)
         h(u) <= phi(u) / (1 + u^2) for u <= 0    (Gordon 1941, Ann. Math. Stat. 12, Mills ratio)
-    The first bound screens the rows, the second is summed where the first does not settle it,
-    both raised by 1e-6 (relative) against round-off. An underflowing term (< 1e-300) lowers the sum
-    only below exp(floor) for floor > -600: a row with floor <= -600 is always True."""
+    The first screens the rows, the second is summed where it does not settle them (both + 1e-6
+    relative, for round-off); rows with floor <= -600, where terms may underflow, are True."""
     slack = np.exp(np.minimum(floor, 700.0) - 1e-6)  # (Z,) exp(floor), a little less
     may = (B.max(axis=1) - B.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
     rows = np.flatnonzero(may & (floor > -600.0))
@@ -393,11 +373,8 @@ def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, floor=No
     candidate's projection p = (w, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP):
         a = [mu_n(A_E); mu_n(p)]
         b = [Sigma_n(A_E, z); Sigma_n(p, z)] / sqrt(Sigma_n(z, z) + lambda)    (FPD 2009)
-    with lambda the noise variance of a new observation. a and b are built one row per measurement
-    and passed transposed: log_knowledge_gradient works on that layout, so b needs no copy.
-    floor (m, f): a measurement whose KG _kg_may_reach rules out reaching exp(floor) is not walked
-    and gets -inf.
-    """
+    with lambda the noise variance of a new observation, one row per measurement (passed transposed:
+    no copy). floor (m, f): a pair _kg_may_reach rules out (KG < exp(floor)) gets -inf, unwalked."""
     cov, own, var = gp.cross_covariance_grid(model, XA, W, U, u_target)  # (m, f, E), (m, f), (m, f)
     m, f, E = cov.shape
     # an evaluated candidate has its projection in A_E already: copy that line so the two are equal
@@ -424,8 +401,7 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
     floor (C, F), optional: a pair whose KG provably lies below it may be left at -inf."""
     mean_E, mean_C = means
     XA = gp.encode(evaluated, target[0], target[1], bounds)  # (E, D + 2)
-    U = gp.encode_fidelities([s for s, _ in fidelities], [t for _, t in fidelities],
-                             bounds)  # (F, 2)
+    U = gp.encode_fidelities(*zip(*fidelities), bounds)  # (F, 2)
     u_target = gp.encode_fidelities([target[0]], [target[1]], bounds)[0]  # (2,)
     out = np.full(pairs.shape, -np.inf)
     packed = np.packbits(pairs, axis=1)  # (C, ceil(F / 8)) uint8: np.unique sorts these fast
@@ -456,9 +432,8 @@ def _log_kg_bounds(model, mean_E, sd_E, mean_C, sd_C):
     """(C,) log of an upper bound on the KG of measuring candidate c at ANY fidelity. By
     Cauchy-Schwarz on the posterior covariance every slope of c's lines is at most its line's sd,
         |b_i| = |Sigma_n(x_i, z)| / sqrt(Sigma_n(z, z) + lambda) <= sigma_n(x_i)
-    and log_knowledge_gradient_bound does the rest. The variances are floored at 1e-8 y_scale^2
-    and the bound is raised by 1e-6 (relative), so that round-off in a computed KG does not cross
-    it."""
+    and log_knowledge_gradient_bound does the rest. Variances floored at 1e-8 y_scale^2, the bound
+    raised by 1e-6 (relative): round-off in a computed KG does not cross it."""
     floor = 1e-8 * model.y_scale ** 2
     out = np.empty(len(mean_C))
     chunk = max(1, _CHUNK // (2 * (len(mean_E) + 1)))  # candidates per call
@@ -502,14 +477,12 @@ def _argmax_allowed(score, candidates, fidelities, available):
 def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bounds, available):
     """(c, f, value, kg) of the largest allowed log(KG / cost) over candidates x fidelities.
 
-    Branch and bound, exact: bound (C, F) >= log(KG / cost) at every pair (_log_kg_bounds). The
-    KG of the _FIRST_ROUND pairs with the largest bounds is computed first, then that of every other
-    pair whose bound reaches the best allowed score so far; of those, the envelope is walked only
-    where bounds from the pair's own lines (_kg_may_reach) do not rule it out. No pair left
-    out can reach it, so the argmax (ties included) is the one over all pairs. If every allowed KG
-    is 0, the candidate with the largest posterior sd at the target is run at the target (if
-    allowed, else at the most expensive allowed fidelity) with value -inf and kg 0.0.
-    """
+    Branch and bound, exact: bound (C, F) >= log(KG / cost) at every pair (_log_kg_bounds). The KG
+    of the _FIRST_ROUND pairs with the largest bounds comes first, then that of every pair whose
+    bound reaches the best allowed score so far, walked only where _kg_may_reach does not rule it
+    out: no pair left out can reach it, so the argmax (ties included) is the one over all pairs. If
+    every allowed KG is 0, the candidate with the largest posterior sd at the target is run at the
+    target (if allowed, else at the most expensive allowed fidelity): value -inf, kg 0.0."""
     mean_E, sd_E = _target_posterior(model, evaluated, target, bounds)
     mean_C, sd_C = _target_posterior(model, candidates, target, bounds)
     log_cost = np.log(run_cost)
@@ -525,9 +498,8 @@ def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bo
                                       (mean_E, mean_C), pairs, floor)[pairs]
         return _argmax_allowed(log_kg - log_cost, candidates, fidelities, available)
 
-    first = np.zeros(bound.size, dtype=bool)
-    first[np.argpartition(-bound, n_first - 1, axis=None)[:n_first]] = True
-    first = first.reshape(bound.shape)
+    first = np.zeros(bound.shape, dtype=bool)
+    first.flat[np.argpartition(-bound, n_first - 1, axis=None)[:n_first]] = True
     pick = best_allowed(first)
     best = -np.inf if pick is None else log_kg[pick] - log_cost[pick[1]]
     rest = ~first & (bound >= best)
@@ -537,8 +509,8 @@ def _choose_by_kg(model, candidates, evaluated, fidelities, run_cost, target, bo
         c, f = pick
         return c, f, float(log_kg[c, f] - log_cost[f]), float(np.exp(log_kg[c, f]))
     allowed = _allowed(candidates, fidelities, available)  # every allowed KG is 0, all computed
-    is_target = [fid == tuple(target) for fid in fidelities]
-    prefer = sorted(range(len(fidelities)), key=lambda g: (not is_target[g], -run_cost[g]))
+    prefer = sorted(range(len(fidelities)),
+                    key=lambda g: (fidelities[g] != tuple(target), -run_cost[g]))
     f = next(g for g in prefer if allowed[:, g].any())
     c = int(np.argmax(np.where(allowed[:, f], sd_C, -np.inf)))
     return c, f, -np.inf, 0.0
@@ -581,14 +553,12 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
     available   optional available(weights, scale, steps) -> bool; rejected pairs are never chosen.
                 It is called from the best score down until a pair is allowed.
 
-    How 'mfkg' avoids getting stuck at the cheapest fidelity (facebook/Ax#475):
-      * KG values a measurement by how it moves the posterior mean AT THE TARGET (A holds only
-        target points): a cheap fidelity uncorrelated with the target has KG ~ 0;
-      * KG is exact, in log space: Ax#475 and BoTorch#626 come from one-shot Monte Carlo KG, whose
-        noise gives tiny runs a spurious positive KG that a tiny cost turns into a large ratio;
-      * fixed_cost puts a floor under every run's cost, so KG / cost cannot explode as cost -> 0;
-      * if every KG is exactly 0 (e.g. A is a single line), the candidate with the largest posterior
-        sd at the target is run at the target; value is then -inf and kg 0.0.
+    'mfkg' does not get stuck at the cheapest fidelity (facebook/Ax#475): KG values a measurement
+    by how it moves the posterior mean AT THE TARGET (A holds only target points), so a cheap
+    fidelity uncorrelated with the target has KG ~ 0; KG is exact, in log space (the one-shot Monte
+    Carlo KG of Ax#475 and BoTorch#626 gives tiny runs a spurious positive KG that a tiny cost
+    inflates); fixed_cost floors every run's cost. If every KG is exactly 0 (e.g. A is one line),
+    the candidate with the largest posterior sd at the target is run there: value -inf, kg 0.0.
     A measurement's KG counts its final checkpoint only: the KG of the whole trace of checkpoints
     (taKG, Wu et al. 2019) has no closed form; the last checkpoint alone is exact and a lower bound.
     """

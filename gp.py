@@ -42,7 +42,6 @@ LAW_VARIANCE = 100.0    # prior variance s_b^2 of the scaling law's E, A, B (sec
 KERNELS, STRUCTURES = ("rbf", "matern52", "sm"), ("joint", "product")
 MEANS = ("constant", "scaling_law")
 
-
 # ---------------------------------------------------------------------------------- 1. encoding
 
 def encode_fidelities(scales, steps, bounds):
@@ -67,7 +66,6 @@ def encode(weights, scale, steps, bounds):
     U = encode_fidelities(np.broadcast_to(scale, n), np.broadcast_to(steps, n), bounds)
     return np.column_stack([w, U])
 
-
 # ----------------------------------------------------------------------------------- 2. kernels
 # Each maps A (n, p), B (m, p) to (n, m), or (n,) for the pairs (a_i, b_i) if paired; k(x, x) = 1.
 
@@ -87,17 +85,13 @@ class _Matern52(torch.autograd.Function):
     dk/dr^2 = -5/6 (1 + s) e^-s is finite at r = 0, where autograd through the root is not."""
     @staticmethod
     def forward(ctx, d2):
+        ctx.save_for_backward(d2)
         s = d2.mul(5.0).sqrt_()
-        e = s.neg().exp_()
-        ctx.save_for_backward(d2, (s + 1.0).mul_(e).mul_(-5.0 / 6.0))                # r^2, dk/dr^2
-        return (s / 3.0).add_(1.0).mul_(s).add_(1.0).mul_(e)
+        return (s / 3.0).add_(1.0).mul_(s).add_(1.0).mul_(s.neg().exp_())
 
     @staticmethod
-    def backward(ctx, grad):
-        d2, slope = ctx.saved_tensors
-        if torch.is_grad_enabled():          # create_graph: this derivative will be differentiated
-            slope = _Matern52Slope.apply(d2)
-        return grad * slope
+    def backward(ctx, grad):                # a Function again: create_graph differentiates it
+        return grad * _Matern52Slope.apply(*ctx.saved_tensors)
 
 class _Matern52Slope(torch.autograd.Function):
     """dk/dr^2 = -5/6 (1 + s) e^-s, with its own slope d^2k/d(r^2)^2 = 25/12 e^-s."""
@@ -109,8 +103,7 @@ class _Matern52Slope(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (d2,) = ctx.saved_tensors
-        return grad * d2.mul(5.0).sqrt_().neg_().exp_().mul_(25.0 / 12.0)
+        return grad * ctx.saved_tensors[0].mul(5.0).sqrt_().neg_().exp_().mul_(25.0 / 12.0)
 
 def spectral_mixture(A, B, weights, ls, means, paired=False):
     """Wilson & Adams (2013) eq. 12 (not GPyTorch's product over p of sums), weights (Q,), ls and
@@ -128,7 +121,6 @@ def _group_kernel(kind, A, B, P, prefix, paired=False):
         return d2.mul_(-0.5).exp_() if kind == "rbf" else _Matern52.apply(d2)
     w = P["sm_weights"] / P["sm_weights"].sum()
     return spectral_mixture(A, B, w, P["sm_lengthscale"], P["sm_means"], paired)
-
 
 # --------------------------------------------------------------------------------- 3. the model
 # y = f(x) + e_run + e, standardized. With structure "product" (the default) f has the covariance
@@ -189,9 +181,7 @@ def _fidelity_terms(cfg, P, UA, UB, paired):
             k_N = k_N + P["scale_deviation"] * same                    # (s^2 K_N + s_d^2 I) / s^2
         k_T = _group_kernel(cfg.kernel_T, UA[:, 1:], UB[:, 1:], P, "T", paired)
         factor = P["amplitude"] * k_T * k_N
-    offset = torch.zeros((), dtype=DTYPE)
-    if cfg.scale_deviation:
-        offset = offset + P["level_deviation"] * same                              # s_l^2 1[N = N']
+    offset = P["level_deviation"] * same if cfg.scale_deviation else torch.zeros((), dtype=DTYPE)
     if cfg.mean == "scaling_law":
         s_b = torch.tensor(LAW_VARIANCE, dtype=DTYPE)
         S = torch.stack([s_b, s_b, s_b, P["mean_coupling"]])                       # diag(S)
@@ -219,21 +209,23 @@ def _on_distinct_rows(terms, A, B):
             out = tuple(t.index_select(dim, index) if t.ndim == 2 else t for t in out)
     return out
 
+def _terms(cfg, P, WA, WB, UA, UB, paired=False):
+    """(k_w, factor, offset), k = k_w factor + offset: k_w on the mixture columns WA, WB (every
+    column with "joint"), _fidelity_terms on UA, UB; on the distinct rows unless paired."""
+    weights = lambda a, b: (_group_kernel(cfg.kernel_w, a, b, P, "w", paired),)
+    fidelity = lambda a, b: _fidelity_terms(cfg, P, a, b, paired)
+    on_rows = (lambda terms, a, b: tuple(terms(a, b))) if paired else _on_distinct_rows
+    (factor, offset), (k_w,) = on_rows(fidelity, UA, UB), on_rows(weights, WA, WB)
+    return k_w, factor, offset
+
 def _kernel(cfg, P, A, B, K, paired=False):
     """Prior covariance of f between rows A (n, d) and B (m, d): (n, m), or (n,) for the pairs
     (a_i, b_i) with paired=True (k(x, x) with B = A); standardized units, without noise."""
     cols = slice(None) if cfg.structure == "joint" else slice(0, K)
-    fidelity = lambda a, b: _fidelity_terms(cfg, P, a, b, paired)
-    weights = lambda a, b: (_group_kernel(cfg.kernel_w, a, b, P, "w", paired),)
-    if paired:
-        (factor, offset), (k_w,) = fidelity(A[:, K:], B[:, K:]), weights(A[:, cols], B[:, cols])
-    else:
-        factor, offset = _on_distinct_rows(fidelity, A[:, K:], B[:, K:])
-        (k_w,) = _on_distinct_rows(weights, A[:, cols], B[:, cols])
+    k_w, factor, offset = _terms(cfg, P, A[:, cols], B[:, cols], A[:, K:], B[:, K:], paired)
     if torch.is_grad_enabled():
         return torch.addcmul(offset, k_w, factor)                              # k_w factor + offset
     return k_w.mul_(factor).add_(offset)                    # the same in place: no (n, m) temporary
-
 
 # ---------------------------------------------------------------------------- 4. hyperparameters
 # LogNormal priors on the natural value (as BoTorch): lengthscales (sqrt2 + log(d) / 2, sqrt3),
@@ -279,10 +271,10 @@ def _specs(cfg, d, K):
     return specs
 
 def _law_exponents(U, y):
-    """(a_N, a_T) for fit_gp to hold fixed, and the mean squared residual: least squares of h^T beta
-    alone to the standardized y (variable projection, Golub & Pereyra 1973: beta is linear given a),
-    a grid of log a in [log 0.1, log 10] then Nelder-Mead; a column with < 3 distinct values gives
-    1. Fitted with the rest they cost many more evaluations (bench/bench_gp.py, bench/README.md)."""
+    """(a_N, a_T) for fit_gp to hold fixed (fitted with the rest they cost many more evaluations:
+    bench/bench_gp.py, see bench/README.md) and the mean squared residual: least squares of h^T beta
+    to the standardized y (variable projection, Golub & Pereyra 1973), a grid of log a in [log 0.1,
+    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values."""
     U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
@@ -297,11 +289,9 @@ def _law_exponents(U, y):
 
 def _unpack(theta, specs):
     """Flat theta (torch) -> dict of natural-unit tensors (exp of the log-parameterized ones)."""
-    P, i = {}, 0
-    for s in specs:
-        v, i = theta[i:i + math.prod(s.shape)].reshape(s.shape), i + math.prod(s.shape)
-        P[s.name] = torch.exp(v) if s.log else v
-    return P
+    parts = torch.split(theta, [math.prod(s.shape) for s in specs])
+    return {s.name: torch.exp(v.reshape(s.shape)) if s.log else v.reshape(s.shape)
+            for s, v in zip(specs, parts)}
 
 def _pack(P, specs):
     """dict of natural-unit values -> flat numpy theta."""
@@ -312,11 +302,10 @@ def _log_prior(P, specs, cfg):
     """sum of the LogNormal(mu, sigma) log-densities of the natural parameters x:
     -log x - log(sigma sqrt(2 pi)) - (log x - mu)^2 / (2 sigma^2); 0 with priors=False."""
     lp = torch.zeros((), dtype=DTYPE)
-    for s in specs:
-        if cfg.priors and s.prior is not None:
-            (mu, sigma), z = s.prior, torch.log(P[s.name])
-            lp = lp + (-z - math.log(sigma * math.sqrt(2 * math.pi))
-                       - (z - mu) ** 2 / (2 * sigma ** 2)).sum()
+    for s in [s for s in specs if cfg.priors and s.prior is not None]:
+        (mu, sigma), z = s.prior, torch.log(P[s.name])
+        lp = lp + (-z - math.log(sigma * math.sqrt(2 * math.pi))
+                   - (z - mu) ** 2 / (2 * sigma ** 2)).sum()
     return lp
 
 def _initial_theta(specs, rng, first, residual=1.0):
@@ -341,12 +330,10 @@ def _initial_theta(specs, rng, first, residual=1.0):
         P[s.name] = np.clip(v, s.lower, s.upper)
     return _pack(P, specs)
 
-
 # ------------------------------------------------------------------------ 5. marginal likelihood
 
 def _cholesky(Kmat):
-    """Lower L with L L^T = Kmat + jitter I and the jitter: first none, then 1e-8 10^k mean(diag),
-    k = 0..JITTER_TRIES-1; (None, None) if every attempt fails. Kmat is not modified."""
+    """(L, jitter), L L^T = Kmat + jitter I (JITTER_TRIES' schedule; Kmat kept), or (None, None)."""
     scale = Kmat.diagonal().mean().abs().item()
     for k in range(JITTER_TRIES + 1):
         jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * scale
@@ -398,7 +385,6 @@ def _objective(theta_np, cfg, specs, X, y, K, R):
     if not (math.isfinite(obj) and np.all(np.isfinite(g))):
         return PENALTY, np.zeros_like(theta_np)
     return obj, g.copy()
-
 
 # ----------------------------------------------------------------------------------- 6. fitting
 
@@ -464,15 +450,14 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
             fixed = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))        # lower == upper
             specs = [s._replace(lower=fixed.get(s.name, s.lower), upper=fixed.get(s.name, s.upper))
                      for s in specs]
-        rng, best = np.random.default_rng(seed), None
+        rng = np.random.default_rng(seed)
         bounds = [(math.log(s.lower), math.log(s.upper)) if s.log else (s.lower, s.upper)
                   for s in specs for _ in range(math.prod(s.shape))]
-        for r in range(max(1, restarts)):
-            res = scipy.optimize.minimize(_objective, _initial_theta(specs, rng, r == 0, residual),
-                                          (cfg, specs, Xt, ys, K, R), "L-BFGS-B", jac=True,
-                                          bounds=bounds, options={"maxiter": maxiter})
-            best = res if best is None or res.fun < best.fun else best
-        theta = best.x
+        fits = (scipy.optimize.minimize(_objective, _initial_theta(specs, rng, r == 0, residual),
+                                        (cfg, specs, Xt, ys, K, R), "L-BFGS-B", jac=True,
+                                        bounds=bounds, options={"maxiter": maxiter})
+                for r in range(max(1, restarts)))
+        theta = min(fits, key=lambda res: res.fun).x                 # the best; ties: the first
     with torch.no_grad():
         P = _unpack(torch.from_numpy(theta), specs)
         terms = _lml_terms(cfg, P, Xt, ys, K, R)
@@ -487,7 +472,6 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
     hyp = {k: v.numpy().copy() if v.ndim else float(v) for k, v in P.items()}
     return GP(cfg, K, X, y, y_mean, y_scale, hyp, L, alpha,
               (float(P["noise"]) + run_var) * y_scale ** 2, run_var * y_scale ** 2, float(lml))
-
 
 # ----------------------------------------------------------------------- 7. posterior, y units
 
@@ -527,24 +511,22 @@ def cross_covariance(gp, XA, XZ, chunk=4096):
 
 def _kernel_grid(cfg, P, W, U, B, K):
     """Prior covariance (M, F, n) of the grid z_mf = [w_m, u_f] (W (M, K) x U (F, 2)) and B (n, d):
-    k(z_mf, b) = k_w(w_m, b_w) factor(u_f, b_u) + offset(u_f, b_u), k_w once per mixture (M, n), the
-    rest once per fidelity (F, n); the joint kernel does not factor: evaluated on the M F rows."""
+    k_w once per mixture, the rest once per fidelity; "joint" does not factor: on the M F rows."""
     M, F, n = W.shape[0], U.shape[0], B.shape[0]
     if cfg.structure == "joint":
         Z = torch.cat([W.repeat_interleave(F, dim=0), U.repeat(M, 1)], dim=1)  # (M F, d) by mixture
         return _kernel(cfg, P, Z, B, K).reshape(M, F, n)
-    (k_w,) = _on_distinct_rows(lambda a, b: (_group_kernel(cfg.kernel_w, a, b, P, "w"),),
-                               W, B[:, :K])                                        # (M, n)
-    factor, offset = _on_distinct_rows(lambda a, b: _fidelity_terms(cfg, P, a, b, False),
-                                       U, B[:, K:])                                # (F, n)
+    k_w, factor, offset = _terms(cfg, P, W, B[:, :K], U, B[:, K:])          # (M, n), (F, n)
     return torch.addcmul(offset, k_w[:, None, :], factor)
 
 def cross_covariance_grid(gp, XA, W, U, u_P, block=1024):
-    """cross_covariance on the GRID z_mf = [w_m, u_f], W (M, K) x U (F, 2) (encode_fidelities), y
-    units: cov (M, F, |A|) = Sigma_n(z_mf, XA), own (M, F) = Sigma_n(z_mf, [w_m, u_P]) (the
-    knowledge gradient's projection to the target u_P (2,)), var (M, F) = Sigma_n(z_mf, z_mf) faster
-    than on the M F rows: prior covariances by _kernel_grid, V_A and V_P solved once, own from one
-    column of V_P per measurement, V_Z^T = K(Z, X) L^-T in blocks of about `block` rows."""
+    """cross_covariance on the GRID z_mf = [w_m, u_f], W (M, K) x U (F, 2), y units, faster than on
+    the M F rows: cov (M, F, |A|) = Sigma_n(z_mf, XA), own (M, F) = Sigma_n(z_mf, [w_m, u_P]) (KG's
+    projection to the target u_P (2,)), var (M, F) = Sigma_n(z_mf, z_mf). "product": with section
+    3's phi_f, o_f (n,) and kappa_m = k_w(w_m, .) (R,) over the R distinct training mixtures r(j),
+        K(X, z_mf) = phi_f * kappa_m[r] + o_f,   L^-1 K(X, z_mf) = T_f kappa_m + t_f
+    T_f = L^-1 diag(phi_f) onehot(r) (n, R), t_f = L^-1 o_f solved once per fidelity: eq. 2.24's
+    products are (R, .) forms in kappa_m. "joint", or R >= M: V_Z by solves, `block` rows a time."""
     XA, K = torch.from_numpy(_check_inputs(XA, gp.n_weights, "XA")), gp.n_weights
     W, U, u_P = (np.asarray(v, dtype=np.float64) for v in (W, U, u_P))
     if W.ndim != 2 or W.shape[1] != K or U.ndim != 2 or U.shape[1] != 2 or u_P.shape != (2,) \
@@ -555,22 +537,40 @@ def cross_covariance_grid(gp, XA, W, U, u_P, block=1024):
     W, U = XP[:, :K], torch.from_numpy(U)                                         # (M, K), (F, 2)
     X, P, cfg, L = torch.from_numpy(gp.X), _params(gp), gp.config, gp.L
     n, M, F = X.shape[0], W.shape[0], U.shape[0]
-    cov, own, var = (torch.empty(M, F, *extra, dtype=DTYPE) for extra in ((XA.shape[0],), (), ()))
     with torch.no_grad():
         VA = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XA, K), upper=False)    # (n, |A|)
-        VP = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XP, K), upper=False).T  # (M, n)
         Z0 = torch.cat([W[:1].expand(F, K), U], dim=1)                            # (F, d) a mixture
         prior_var = _kernel(cfg, P, Z0, Z0, K, paired=True)                          # (F,) k(z, z)
         own_prior = _kernel(cfg, P, Z0, XP[:1], K)[:, 0]                  # (F,) k(z, p): w-free
-        mb = max(1, block // F)                                                   # mixtures a block
-        for s in range(0, M, mb):
-            m = min(mb, M - s)
-            Kz = _kernel_grid(cfg, P, W[s:s + m], U, X, K).reshape(m * F, n)
-            VZ = torch.linalg.solve_triangular(L.T, Kz, upper=True, left=False).reshape(m, F, n)
-            cov[s:s + m] = _kernel_grid(cfg, P, W[s:s + m], U, XA, K) - VZ @ VA          # eq. 2.24
-            own[s:s + m] = own_prior - (VZ * VP[s:s + m, None, :]).sum(2)
-            var[s:s + m] = (prior_var - (VZ * VZ).sum(2)).clamp_min(0.0)
-    return tuple((gp.y_scale ** 2 * t).numpy() for t in (cov, own, var))
+        mixtures, r = _distinct(X[:, :K])
+        own, var = torch.empty(2, M, F, dtype=DTYPE)
+        if cfg.structure == "joint" or len(mixtures) >= M:       # T_f would cost more than V_Z
+            cov = torch.empty(M, F, len(XA), dtype=DTYPE)
+            VP = torch.linalg.solve_triangular(L, _kernel(cfg, P, X, XP, K), upper=False).T
+            mb = max(1, block // F)                                               # mixtures a block
+            for s in range(0, M, mb):
+                m = min(mb, M - s)
+                Kz = _kernel_grid(cfg, P, W[s:s + m], U, X, K).reshape(m * F, n)
+                VZ = torch.linalg.solve_triangular(L.T, Kz, upper=True, left=False).reshape(m, F, n)
+                cov[s:s + m] = _kernel_grid(cfg, P, W[s:s + m], U, XA, K) - VZ @ VA      # eq. 2.24
+                own[s:s + m] = own_prior - (VZ * VP[s:s + m, None, :]).sum(2)
+                var[s:s + m] = (prior_var - (VZ * VZ).sum(2)).clamp_min(0.0)
+        else:
+            r = torch.arange(n) if r is None else r                       # row j has mixture r(j)
+            kappa = _group_kernel(cfg.kernel_w, W, mixtures, P, "w")                   # (M, R)
+            phi, offset = _fidelity_terms(cfg, P, torch.cat([U, XP[:1, K:]]), X[:, K:], False)
+            onehot = torch.nn.functional.one_hot(r, len(mixtures)).to(DTYPE)           # (n, R)
+            T = torch.linalg.solve_triangular(L, phi[:, :, None] * onehot, upper=False)  # F+1, n, R
+            t = torch.linalg.solve_triangular(L, offset.expand(F + 1, n).T, upper=False).T  # F+1, n
+            TA = T[:F].transpose(1, 2) @ VA                                         # (F, R, |A|)
+            cov = _kernel_grid(cfg, P, W, U, XA, K) - torch.einsum("mr,fra->mfa", kappa, TA) \
+                - (t[:F] @ VA)[None]                                                 # eq. 2.24
+            VP = kappa @ T[F].T + t[F]                                 # (M, n) at the target u_P
+            for f in range(F):
+                VZ = kappa @ T[f].T + t[f]                                            # (M, n)
+                own[:, f] = own_prior[f] - (VZ * VP).sum(1)
+                var[:, f] = (prior_var[f] - VZ.square_().sum(1)).clamp_min(0.0)
+    return tuple((gp.y_scale ** 2 * v).numpy() for v in (cov, own, var))
 
 def directional_derivative(gp, X, V):
     """Posterior mean (m,) and variance (m,), y units, of D_v f(x) = v . grad_x f(x) at rows X (m,

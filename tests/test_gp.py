@@ -249,6 +249,31 @@ def test_cross_covariance_equals_full_covariance_and_units():
     assert abs(g.noise_variance - 100.0 * g1.noise_variance) < 1e-10 * g.noise_variance
 
 
+@pytest.mark.parametrize("opts", [o for o in MODELS if o.get("structure") != "joint"])
+def test_cross_covariance_grid_on_run_structure_equals_plain_cross_covariance(opts):
+    """More grid mixtures M than distinct training mixtures R (runs seen at 3 checkpoints): the
+    (R, .) forms in kappa_m of the product structure against cross_covariance on the M F rows."""
+    X, y, runs = make_runs(6, [0.0, 0.5, 1.0])
+    g = gp.fit_gp(X, 3.0 + 10.0 * y, K, gp.Config(**opts), restarts=1, maxiter=15, runs=runs)
+    rng = np.random.default_rng(9)
+    W = np.vstack([np.eye(K)[:1], rng.dirichlet(np.full(K, 0.5), 30), X[:2, :K]])  # M = 33 > R
+    U = np.array([[0.0, 0.0], [0.5, 1.0], [1.0, 0.5], [0.25, 0.75]])
+    u_P = np.array([1.0, 1.0])
+    XA = X[::7].copy()
+    XA[:, K:] = u_P
+    M, F = len(W), len(U)
+    Z = np.column_stack([W.repeat(F, axis=0), np.tile(U, (M, 1))])
+    XP = np.column_stack([W, np.tile(u_P, (M, 1))])
+    cov_plain, var_plain = gp.cross_covariance(g, np.vstack([XA, XP]), Z)
+    cov, own, var = gp.cross_covariance_grid(g, XA, W, U, u_P)
+    tol = 1e-10 * np.abs(cov_plain).max()
+    A = len(XA)
+    np.testing.assert_allclose(cov, cov_plain[:A].T.reshape(M, F, A), rtol=0, atol=tol)
+    np.testing.assert_allclose(own, cov_plain[A + np.arange(M).repeat(F),
+                                              np.arange(M * F)].reshape(M, F), rtol=0, atol=tol)
+    np.testing.assert_allclose(var, var_plain.reshape(M, F), rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("opts", MODELS)
 @pytest.mark.parametrize("block", [1, 1024])   # one mixture per block; all in one block
 def test_cross_covariance_grid_equals_plain_cross_covariance(opts, block):
