@@ -1,5 +1,4 @@
-"""
-gp.py -- exact Gaussian-process regression of a run's loss over data mixtures and fidelities.
+"""gp.py -- exact Gaussian-process regression of a run's loss over data mixtures and fidelities.
 
 A run is the row x = [w_1 .. w_K, u_N, u_T] (float64, d = K + 2): the mixture w on the simplex, then
 log model scale and log steps mapped to [0, 1] by the search space's bounds (`encode`). In order:
@@ -137,7 +136,7 @@ def _group_kernel(kind, A, B, P, prefix, paired=False):
 #   the coupling C / (N^alpha D^beta) (Kaplan et al. 2020's law is not additive). beta ~ N(0, S),
 #   S = diag(s_b^2, s_b^2, s_b^2, s_C^2), integrated out [RW eq. 2.39-42]: kernel k + h^T S h. s_b^2
 #   = LAW_VARIANCE is vague (the coefficients are a few units): a law seen at one scale does not pin
-#   the target's level; s_C^2 fitted, a_N, a_T by least squares (_law_exponents). "constant": 0.
+#   the target's level; s_C^2, a_N, a_T fitted (from least squares, _law_exponents). "constant": 0.
 
 @dataclass(frozen=True)
 class Config:
@@ -271,10 +270,10 @@ def _specs(cfg, d, K):
     return specs
 
 def _law_exponents(U, y):
-    """(a_N, a_T) for fit_gp to hold fixed (fitted with the rest they cost many more evaluations:
-    bench/bench_gp.py, see bench/README.md) and the mean squared residual: least squares of h^T beta
+    """(a_N, a_T), which are identified, and the mean squared residual: least squares of h^T beta
     to the standardized y (variable projection, Golub & Pereyra 1973), a grid of log a in [log 0.1,
-    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values."""
+    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values. fit_gp holds those fixed and
+    starts the others here (the law alone mistakes mixture effects for scale: bench/README.md)."""
     U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
@@ -285,7 +284,7 @@ def _law_exponents(U, y):
     grid = np.linspace(math.log(0.1), math.log(10.0), 21)
     best = scipy.optimize.minimize(rss, min(([a, b] for a in grid for b in grid), key=rss),
                                    method="Nelder-Mead")
-    return exponents(best.x), best.fun / len(y)
+    return exponents(best.x), identified, best.fun / len(y)
 
 def _unpack(theta, specs):
     """Flat theta (torch) -> dict of natural-unit tensors (exp of the log-parameterized ones)."""
@@ -308,13 +307,13 @@ def _log_prior(P, specs, cfg):
                    - (z - mu) ** 2 / (2 * sigma ** 2)).sum()
     return lp
 
-def _initial_theta(specs, rng, first, residual=1.0):
-    """Start 0: the priors' modes, but the amplitude the variance the mean leaves (`residual`) and
+def _initial_theta(specs, rng, first, residual=1.0, start=None):
+    """Start 0: `start`, the priors' modes, the amplitude the variance the mean leaves (`residual`),
     noises <= 5% of it (else L-BFGS-B may settle where run noise explains the mixture effect),
     spectral means over [0, 1], the rest 1. Later starts: prior draws, else log-uniform."""
     P = {}
     for s in specs:
-        mode = math.exp(s.prior[0] - s.prior[1] ** 2) if s.prior else 1.0
+        mode = (start or {}).get(s.name, math.exp(s.prior[0] - s.prior[1] ** 2) if s.prior else 1.0)
         if first and s.name in ("noise", "run_noise"):
             v = np.full(s.shape, min(mode, 0.05 * residual))
         elif first and s.name == "sm_means":
@@ -444,18 +443,19 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
                              f"with the same Config")
         theta = _pack(hyperparameters, specs)
     else:
-        residual = 1.0                                  # the variance the mean leaves to the kernel
+        residual, start = 1.0, {}                 # the variance the mean leaves to the kernel
         if cfg.mean == "scaling_law":
-            exponents, residual = _law_exponents(X[:, K:], ys.numpy())
-            fixed = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))        # lower == upper
-            specs = [s._replace(lower=fixed.get(s.name, s.lower), upper=fixed.get(s.name, s.upper))
+            exponents, identified, residual = _law_exponents(X[:, K:], ys.numpy())
+            start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
+            fixed = [k for k, free in zip(start, identified) if not free]     # lower == upper
+            specs = [s._replace(lower=start[s.name], upper=start[s.name]) if s.name in fixed else s
                      for s in specs]
         rng = np.random.default_rng(seed)
         bounds = [(math.log(s.lower), math.log(s.upper)) if s.log else (s.lower, s.upper)
                   for s in specs for _ in range(math.prod(s.shape))]
-        fits = (scipy.optimize.minimize(_objective, _initial_theta(specs, rng, r == 0, residual),
-                                        (cfg, specs, Xt, ys, K, R), "L-BFGS-B", jac=True,
-                                        bounds=bounds, options={"maxiter": maxiter})
+        x0 = lambda r: _initial_theta(specs, rng, r == 0, residual, start)       # start r
+        fits = (scipy.optimize.minimize(_objective, x0(r), (cfg, specs, Xt, ys, K, R), "L-BFGS-B",
+                                        jac=True, bounds=bounds, options={"maxiter": maxiter})
                 for r in range(max(1, restarts)))
         theta = min(fits, key=lambda res: res.fun).x                 # the best; ties: the first
     with torch.no_grad():
