@@ -136,7 +136,7 @@ def _group_kernel(kind, A, B, P, prefix, paired=False):
 #   the coupling C / (N^alpha D^beta) (Kaplan et al. 2020's law is not additive). beta ~ N(0, S),
 #   S = diag(s_b^2, s_b^2, s_b^2, s_C^2), integrated out [RW eq. 2.39-42]: kernel k + h^T S h. s_b^2
 #   = LAW_VARIANCE is vague (the coefficients are a few units): a law seen at one scale does not pin
-#   the target's level; s_C^2, a_N, a_T fitted (from least squares, _law_exponents). "constant": 0.
+#   the target's level; s_C^2, a_N, a_T fitted (from least squares: _law_exponents). "constant": 0.
 
 @dataclass(frozen=True)
 class Config:
@@ -271,9 +271,8 @@ def _specs(cfg, d, K):
 
 def _law_exponents(U, y):
     """(a_N, a_T), which are identified, and the mean squared residual: least squares of h^T beta
-    to the standardized y (variable projection, Golub & Pereyra 1973), a grid of log a in [log 0.1,
-    log 10] then Nelder-Mead; 1 for a column with < 3 distinct values. fit_gp holds those fixed and
-    starts the others here (the law alone mistakes mixture effects for scale: bench/README.md)."""
+    to the standardized y (variable projection, Golub & Pereyra 1973), grid then Nelder-Mead; 1
+    (held) for a column with < 3 distinct values. fit_gp frees the others last (bench/README.md)."""
     U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
@@ -416,13 +415,23 @@ def _check_inputs(X, n_weights, what):
                          f"(mixture weights) must be >= 0 and sum to 1; renormalize by w / w.sum()")
     return X
 
+def _lbfgsb(starts, specs, held, args, maxiter):
+    """The best L-BFGS-B minimum of _objective(theta, *args) from the starts (ties: the first), the
+    parameters in `held` ({name: natural value}) held there (lower == upper)."""
+    box = lambda s: (held[s.name],) * 2 if s.name in held else (s.lower, s.upper)
+    bounds = [tuple(map(math.log, box(s))) if s.log else box(s) for s in specs
+              for _ in range(math.prod(s.shape))]
+    fits = (scipy.optimize.minimize(_objective, x0, args, "L-BFGS-B", jac=True, bounds=bounds,
+                                    options={"maxiter": maxiter}) for x0 in starts)
+    return min(fits, key=lambda res: res.fun).x
+
 def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, hyperparameters=None,
            maxiter=200):
     """Fit the GP of `config` to X (n, n_weights + 2) from encode and losses y (n,): maximize
-    log p(y | theta) + log p(theta) over log-parameters by L-BFGS-B from `restarts` starts (section
-    4's, then seeded draws; the best is kept). With `hyperparameters` (natural, standardized units,
-    as GP.hyperparameters) the GP is conditioned on them (sklearn's optimizer=None). runs (n,): each
-    observation's training run label (run_noise); None: rows with the same w and scale."""
+    log p(y | theta) + log p(theta) by L-BFGS-B from `restarts` starts (section 4's, then seeded
+    draws), the law's exponents held at least squares, then from the best with them free; or, given
+    `hyperparameters` (as GP.hyperparameters), condition on them (sklearn's optimizer=None). runs
+    (n,): each observation's run label (run_noise); None: rows with the same w and scale."""
     X, y, K, cfg = _check_inputs(X, n_weights, "X"), np.asarray(y, dtype=float), n_weights, config
     if y.shape != (X.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y must be (n,) = ({X.shape[0]},) finite losses matching X; got shape "
@@ -437,27 +446,22 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
     Xt, ys = torch.from_numpy(X), torch.from_numpy((y - y_mean) / y_scale)
     specs = _specs(cfg, X.shape[1], K)
     if hyperparameters is not None:
-        missing = [s.name for s in specs if s.name not in hyperparameters]
-        if missing:
+        if missing := [s.name for s in specs if s.name not in hyperparameters]:
             raise ValueError(f"hyperparameters lack {missing}; pass GP.hyperparameters of a fit "
                              f"with the same Config")
         theta = _pack(hyperparameters, specs)
     else:
-        residual, start = 1.0, {}                 # the variance the mean leaves to the kernel
+        residual, start, free = 1.0, {}, []       # the variance the mean leaves to the kernel
         if cfg.mean == "scaling_law":
             exponents, identified, residual = _law_exponents(X[:, K:], ys.numpy())
             start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
-            fixed = [k for k, free in zip(start, identified) if not free]     # lower == upper
-            specs = [s._replace(lower=start[s.name], upper=start[s.name]) if s.name in fixed else s
-                     for s in specs]
-        rng = np.random.default_rng(seed)
-        bounds = [(math.log(s.lower), math.log(s.upper)) if s.log else (s.lower, s.upper)
-                  for s in specs for _ in range(math.prod(s.shape))]
-        x0 = lambda r: _initial_theta(specs, rng, r == 0, residual, start)       # start r
-        fits = (scipy.optimize.minimize(_objective, x0(r), (cfg, specs, Xt, ys, K, R), "L-BFGS-B",
-                                        jac=True, bounds=bounds, options={"maxiter": maxiter})
-                for r in range(max(1, restarts)))
-        theta = min(fits, key=lambda res: res.fun).x                 # the best; ties: the first
+            free = [k for k, f in zip(start, identified) if f]
+        rng, args = np.random.default_rng(seed), (cfg, specs, Xt, ys, K, R)
+        theta = _lbfgsb((_initial_theta(specs, rng, r == 0, residual, start)
+                         for r in range(max(1, restarts))), specs, start, args, maxiter)
+        if free:                           # then the identified exponents too, from the best
+            held = {k: a for k, a in start.items() if k not in free}
+            theta = _lbfgsb([theta], specs, held, args, maxiter)
     with torch.no_grad():
         P = _unpack(torch.from_numpy(theta), specs)
         terms = _lml_terms(cfg, P, Xt, ys, K, R)
