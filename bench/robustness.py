@@ -15,7 +15,7 @@ replayed through simulate.load_table, as `python mixbo.py --table` would.
 Run: python bench/robustness.py [--instances a,b] [--strategies mfkg,ei,random,hyperband,regression]
      [--seeds 20] [--budget B] [--as-table] [--jobs 2] [--json out.json] [--runs runs.jsonl]
 --runs keeps every finished search as a JSON line and skips those already there: a long run can be
-stopped and continued, and the table printed from what has finished (--seeds smaller than asked).
+stopped and continued, and the table printed from what has finished (--table-only).
 """
 
 import os
@@ -118,6 +118,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write every curve and the table as JSON")
     p.add_argument("--runs", help="JSON lines of finished searches: appended, and reused")
+    p.add_argument("--table-only", action="store_true", help="print --runs' table, run nothing")
     args = p.parse_args(argv)
     names, strategies = args.instances.split(","), args.strategies.split(",")
     if "random" not in strategies:
@@ -134,7 +135,7 @@ def main(argv=None):
             done = [json.loads(line) for line in f if line.strip()]
         inf = lambda c: [(p[0], math.inf if p[1] is None else p[1], *p[2:]) for p in c]
         by_task = {tuple(r["task"]): (inf(r["curve"]), r["n_target"], r["wall_s"]) for r in done}
-    todo = [t for t in tasks if t not in by_task]
+    todo = [] if args.table_only else [t for t in tasks if t not in by_task]
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
         for task, run in zip(todo, pool.imap(run_one, todo)):
             by_task[task] = run
