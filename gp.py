@@ -15,8 +15,8 @@ those units; everything section 7 returns is in y's own units.
 """
 
 import math
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg.lapack
@@ -236,15 +236,9 @@ def _kernel(cfg, P, A, B, K, paired=False):
 DEVIATION_PRIOR = (math.log(0.25) + 4.0, 2.0)     # log q ~ N(log 0.25, 2^2): corr 0.8 at the mode
 LEVEL_PRIOR = (math.log(0.0025) + 4.0, 2.0)       # log s_l^2 ~ N(log 0.05^2, 2^2): sd 0.05 there
 
-class Spec(NamedTuple):
-    """One hyperparameter: name, shape, whether theta holds its log, natural-unit bounds (lower ==
-    upper holds it fixed), and a LogNormal prior (mu, sigma) of its natural value or None (flat)."""
-    name: str
-    shape: tuple
-    log: bool
-    lower: float
-    upper: float
-    prior: tuple = None
+# One hyperparameter: name, shape, whether theta holds its log, natural-unit bounds (lower == upper
+# holds it fixed), and a LogNormal prior (mu, sigma) of its natural value or None (flat).
+Spec = namedtuple("Spec", "name shape log lower upper prior", defaults=(None,))
 
 def _specs(cfg, d, K):
     ls_prior, noise_prior = (math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)), (-4.0, 1.0)
