@@ -609,11 +609,9 @@ def recommend(ctx, history):
               "domain_losses": {}, "domain_losses_source": "not run"}
     if ctx.settings.strategy in GP_STRATEGIES and ctx.model is not None:
         import acquisition
-        import gp
         mixtures = _mixtures(history)
-        i, _, _ = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
-        mean, var = gp.predict(ctx.model, gp.encode(mixtures[i:i + 1], *target, ctx.bounds))
-        choice.update(weights=mixtures[i].tolist(), loss=float(mean[0]), sd=float(np.sqrt(var[0])),
+        i, mean, sd = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
+        choice.update(weights=mixtures[i].tolist(), loss=mean, sd=sd,
                       source="GP posterior at the target")
     elif (ctx.settings.strategy == "regression" and not ran_target
           and _regression_ranking(ctx, history)):
