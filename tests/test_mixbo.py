@@ -1,7 +1,9 @@
-"""Tests of mixbo.py: determinism, crash safety (SIGKILL + --resume), torn ledgers, bad input, failing
-objectives, the budget, the --bench table, ask/tell, pending trials, the launcher and the ledger's lock.
-Cheap settings throughout: a 3-domain objective file with 3 scales x 2 step counts written by the
-tests, small candidate sets and budgets."""
+"""Tests of mixbo.py: determinism, crash safety (SIGKILL + --resume), torn ledgers, bad input,
+failing objectives, the budget, the --bench table, ask/tell, pending trials, the launcher and the
+ledger's lock. Oracles: an uninterrupted run's ledger (for killed and resumed ones), reference
+ledgers written before the loop was restructured, a GP refitted outside the loop, and the budget
+and refit arithmetic done by hand. Cheap settings throughout: a 3-domain objective file with
+3 scales x 2 step counts written by the tests, small candidate sets and budgets."""
 import json
 import math
 import os
@@ -48,8 +50,8 @@ CHEAP = dict(candidates=64, n_init=3)
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """The GPs here are tiny: one torch thread, as the CLI uses (two threads spin against each other on a
-    2-core box); restored afterwards for the other test modules."""
+    """The GPs here are tiny: one torch thread, as the CLI uses (more threads only contend for
+    the cores); restored afterwards for the other test modules."""
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -58,8 +60,9 @@ def one_torch_thread():
 
 
 def strip_wall(lines):
-    """Ledger records without wall times (the only fields allowed to differ between identical runs)."""
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "started", "finished")} for r in lines]
+    """Ledger records without wall times (the only fields identical runs may differ in)."""
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "started", "finished")}
+            for r in lines]
 
 
 def read_lines(path):
@@ -68,8 +71,8 @@ def read_lines(path):
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ def test_same_seed_same_ledger_and_budget_respected(tmp_path):
     assert strip_wall(read_lines(a)) == strip_wall(read_lines(b))
     assert strip_wall(read_lines(a)) != strip_wall(read_lines(c))
     assert len(ra.trials) > 5 and ra.spent <= 1.5
-    assert sum(r["scale"] < 16e6 for r in ra.trials) >= 3        # mfkg's initial design is at cheap scales
+    assert sum(r["scale"] < 16e6 for r in ra.trials) >= 3    # mfkg's design is at cheap scales
     assert ra.recommendation["weights"] is not None and ra.recommendation["sd"] is not None
 
 
@@ -94,7 +97,8 @@ def test_every_strategy_respects_the_budget(tmp_path, strategy):
     costs = [r["cost"] for r in res.trials]
     assert sum(costs) <= 2.5 + 1e-12 and res.spent == pytest.approx(sum(costs), abs=1e-12)
     assert all(r["status"] == "ok" for r in res.trials)
-    # stopped because nothing it would run was affordable: less than one target run is left for target-only ones
+    # stopped because nothing it would run was affordable: less than one target run is left for
+    # target-only ones
     if strategy in ("kg", "ei", "ucb", "random", "sobol", "uniform"):
         assert 2.5 - res.spent < 1.0 and all(r["scale"] == 16e6 for r in res.trials)
     rec = res.recommendation
@@ -103,10 +107,10 @@ def test_every_strategy_respects_the_budget(tmp_path, strategy):
 
 
 def test_the_design_spends_at_most_its_share_and_the_acquisition_spends_the_rest():
-    """Budget 1 on the default benchmark: mfkg's round-robin design (20M, 40M, 80M, ... at 20k steps,
-    costs 0.02, 0.04, 0.08, 0.15) may spend DESIGN_SHARE = 0.2 of the budget: its 150M run would
-    take it to 0.29, so the design ends after three runs (no init run after the first acquisition),
-    and mfkg spends the rest on affordable fidelities instead of stopping with budget unspent."""
+    """Budget 1 on the default benchmark: mfkg's round-robin design (20M, 40M, 80M, ... at 20k
+    steps, costs 0.02, 0.04, 0.08, 0.15) may spend DESIGN_SHARE = 0.2 of the budget: its 150M run
+    would take it to 0.29, so the design ends after three runs (no init run after the first
+    acquisition), and mfkg spends the rest on affordable fidelities rather than leave it unspent."""
     res = mixbo.optimize(simulate.make_benchmark("default"), "mfkg", 1.0, seed=0, out=None,
                          candidates=64)
     decisions = [r["decision"] for r in res.trials]
@@ -129,14 +133,15 @@ def test_mfkg_keeps_its_reserve_for_the_target_and_verifies_the_recommendation(t
 
 
 def test_closed_output_pipe_is_one_line_exit_1_and_keeps_the_ledger(tmp_path):
-    """`python mixbo.py ... | head -1`: the reader closes stdout; mixbo says so in one line (no traceback),
-    exits 1 (not 2: no bad input), and the ledger holds the trials finished so far."""
+    """`python mixbo.py ... | head -1`: the reader closes stdout; mixbo says so in one line (no
+    traceback), exits 1 (not 2: no bad input), and the ledger holds the trials finished so far."""
     path, ledger = write_objective(tmp_path / "obj.py", sleep=0.01), str(tmp_path / "l.jsonl")
-    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random", "--budget", "20",
-                          "--ledger", ledger], cwd=REPO, env={**ENV, "PYTHONUNBUFFERED": "1"},  # a line per write
+    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random",
+                          "--budget", "20", "--ledger", ledger],
+                         cwd=REPO, env={**ENV, "PYTHONUNBUFFERED": "1"},  # a line per write
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdout.readline()
-    p.stdout.close()                                              # what `head -1` does after its line
+    p.stdout.close()                                        # what `head -1` does after its line
     err = p.stderr.read()
     assert p.wait(timeout=120) == 1
     assert err.count("\n") == 1 and "broken pipe" in err and "Traceback" not in err
@@ -147,8 +152,8 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
     path = write_objective(tmp_path / "obj.py", fail="w[0] > 0.4")
     obj = simulate.load_objective_file(path)
     for strategy in ("sobol", "mfkg"):
-        res = mixbo.optimize(obj, strategy, 3.0, seed=0, ledger=str(tmp_path / f"{strategy}.jsonl"), out=None,
-                             max_failures=0, **CHEAP)
+        res = mixbo.optimize(obj, strategy, 3.0, seed=0, ledger=str(tmp_path / f"{strategy}.jsonl"),
+                             out=None, max_failures=0, **CHEAP)
         failed = [r for r in res.trials if r["status"] == "failed"]
         assert failed and "diverged" in failed[0]["error"] and failed[0]["loss"] is None
         assert failed[0]["cost"] > 0                                   # a failed run's cost counts
@@ -161,8 +166,8 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
 
 
 def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
-    """mfkg's recommendation with no run at the target fidelity carries a note; ei's initial design runs
-    the target, so its summary does not."""
+    """mfkg's recommendation with no run at the target fidelity carries a note; ei's initial design
+    runs the target, so its summary does not."""
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     for strategy, budget, noted in (("mfkg", 0.5, True), ("ei", 3.0, False)):
         lines = []
@@ -173,14 +178,14 @@ def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
 
 
 def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path):
-    """mfkg recommends its GP's argmin at the target over the evaluated mixtures and reports that GP's
-    posterior there: the GP refitted here from the history, outside mixbo's loop, on the trials the
-    refit schedule names."""
+    """mfkg recommends its GP's argmin at the target over the evaluated mixtures and reports that
+    GP's posterior there: the GP refitted here from the history, outside mixbo's loop, on the trials
+    the refit schedule names."""
     import gp
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None, **CHEAP)
     bounds = (1e6, 16e6, 100, 200)
-    r = mixbo.refit_point(len(res.trials), res.settings.refit_growth)           # last refit
+    r = mixbo.refit_point(len(res.trials), res.settings.refit_growth)  # last refit
     assert 1 < r < len(res.trials)
     def model():
         W, N, T, y, runs = mixbo._observations(res.trials[:r])
@@ -199,19 +204,21 @@ def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path):
 
 
 def test_each_trial_is_its_own_run_for_the_gp_and_a_failure_is_a_pessimistic_observation():
-    """Checkpoints of one trial share a run label; a second trial of the same mixture at the same scale
-    (another seed) is another run; a failed trial is one observation at its (scale, steps), the largest
-    loss observed there (else anywhere)."""
+    """Checkpoints of one trial share a run label; a second trial of the same mixture at the same
+    scale (another seed) is another run; a failed trial is one observation at its (scale, steps),
+    the largest loss observed there (else anywhere)."""
     w = [0.5, 0.3, 0.2]
     ckpt = lambda *steps: [{"steps": s, "loss": 3.0 - s / 1000} for s in steps]
-    history = [{"status": "ok", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": ckpt(100, 200)},
-               {"status": "failed", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": []},
-               {"status": "ok", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": ckpt(100)},
-               {"status": "failed", "weights": w, "scale": 4e6, "steps": 100, "checkpoints": []},
-               {"status": "pending", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": []}]
+    history = [
+        {"status": "ok", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": ckpt(100, 200)},
+        {"status": "failed", "weights": w, "scale": 1e6, "steps": 200, "checkpoints": []},
+        {"status": "ok", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": ckpt(100)},
+        {"status": "failed", "weights": w, "scale": 4e6, "steps": 100, "checkpoints": []},
+        {"status": "pending", "weights": w, "scale": 1e6, "steps": 100, "checkpoints": []}]
     W, N, T, y, runs = mixbo._observations(history)
     assert T.tolist() == [100, 200, 200, 100, 100] and runs.tolist() == [0, 0, 1, 2, 3]
-    assert y.tolist() == pytest.approx([2.9, 2.8, 2.8, 2.9, 2.9]) and N.tolist() == [1e6] * 4 + [4e6]
+    assert (y.tolist() == pytest.approx([2.9, 2.8, 2.8, 2.9, 2.9])
+            and N.tolist() == [1e6] * 4 + [4e6])
 
 
 def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
@@ -220,11 +227,12 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
     mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=full, out=None, **CHEAP)
     with open(full) as f:
         lines = f.readlines()
-    with open(torn, "w") as f:                       # header, ask 0, tell 0, rec 0, then half of ask 1
+    with open(torn, "w") as f:            # header, ask 0, tell 0, rec 0, then half of ask 1
         f.writelines(lines[:4])
         f.write(lines[4][: len(lines[4]) // 2])
     said = []
-    res = mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=torn, resume=True, out=said.append, **CHEAP)
+    res = mixbo.optimize(obj, "ei", 4.0, seed=2, ledger=torn, resume=True, out=said.append,
+                         **CHEAP)
     assert any("torn last line" in s for s in said)
     assert strip_wall(read_lines(torn)) == strip_wall(read_lines(full))
     assert len(res.trials) == 4
@@ -235,22 +243,22 @@ def test_torn_last_line_is_ignored_and_resume_matches(tmp_path):
 
 
 def _child(argv):
-    """A forked copy of this process running the CLI (mixbo and torch are imported already, so a kill
-    cycle costs no interpreter start-up); exits with main's code. One torch thread: a forked child that
-    uses an OpenMP pool started by its parent (earlier tests, 2 threads) hangs."""
+    """A forked copy of this process running the CLI (mixbo and torch are imported already, so a
+    kill cycle costs no interpreter start-up); exits with main's code. One torch thread: a forked
+    child that uses an OpenMP pool started by its parent (earlier tests, 2 threads) hangs."""
     import torch
     torch.set_num_threads(1)
     os._exit(mixbo.main(argv))
 
 
 def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
-    """SIGKILL the loop at random moments >= 10 times, --resume each time: no finished trial is lost or
-    repeated, and the final ledger equals an uninterrupted run's (wall times aside). The uninterrupted
-    run is a fresh interpreter (the CLI end to end); the killed ones are forked processes."""
+    """SIGKILL the loop at random moments >= 10 times, --resume each time: no finished trial is lost
+    or repeated, and the final ledger equals an uninterrupted run's (wall times aside), run in a
+    fresh interpreter (the CLI end to end); the killed runs are forked processes."""
     import multiprocessing
     path = write_objective(tmp_path / "obj.py", sleep=0.01)
-    args = ["--objective", path, "--strategy", "mfkg", "--budget", "2.5", "--seed", "5", "--candidates", "64",
-            "--n-init", "3", "--refit-growth", "1.5", "--quiet"]
+    args = ["--objective", path, "--strategy", "mfkg", "--budget", "2.5", "--seed", "5",
+            "--candidates", "64", "--n-init", "3", "--refit-growth", "1.5", "--quiet"]
     ref = str(tmp_path / "ref.jsonl")
     assert run_cli(*args, "--ledger", ref).returncode == 0
     ref_lines = strip_wall(read_lines(ref))
@@ -260,7 +268,7 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
     rng = np.random.default_rng(0)
     kills, series, crash = 0, 0, None
     while True:
-        if crash is None:                     # a fresh ledger (again, if one finished before 10 kills)
+        if crash is None:           # a fresh ledger (again, if one finished before 10 kills)
             series += 1
             crash, finished_before = str(tmp_path / f"crash{series}.jsonl"), 0
         p = fork.Process(target=_child, args=(args + ["--ledger", crash, "--resume"],))
@@ -281,12 +289,12 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
             assert p.exitcode == 0
         lines = strip_wall(read_lines_tolerant(crash))
         trials = [r for r in lines if r["kind"] == "tell"]
-        assert [r["trial"] for r in trials] == list(range(len(trials)))        # none repeated
-        assert len(trials) >= finished_before                                  # none lost
-        assert lines == ref_lines[:len(lines)]                                  # the same as uninterrupted
+        assert [r["trial"] for r in trials] == list(range(len(trials)))    # none repeated
+        assert len(trials) >= finished_before                              # none lost
+        assert lines == ref_lines[:len(lines)]                  # the same as uninterrupted
         finished_before = len(trials)
         if p.exitcode == 0:
-            assert strip_wall(read_lines(crash)) == ref_lines                   # finished: identical ledgers
+            assert strip_wall(read_lines(crash)) == ref_lines   # finished: identical ledgers
             if kills >= 10:
                 break
             crash = None
@@ -294,7 +302,8 @@ def test_crash_sigkill_resume_equals_uninterrupted(tmp_path):
 
 
 def read_lines_tolerant(path):
-    """Complete lines of a ledger that may end in a torn line (a kill mid-write); none before it exists."""
+    """Complete lines of a ledger that may end in a torn line (a kill mid-write); [] if no file
+    yet."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -309,7 +318,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("run,w_a,w_b,scale,tokens,loss\nr1,0.5,0.7,1e6,100,3.0\n")
     led = str(tmp_path / "led.jsonl")
-    assert run_cli("--objective", obj, "--strategy", "random", "--budget", "2", "--ledger", led).returncode == 0
+    assert run_cli("--objective", obj, "--strategy", "random", "--budget", "2",
+                   "--ledger", led).returncode == 0
     ledger_before = open(led).read()
     cases = {
         "unknown strategy": ["--objective", obj, "--strategy", "nope"],
@@ -317,9 +327,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         "budget < 0": ["--objective", obj, "--budget", "-1"],
         "off the simplex": ["--objective", obj, "--mixture", "a=0.7,b=0.7"],
         "unknown domain": ["--objective", obj, "--mixture", "zz=1"],
-        "another run's ledger": ["--objective", obj, "--strategy", "random", "--budget", "2", "--seed", "1",
-                                 "--ledger", led, "--resume"],
-        "existing ledger without --resume": ["--objective", obj, "--strategy", "random", "--budget", "2", "--ledger", led],
+        "another run's ledger": ["--objective", obj, "--strategy", "random", "--budget", "2",
+                                 "--seed", "1", "--ledger", led, "--resume"],
+        "existing ledger without --resume": ["--objective", obj, "--strategy", "random",
+                                             "--budget", "2", "--ledger", led],
         "missing table": ["--table", str(tmp_path / "nope.csv")],
         "malformed table": ["--table", str(bad_csv)],
         "missing objective file": ["--objective", str(tmp_path / "nope.py")],
@@ -328,8 +339,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         "cuda without CUDA": ["--train", "--device", "cuda"],
         "unknown flag": ["--sim", "--bogus"],
     }
-    procs = {name: subprocess.Popen([sys.executable, "mixbo.py", *a], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for name, a in cases.items()}
+    procs = {name: subprocess.Popen([sys.executable, "mixbo.py", *a], cwd=REPO, env=ENV,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, a in cases.items()}
     for name, p in procs.items():
         out, err = p.communicate(timeout=120)
         assert p.returncode == 2, (name, err)
@@ -353,11 +365,12 @@ def test_python_entry_point_rejects_bad_settings():
 
 def test_bench_tiny_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    p = run_cli("--sim", "--bench", "--strategy", "random,ei,sobol", "--seeds", "2", "--budget", "2",
-                "--candidates", "64", "--json", str(out))
+    p = run_cli("--sim", "--bench", "--strategy", "random,ei,sobol", "--seeds", "2",
+                "--budget", "2", "--candidates", "64", "--json", str(out))
     assert p.returncode == 0, p.stderr
     assert "uncharged" in p.stdout and "speed-up" in p.stdout
-    assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()     # strict JSON ("not reached": null)
+    # strict JSON ("not reached": null)
+    assert "Infinity" not in out.read_text() and "NaN" not in out.read_text()
     b = json.loads(out.read_text())
     assert b["strategies"] == ["random", "ei", "sobol"] and b["seeds"] == 2 and b["budget"] == 2
     for s, row in b["results"].items():
@@ -368,7 +381,8 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
         assert sum(row["cost_share_by_scale"].values()) == pytest.approx(1.0)
         assert [c["seed"] for c in row["curves"]] == [0, 1]
         for c in row["curves"]:
-            assert len(c["cost"]) == len(c["true_loss"]) == len(c["predicted_loss"]) == len(c["sd"]) > 0
+            assert (len(c["cost"]) == len(c["true_loss"]) == len(c["predicted_loss"])
+                    == len(c["sd"]) > 0)
             assert c["cost"] == sorted(c["cost"]) and c["cost"][-1] <= 2 + 1e-9
         final = [c["true_loss"][-1] - b["optimum_loss"] for c in row["curves"]]
         assert row["final_regret"][0] == pytest.approx(float(np.median(final)))
@@ -378,22 +392,23 @@ def test_the_speedup_counts_the_cost_from_which_the_recommendation_stays_below_q
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import loop_bench
     curve = [(0.1, 3.0), (0.2, 2.0), (0.3, 2.5), (0.4, 1.9), (0.5, 1.8)]
-    assert loop_bench._cost_to_stay(curve, 2.0) == 0.4                   # reached at 0.2, regressed at 0.3
+    assert loop_bench._cost_to_stay(curve, 2.0) == 0.4     # reached at 0.2, regressed at 0.3
     assert loop_bench._cost_to_stay(curve, 3.0) == 0.1
-    assert loop_bench._cost_to_stay(curve + [(0.6, 2.1)], 2.0) == math.inf   # ends above q
+    assert loop_bench._cost_to_stay(curve + [(0.6, 2.1)], 2.0) == math.inf     # ends above q
     assert loop_bench._cost_to_stay([], 2.0) == math.inf
 
 
 def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
-    """On a run table every strategy may only ask for (mixture, scale, steps) rows the table holds."""
+    """On a run table every strategy may only ask for (mixture, scale, steps) rows it holds."""
     rows = ["run,w_a,w_b,scale,tokens,steps,loss"]
     mixtures = [(0.1, 0.9), (0.3, 0.7), (0.5, 0.5), (0.7, 0.3), (0.9, 0.1)]
     for i, (a, b) in enumerate(mixtures):
         for scale in (1e6, 4e6):
             for steps in (100, 200):
                 if scale == 4e6 and i == 4:
-                    continue                                  # mixture 4 was never run at the target scale
-                loss = 3.0 + 2e3 / scale ** 0.5 + 3.0 / steps ** 0.5 + (a - 0.3 - 0.05 * (scale == 4e6)) ** 2
+                    continue                    # mixture 4 was never run at the target scale
+                loss = (3.0 + 2e3 / scale ** 0.5 + 3.0 / steps ** 0.5
+                        + (a - 0.3 - 0.05 * (scale == 4e6)) ** 2)
                 rows.append(f"m{i},{a},{b},{scale},{steps * 1000},{steps},{loss}")
     path = tmp_path / "runs.csv"
     path.write_text("\n".join(rows) + "\n")
@@ -404,20 +419,22 @@ def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
         for r in res.trials:
             assert obj.available(np.array(r["weights"]), r["scale"], r["steps"]), (strategy, r)
             assert r["status"] == "ok", (strategy, r)
-        assert tuple(res.recommendation["weights"]) in {tuple(map(float, w)) for w in obj.candidates}
+        assert (tuple(res.recommendation["weights"])
+                in {tuple(map(float, w)) for w in obj.candidates})
 
 
 # ----------------------------------------------------------------------------------------------
 # reference ledgers: written by `python mixbo.py --sim --budget B --strategy S --candidates 64
-# [--n-init 2] --ledger tests/data/sim-S-budgetB.jsonl` (and `--table data/runs_cpu.csv` for table-*)
-# before the loop was restructured; the loop must still make the same trials and recommendations
-# (wall times and the ledger's layout aside)
+# [--n-init 2] --ledger tests/data/sim-S-budgetB.jsonl` (and `--table data/runs_cpu.csv` for
+# table-*) before the loop was restructured; the loop must still make the same trials and
+# recommendations (wall times and the ledger's layout aside)
 
 REFERENCES = {"sim-hyperband-budget1.jsonl": ("hyperband", 1.0, {}),
               "sim-regression-budget1.jsonl": ("regression", 1.0, {})}
 # (the GP strategies' references were retired when the initial design became budget-aware and the
 # GP learned the cross-scale transfer: both change their trials by design)
-TRIAL_FIELDS = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "cost", "checkpoints")
+TRIAL_FIELDS = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "cost",
+                "checkpoints")
 RECOMMENDATION_FIELDS = ("weights", "loss", "sd", "source")
 
 
@@ -443,8 +460,8 @@ def test_the_loop_makes_the_reference_ledgers_trials(name):
     lines = read_lines(os.path.join(REPO, "tests", "data", name))
     want_trials = [r for r in lines if r["kind"] == "trial"]
     want_recs = [r for r in lines if r["kind"] == "recommendation"]
-    objective = (simulate.load_table(os.path.join(REPO, "data", "runs_cpu.csv")) if name.startswith("table")
-                 else simulate.make_benchmark("default"))
+    objective = (simulate.load_table(os.path.join(REPO, "data", "runs_cpu.csv"))
+                 if name.startswith("table") else simulate.make_benchmark("default"))
     res = mixbo.optimize(objective, strategy, budget, seed=0, out=None, candidates=64, **settings)
     assert len(res.trials) == len(want_trials) and len(res.recommendations) == len(want_recs)
     for t, (got, want) in enumerate(zip(res.trials, want_trials)):
@@ -467,15 +484,18 @@ def test_ask_tell_with_tells_in_order_makes_the_closed_loops_trials(tmp_path):
             t = trials[0]
             search.tell(t.trial, result=obj.run(np.array(t.weights), t.scale, t.steps, t.seed))
         result = search.result()
-    keys = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "checkpoints", "spent")
-    assert [[r[k] for k in keys] for r in result.trials] == [[r[k] for k in keys] for r in closed.trials]
-    assert [c["weights"] for c in result.recommendations] == [c["weights"] for c in closed.recommendations]
+    keys = ("decision", "weights", "scale", "steps", "seed", "status", "loss", "checkpoints",
+            "spent")
+    assert ([[r[k] for k in keys] for r in result.trials]
+            == [[r[k] for k in keys] for r in closed.trials])
+    assert ([c["weights"] for c in result.recommendations]
+            == [c["weights"] for c in closed.recommendations])
 
 
 def test_pending_trials_are_believed_and_n_asked_at_once_are_distinct(tmp_path):
-    """After the initial design, 4 mfkg proposals asked at once are 4 distinct (mixture, scale, steps);
-    the kriging believer conditions on each pending one, so its posterior sd there falls to about the
-    noise while the model of the finished trials is unchanged."""
+    """After the initial design, 4 mfkg proposals asked at once are 4 distinct (mixture, scale,
+    steps); the kriging believer conditions on each pending one, so its posterior sd there falls to
+    about the noise while the model of the finished trials is unchanged."""
     import gp
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
     search = mixbo.Search(obj, mixbo.Settings(strategy="mfkg", budget=3.0, seed=0, **CHEAP))
@@ -492,7 +512,8 @@ def test_pending_trials_are_believed_and_n_asked_at_once_are_distinct(tmp_path):
     assert np.all(sd_after < 0.5 * sd_before)
     assert np.all(sd_after < 3 * np.sqrt(believer.noise_variance))
     assert believer.hyperparameters.keys() == search.ctx.model.hyperparameters.keys()
-    assert all(np.allclose(believer.hyperparameters[k], v) for k, v in search.ctx.model.hyperparameters.items())
+    assert all(np.allclose(believer.hyperparameters[k], v)
+               for k, v in search.ctx.model.hyperparameters.items())
 
 
 def test_the_state_is_a_function_of_the_ledger_with_tells_out_of_order(tmp_path):
@@ -506,7 +527,7 @@ def test_the_state_is_a_function_of_the_ledger_with_tells_out_of_order(tmp_path)
         trials += search.ask(1)                              # trial 2, with trial 0 pending
         for t in (trials[2], trials[0]):
             search.tell(t.trial, result=run(t))
-        later = search.ask(1)                                # trial 3, asked after out-of-order tells
+        later = search.ask(1)                     # trial 3, asked after out-of-order tells
         with open(a) as f:
             lines = f.readlines()
         with open(b, "w") as f:                              # the ledger as it was before that ask
@@ -524,28 +545,33 @@ def test_a_second_writer_is_refused_at_once(tmp_path):
         with pytest.raises(ValueError, match="in use by another mixbo process"):
             mixbo.Search(obj, settings, ledger=ledger, resume=True)
         start = time.time()
-        p = run_cli("--objective", path, "--strategy", "random", "--budget", "3", "--ledger", ledger, "--resume")
+        p = run_cli("--objective", path, "--strategy", "random", "--budget", "3",
+                    "--ledger", ledger, "--resume")
         assert p.returncode == 2 and "in use by another mixbo process" in p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and time.time() - start < 30
-        p = run_cli("ask", "--ledger", ledger, "--objective", path, "--strategy", "random", "--budget", "3")
+        p = run_cli("ask", "--ledger", ledger, "--objective", path, "--strategy", "random",
+                    "--budget", "3")
         assert p.returncode == 2 and "in use" in p.stderr and p.stdout == ""
     assert [r["kind"] for r in read_lines(ledger)] == ["header"]
 
 
 def test_ask_and_tell_from_the_command_line(tmp_path, capsys):
-    """ask prints JSON trials; tell takes a result file, a loss, a failure or a run made outside mixbo;
-    bad tells are one line, exit 2, and leave the ledger as it was (run through main in this process,
-    as the CLI runs it); later calls need no objective flags."""
+    """ask prints JSON trials; tell takes a result file, a loss, a failure or a run made outside
+    mixbo; bad tells are one line, exit 2, and leave the ledger as it was (run through main in this
+    process, as the CLI runs it); later calls need no objective flags."""
     path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
-    p = run_cli("ask", "--ledger", ledger, "--n", "2", "--objective", path, "--strategy", "random", "--budget", "4")
+    p = run_cli("ask", "--ledger", ledger, "--n", "2", "--objective", path, "--strategy", "random",
+                "--budget", "4")
     assert p.returncode == 0, p.stderr
     asked = [json.loads(line) for line in p.stdout.splitlines()]
     assert [t["trial"] for t in asked] == [0, 1] and set(asked[0]["weights"]) == {"a", "b", "c"}
-    assert asked[0]["scale"] == 16e6 and asked[0]["steps"] == 200 and isinstance(asked[0]["seed"], int)
+    assert (asked[0]["scale"] == 16e6 and asked[0]["steps"] == 200
+            and isinstance(asked[0]["seed"], int))
     result = tmp_path / "r.json"
     result.write_text(json.dumps({"loss": 3.1, "domain_losses": {"a": 3.0}, "checkpoints": [
         {"steps": 100, "loss": 3.3}, {"steps": 200, "loss": 3.1}]}))
-    assert run_cli("tell", "--ledger", ledger, "--trial", "0", "--result", str(result)).returncode == 0
+    assert run_cli("tell", "--ledger", ledger, "--trial", "0",
+                   "--result", str(result)).returncode == 0
     before = open(ledger).read()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"loss": "3.0"}))
@@ -562,12 +588,14 @@ def test_ask_and_tell_from_the_command_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("mixbo: error: "), (case, err)
         assert open(ledger).read() == before, case
-    assert run_cli("tell", "--ledger", ledger, "--trial", "1", "--failed", "out of memory").returncode == 0
-    p = run_cli("tell", "--ledger", ledger, "--weights", "a=0.2,b=0.3,c=0.5", "--scale", "4e6", "--steps", "100",
-                "--loss", "3.4")
+    assert run_cli("tell", "--ledger", ledger, "--trial", "1",
+                   "--failed", "out of memory").returncode == 0
+    p = run_cli("tell", "--ledger", ledger, "--weights", "a=0.2,b=0.3,c=0.5", "--scale", "4e6",
+                "--steps", "100", "--loss", "3.4")
     assert p.returncode == 0 and "trial 2 told" in p.stdout, p.stderr
     p = run_cli("ask", "--ledger", ledger, "--n", "5")
-    assert [json.loads(line)["trial"] for line in p.stdout.splitlines()] == [3] and "budget" in p.stderr
+    assert ([json.loads(line)["trial"] for line in p.stdout.splitlines()] == [3]
+            and "budget" in p.stderr)
     told = {r["trial"]: r for r in read_lines(ledger) if r["kind"] == "tell"}
     assert told[0]["checkpoints"][0] == {"steps": 100, "loss": 3.3, "domain_losses": {}}
     assert told[1]["status"] == "failed" and told[1]["error"] == "out of memory"
@@ -576,14 +604,16 @@ def test_ask_and_tell_from_the_command_line(tmp_path, capsys):
 
 
 def test_a_search_space_only_objective_runs_by_ask_tell_and_launch(tmp_path):
-    """An objective without run (an objective file with the search space only) cannot run in mixbo's
-    process, but ask/tell and --launch work: the template is filled per trial and its result read."""
+    """An objective without run (an objective file with the search space only) cannot run in
+    mixbo's process, but ask/tell and --launch work: the template is filled per trial and its
+    result read."""
     script = tmp_path / "job.py"
     script.write_text("import json, sys\nw = json.loads(sys.argv[2])\n"
-                      "json.dump({'loss': 3 + (w['a'] - 0.4) ** 2, 'seed': int(sys.argv[3])}, open(sys.argv[1], 'w'))\n")
+                      "json.dump({'loss': 3 + (w['a'] - 0.4) ** 2, 'seed': int(sys.argv[3])},"
+                      " open(sys.argv[1], 'w'))\n")
     base = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
-    obj = simulate.Objective(name="space", domains=base.domains, scales=base.scales, steps=base.steps,
-                             target=base.target, run=None, cost=base.cost)
+    obj = simulate.Objective(name="space", domains=base.domains, scales=base.scales,
+                             steps=base.steps, target=base.target, run=None, cost=base.cost)
     with pytest.raises(ValueError, match="search space only"):
         mixbo.optimize(obj, "random", 2.0, out=None)
     res = mixbo.optimize(obj, "ei", 4.0, seed=0, out=None, n_init=2, candidates=32,
@@ -606,16 +636,17 @@ if behaviour == "crash":
 if behaviour == "hang":
     time.sleep(60)
 with open(result, "w") as f:
-    f.write("{not json" if behaviour == "garbage" else json.dumps({"loss": 3 + (weights["a"] - 0.4) ** 2}))
+    f.write("{not json" if behaviour == "garbage"
+            else json.dumps({"loss": 3 + (weights["a"] - 0.4) ** 2}))
 """
 
 
 def stand_in(tmp_path, behaviours, sleep):
-    """A launch template over a stand-in training job that crashes, hangs or writes garbage as told."""
+    """A launch template over a stand-in job that crashes, hangs or writes garbage as told."""
     (tmp_path / "job.py").write_text(STAND_IN)
     (tmp_path / "behaviour.json").write_text(json.dumps(behaviours))
-    return (f"{sys.executable} {tmp_path / 'job.py'} {{trial}} {{result}} {tmp_path / 'starts.log'} "
-            f"{{weights_json}} {tmp_path / 'behaviour.json'} {sleep}")
+    return (f"{sys.executable} {tmp_path / 'job.py'} {{trial}} {{result}} "
+            f"{tmp_path / 'starts.log'} {{weights_json}} {tmp_path / 'behaviour.json'} {sleep}")
 
 
 def starts(tmp_path):
@@ -626,8 +657,9 @@ def starts(tmp_path):
 def test_launch_records_crash_hang_and_garbage_as_failed_and_keeps_3_in_flight(tmp_path):
     path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
     template = stand_in(tmp_path, {"1": "crash", "2": "hang", "4": "garbage"}, 0.2)
-    p = run_cli("--objective", path, "--strategy", "random", "--budget", "9", "--ledger", ledger, "--launch",
-                template, "--parallel", "3", "--trial-timeout", "1.5", "--max-failures", "0")
+    p = run_cli("--objective", path, "--strategy", "random", "--budget", "9", "--ledger", ledger,
+                "--launch", template, "--parallel", "3", "--trial-timeout", "1.5",
+                "--max-failures", "0")
     assert p.returncode == 0, p.stderr
     told = {r["trial"]: r for r in read_lines(ledger) if r["kind"] == "tell"}
     assert sorted(told) == list(range(9))
@@ -635,20 +667,22 @@ def test_launch_records_crash_hang_and_garbage_as_failed_and_keeps_3_in_flight(t
     assert "timed out after 1.5 s" in told[2]["error"]
     assert "malformed result" in told[4]["error"]
     assert sorted(t for t, r in told.items() if r["status"] == "failed") == [1, 2, 4]
-    assert sorted(starts(tmp_path)) == list(range(9))                     # none run twice
-    events = sorted([(r["started"], 1) for r in told.values()] + [(r["finished"], -1) for r in told.values()])
-    assert max(np.cumsum([e for _, e in events])) == 3                    # never more than 3 in flight
+    assert sorted(starts(tmp_path)) == list(range(9))               # none run twice
+    events = sorted([(r["started"], 1) for r in told.values()]
+                    + [(r["finished"], -1) for r in told.values()])
+    assert max(np.cumsum([e for _, e in events])) == 3              # never more than 3 in flight
     assert "RECOMMENDED MIXTURE" in p.stdout and p.stdout.count(" started at scale ") == 9
 
 
 def test_kill_9_with_trials_in_flight_then_resume_loses_and_repeats_nothing(tmp_path):
     path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
-    args = ["--objective", path, "--strategy", "random", "--budget", "12", "--ledger", ledger, "--launch",
-            stand_in(tmp_path, {}, 0.3), "--parallel", "3"]
-    p = subprocess.Popen([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    args = ["--objective", path, "--strategy", "random", "--budget", "12", "--ledger", ledger,
+            "--launch", stand_in(tmp_path, {}, 0.3), "--parallel", "3"]
+    p = subprocess.Popen([sys.executable, "mixbo.py", *args], cwd=REPO, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and sum(r["kind"] == "tell" for r in read_lines_tolerant(ledger)) < 4:
+    while (time.time() < deadline
+           and sum(r["kind"] == "tell" for r in read_lines_tolerant(ledger)) < 4):
         time.sleep(0.02)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
@@ -660,13 +694,14 @@ def test_kill_9_with_trials_in_flight_then_resume_loses_and_repeats_nothing(tmp_
     p = run_cli(*args, "--resume")
     assert p.returncode == 0, p.stderr
     after = read_lines(ledger)
-    assert after[:len(before)] == before                                    # nothing finished lost
+    assert after[:len(before)] == before                            # nothing finished lost
     tells = [r["trial"] for r in after if r["kind"] == "tell"]
-    assert sorted(tells) == list(range(12)) and len(tells) == 12           # each told once
+    assert sorted(tells) == list(range(12)) and len(tells) == 12    # each told once
     relaunched = starts(tmp_path)[started_before:]
-    assert not set(relaunched) & finished and in_flight <= set(relaunched)  # nothing finished ran again
+    # nothing finished ran again
+    assert not set(relaunched) & finished and in_flight <= set(relaunched)
     asks = [r for r in after if r["kind"] == "ask"]
-    assert [r["trial"] for r in asks] == list(range(12))                   # relaunched with their own id and seed
+    assert [r["trial"] for r in asks] == list(range(12))  # relaunched with their own id and seed
 
 
 def test_failures_stop_the_search_and_each_case_is_one_line_with_its_exit_code(tmp_path, capsys):
@@ -674,8 +709,10 @@ def test_failures_stop_the_search_and_each_case_is_one_line_with_its_exit_code(t
     cases = {  # name: (objective file body, extra flags, exit code, text in the one stderr line)
         "every trial raises": ("raise RuntimeError('diverged')", [], 3, "3 trials in a row failed"),
         "sys.exit(0) inside the objective": ("import sys; sys.exit(0)", [], 3, "sys.exit(0)"),
-        "KeyboardInterrupt inside the objective": ("raise KeyboardInterrupt", [], 130, "--resume continues"),
-        "a loss JSON cannot hold": ("return 1e300", ["--max-failures", "2"], 3, "2 trials in a row failed"),
+        "KeyboardInterrupt inside the objective": ("raise KeyboardInterrupt", [], 130,
+                                                   "--resume continues"),
+        "a loss JSON cannot hold": ("return 1e300", ["--max-failures", "2"], 3,
+                                    "2 trials in a row failed"),
         "cost 0": ("return 3.0", [], 2, "must be a finite number > 0"),
         "--device tpu": (None, None, 2, "not a device"),
     }
@@ -692,37 +729,42 @@ def test_failures_stop_the_search_and_each_case_is_one_line_with_its_exit_code(t
         assert len(err.strip().splitlines()) == 1 and text in err, (name, err)
     interrupted = read_lines(str(tmp_path / "KeyboardInterrupt inside the objective.jsonl"))
     assert [r["kind"] for r in interrupted] == ["header", "ask"]          # the trial stays pending
-    held = [r for r in read_lines(str(tmp_path / "a loss JSON cannot hold.jsonl")) if r["kind"] == "tell"]
+    held = [r for r in read_lines(str(tmp_path / "a loss JSON cannot hold.jsonl"))
+            if r["kind"] == "tell"]
     assert len(held) == 2 and all("within +-1e+100" in r["error"] for r in held)
 
 
 def test_sigterm_prints_the_resumable_stop_line(tmp_path):
     path, ledger = write_objective(tmp_path / "obj.py", sleep=0.05), str(tmp_path / "l.jsonl")
-    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random", "--budget",
-                          "6", "--ledger", ledger], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "mixbo.py", "--objective", path, "--strategy", "random",
+                          "--budget", "6", "--ledger", ledger],
+                         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     while sum(r["kind"] == "tell" for r in read_lines_tolerant(ledger)) < 2:
         time.sleep(0.02)
     p.send_signal(signal.SIGTERM)
     err = p.stderr.read()
     assert p.wait(timeout=60) == 143 and err.strip() == (
         "mixbo: interrupted; the ledger holds every finished trial; --resume continues")
-    assert run_cli("--ledger", ledger, "--resume", "--quiet").returncode == 0    # flags from the ledger
+    # the flags come from the ledger
+    assert run_cli("--ledger", ledger, "--resume", "--quiet").returncode == 0
 
 
 def test_resume_identity_names_the_field_and_a_larger_budget_extends(tmp_path, capsys, monkeypatch):
     """Run through main in this process, as the CLI runs it."""
     monkeypatch.chdir(tmp_path)
     path, ledger = write_objective(tmp_path / "obj.py"), str(tmp_path / "l.jsonl")
-    run = lambda *a: mixbo.main(["--objective", path, "--strategy", "random", "--ledger", ledger, "--quiet", *a])
+    run = lambda *a: mixbo.main(["--objective", path, "--strategy", "random", "--ledger", ledger,
+                                 "--quiet", *a])
     assert run("--budget", "2") == 0
     assert run("--budget", "2", "--resume") == 0                           # the same: nothing to do
-    assert mixbo.main(["--objective", "./obj.py", "--strategy", "random", "--ledger", ledger, "--budget", "2",
-                       "--resume", "--quiet"]) == 0                        # ./obj.py and its full path agree
+    # ./obj.py and its full path agree
+    assert mixbo.main(["--objective", "./obj.py", "--strategy", "random", "--ledger", ledger,
+                       "--budget", "2", "--resume", "--quiet"]) == 0
     capsys.readouterr()
     assert run("--budget", "2", "--resume", "--seed", "1") == 2
     assert "settings.seed (ledger 0, now 1)" in capsys.readouterr().err
-    assert run("--budget", "4", "--resume") == 0                           # extends: two more target runs
+    assert run("--budget", "4", "--resume") == 0                 # extends: two more target runs
     tells = [r for r in read_lines(ledger) if r["kind"] == "tell"]
     assert len(tells) == 4 and {"kind": "budget", "budget": 4.0} in read_lines(ledger)
     with open(path, "a") as f:
