@@ -1,5 +1,8 @@
 """Tests for train_lm.py, bench/bench_train.py, bench/gpu_check.sh and data/build_corpus.py on a
-tiny corpus written here (CPU, seconds each; the test_cuda_* ones run only where CUDA is).
+tiny corpus written here, on the CPU. Oracles: the mixture weights (exact per-step counts, a
+chi-square test of the batch rows), per-domain losses recomputed by hand window by window, a loss
+stored bit for bit, one process against two-process DDP, and the 6ND cost and PaLM flops formulas.
+The test_cuda_* ones run only where CUDA is.
 
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_train_lm.py
 """
@@ -371,7 +374,7 @@ def _ddp_worker(rank, world, port, corpus, out):
     res = train_lm.train(corpus, [0.2, 0.5, 0.3], replace(TINY, steps=10, micro_batch=2))
     if rank == 0:
         Path(out).write_text(json.dumps(res["checkpoints"]))
-    torch.distributed.barrier()          # neither rank tears gloo down while the other still uses it
+    torch.distributed.barrier()   # neither rank tears gloo down while the other still uses it
     torch.distributed.destroy_process_group()
 
 
