@@ -1,7 +1,8 @@
-"""Tests for simulate.py: simulators (formula vs an independent oracle, optimum vs dense random
-search, seeded noise, cost, runs unchanged from the previous release), the test bed (requested
-Spearman on a fresh pool, metrics, noise), aggregates, objective files and run tables (round trips
-and every malformed case)."""
+"""Tests for simulate.py: simulators (the formula against its transcription in torch scalars, the
+optimum against dense random search, seeded noise against chi-square bounds on its stated sd,
+cost, runs unchanged from the previous release), the test bed (requested Spearman on a fresh pool,
+by scipy's spearmanr; metrics, noise), aggregates (against hand values), objective files and run
+tables (round trips and every malformed case)."""
 import csv
 import math
 import os
