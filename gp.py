@@ -230,8 +230,11 @@ def _kernel(cfg, P, A, B, K, paired=False):
 # LogNormal priors on the natural value (as BoTorch): lengthscales (sqrt2 + log(d) / 2, sqrt3),
 # noise and run_noise (-4, 1) [HV]; q and s_l^2 boundary-avoiding [CH]: where the data cannot tell
 # how far the scales agree (one or two scales) the prior decides, without collapsing to perfect
-# transfer; the modes by bench/cross_scale.py (bench/README.md). The rest is flat in its bounds. In
-# z = log x (what L-BFGS-B moves) a LogNormal(mu, sigma) is a normal of sd sigma about mu - sigma^2.
+# transfer; the modes by bench/cross_scale.py (bench/README.md). The amplitude's prior has its mode
+# at the variance the mean leaves (fit_gp's `residual`), sd 2 in log: where one run per mixture
+# cannot tell the mixture effect from run noise, it is not explained away as noise. The rest is flat
+# in its bounds. In z = log x (what L-BFGS-B moves) a LogNormal(mu, sigma) is a normal of sd sigma
+# about mu - sigma^2.
 
 DEVIATION_PRIOR = (math.log(0.25) + 4.0, 2.0)     # log q ~ N(log 0.25, 2^2): corr 0.8 at the mode
 LEVEL_PRIOR = (math.log(0.0025) + 4.0, 2.0)       # log s_l^2 ~ N(log 0.05^2, 2^2): sd 0.05 there
@@ -240,11 +243,12 @@ LEVEL_PRIOR = (math.log(0.0025) + 4.0, 2.0)       # log s_l^2 ~ N(log 0.05^2, 2^
 # holds it fixed), and a LogNormal prior (mu, sigma) of its natural value or None (flat).
 Spec = namedtuple("Spec", "name shape log lower upper prior", defaults=(None,))
 
-def _specs(cfg, d, K):
+def _specs(cfg, d, K, residual=1.0):
     ls_prior, noise_prior = (math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)), (-4.0, 1.0)
     lengthscales = lambda prefix, p: Spec(prefix + "_lengthscale", (p,), True, 1e-2, 1e5, ls_prior)
+    amplitude_prior = (math.log(max(residual, 1e-4)) + 4.0, 2.0)    # mode: the residual variance
     specs = [Spec("noise", (), True, NOISE_FLOOR, 10.0, noise_prior),
-             Spec("amplitude", (), True, 1e-6, 1e5)]
+             Spec("amplitude", (), True, 1e-6, 1e5, amplitude_prior)]
     if cfg.run_noise:
         specs.append(Spec("run_noise", (), True, NOISE_FLOOR, 10.0, noise_prior))
     if cfg.kernel_w in ("rbf", "matern52"):
@@ -450,6 +454,7 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
             exponents, identified, residual = _law_exponents(X[:, K:], ys.numpy())
             start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
             free = [k for k, f in zip(start, identified) if f]
+        specs = _specs(cfg, X.shape[1], K, residual)          # the amplitude prior's mode
         rng, args = np.random.default_rng(seed), (cfg, specs, Xt, ys, K, R)
         theta = _lbfgsb((_initial_theta(specs, rng, r == 0, residual, start)
                          for r in range(max(1, restarts))), specs, start, args, maxiter)
