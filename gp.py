@@ -329,9 +329,8 @@ def _initial_theta(specs, rng, first, residual=1.0, start=None):
 # ------------------------------------------------------------------------ 5. marginal likelihood
 def _cholesky(Kmat):
     """(L, jitter), L L^T = Kmat + jitter I (JITTER_TRIES' schedule; Kmat kept), or (None, None)."""
-    scale = Kmat.diagonal().mean().abs().item()
     for k in range(JITTER_TRIES + 1):
-        jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * scale
+        jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * Kmat.diagonal().mean().abs().item()
         A = Kmat + jitter * torch.eye(len(Kmat), dtype=DTYPE) if jitter else Kmat
         L, info = torch.linalg.cholesky_ex(A)
         if info.item() == 0 and torch.isfinite(L.diagonal()).all():    # a NaN/inf in K reaches L
