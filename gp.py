@@ -42,7 +42,6 @@ KERNELS, STRUCTURES = ("rbf", "matern52", "sm"), ("joint", "product")
 MEANS = ("constant", "scaling_law")
 
 # ---------------------------------------------------------------------------------- 1. encoding
-
 def encode_fidelities(scales, steps, bounds):
     """U (F, 2) = [u_N, u_T] of F (scale, steps) pairs (arrays or scalars, broadcast), bounds =
     (scale_min, scale_max, steps_min, steps_max): u = (log v - log lo) / (log hi - log lo), 0 if
@@ -161,10 +160,10 @@ class Config:
                              f"kernel_T in {KERNELS[:2]}")
 
 def _basis(P, U):
-    """h(u) (n, 4) = [1, N^-alpha, D^-beta, N^-alpha D^-beta] at the encoded U = [u_N, u_T]."""
+    """h(u) (n, 4) = [1, N^-alpha, D^-beta, N^-alpha D^-beta] at U = [u_N, u_T]; (..., n, 4)."""
     power_N = torch.exp(-P["mean_alpha_N"] * U[:, 0])
     power_T = torch.exp(-P["mean_alpha_T"] * U[:, 1])
-    return torch.stack([torch.ones_like(power_N), power_N, power_T, power_N * power_T], dim=1)
+    return torch.stack([torch.ones_like(power_N), power_N, power_T, power_N * power_T], dim=-1)
 
 def _fidelity_terms(cfg, P, UA, UB, paired):
     """The terms on the fidelity columns U = [u_N, u_T]: (factor, offset), k = k_w factor + offset
@@ -198,30 +197,30 @@ def _distinct(A):
     rows = A.new_empty(int(index.max()) + 1 if len(A) else 0, A.shape[1]).index_copy_(0, index, A)
     return (rows, index) if len(rows) < len(A) and torch.equal(rows[index], A) else (A, None)
 
-def _on_distinct_rows(terms, A, B):
-    """terms(A, B) -> (n, m) tensors or scalars, on the distinct rows of A and B, gathered back: a
-    search's rows repeat (a run's checkpoints share w; fidelities are few)."""
-    (rows_A, index_A), (rows_B, index_B) = _distinct(A), _distinct(B)
+def _on_distinct_rows(terms, A, B, known=None):
+    """terms(A, B) -> (n, m) tensors or scalars on the distinct rows of A and B (known: _distinct(A)
+    if B = A), gathered back: a search's rows repeat (checkpoints share w; fidelities are few)."""
+    (rows_A, index_A), (rows_B, index_B) = (known,) * 2 if known else (_distinct(A), _distinct(B))
     out = tuple(terms(rows_A, rows_B))
     for dim, index in ((1, index_B), (0, index_A)):
         if index is not None:
             out = tuple(t.index_select(dim, index) if t.ndim == 2 else t for t in out)
     return out
 
-def _terms(cfg, P, WA, WB, UA, UB, paired=False):
+def _terms(cfg, P, WA, WB, UA, UB, paired=False, known=(None, None)):
     """(k_w, factor, offset), k = k_w factor + offset: k_w on the mixture columns WA, WB (every
     column with "joint"), _fidelity_terms on UA, UB; on the distinct rows unless paired."""
     weights = lambda a, b: (_group_kernel(cfg.kernel_w, a, b, P, "w", paired),)
     fidelity = lambda a, b: _fidelity_terms(cfg, P, a, b, paired)
-    on_rows = (lambda terms, a, b: tuple(terms(a, b))) if paired else _on_distinct_rows
-    (factor, offset), (k_w,) = on_rows(fidelity, UA, UB), on_rows(weights, WA, WB)
+    gather = (lambda terms, a, b, _: tuple(terms(a, b))) if paired else _on_distinct_rows
+    (factor, offset), (k_w,) = gather(fidelity, UA, UB, known[1]), gather(weights, WA, WB, known[0])
     return k_w, factor, offset
 
-def _kernel(cfg, P, A, B, K, paired=False):
+def _kernel(cfg, P, A, B, K, paired=False, known=(None, None)):
     """Prior covariance of f between rows A (n, d) and B (m, d): (n, m), or (n,) for the pairs
-    (a_i, b_i) with paired=True (k(x, x) with B = A); standardized units, without noise."""
+    (a_i, b_i) if paired (k(x, x): B = A); standardized, noise-free. known: fit_gp's, for B = A."""
     cols = slice(None) if cfg.structure == "joint" else slice(0, K)
-    k_w, factor, offset = _terms(cfg, P, A[:, cols], B[:, cols], A[:, K:], B[:, K:], paired)
+    k_w, factor, offset = _terms(cfg, P, A[:, cols], B[:, cols], A[:, K:], B[:, K:], paired, known)
     if torch.is_grad_enabled():
         return torch.addcmul(offset, k_w, factor)                              # k_w factor + offset
     return k_w.mul_(factor).add_(offset)                    # the same in place: no (n, m) temporary
@@ -229,16 +228,12 @@ def _kernel(cfg, P, A, B, K, paired=False):
 # ---------------------------------------------------------------------------- 4. hyperparameters
 # LogNormal priors on the natural value (as BoTorch): lengthscales (sqrt2 + log(d) / 2, sqrt3),
 # noise and run_noise (-4, 1) [HV]; q and s_l^2 boundary-avoiding [CH]: where the data cannot tell
-# how far the scales agree (one or two scales) the prior decides, without collapsing to perfect
-# transfer; the modes by bench/cross_scale.py (bench/README.md). The amplitude's prior has its mode
-# at the variance the mean leaves (fit_gp's `residual`), sd 2 in log: where one run per mixture
-# cannot tell the mixture effect from run noise, it is not explained away as noise. The rest is flat
-# in its bounds. In z = log x (what L-BFGS-B moves) a LogNormal(mu, sigma) is a normal of sd sigma
-# about mu - sigma^2.
-
+# how far the scales agree the prior decides, not a collapse to perfect transfer (modes by
+# bench/cross_scale.py); the amplitude's mode is the variance the mean leaves (fit_gp's residual),
+# so one run per mixture cannot explain the mixture effect away as run noise (bench/README.md).
+# The rest is flat. In z = log x a LogNormal(mu, sigma) is a normal of sd sigma about mu - sigma^2.
 DEVIATION_PRIOR = (math.log(0.25) + 4.0, 2.0)     # log q ~ N(log 0.25, 2^2): corr 0.8 at the mode
 LEVEL_PRIOR = (math.log(0.0025) + 4.0, 2.0)       # log s_l^2 ~ N(log 0.05^2, 2^2): sd 0.05 there
-
 # One hyperparameter: name, shape, whether theta holds its log, natural-unit bounds (lower == upper
 # holds it fixed), and a LogNormal prior (mu, sigma) of its natural value or None (flat).
 Spec = namedtuple("Spec", "name shape log lower upper prior", defaults=(None,))
@@ -271,22 +266,25 @@ def _law_exponents(U, y):
     """(a_N, a_T), which are identified, and the mean squared residual: least squares of h^T beta
     to the standardized y (variable projection, Golub & Pereyra 1973), grid then Nelder-Mead; 1
     (held) for a column with < 3 distinct values. fit_gp frees the others last (bench/README.md)."""
-    U_t, low, high = torch.from_numpy(U), math.log(1e-2), math.log(1e2)
+    (U_t, y_t), low, high = map(torch.from_numpy, (U, y)), math.log(1e-2), math.log(1e2)
     identified = np.array([len(np.unique(U[:, j])) >= 3 for j in (0, 1)])
     exponents = lambda log_a: np.where(identified, np.exp(np.clip(log_a, low, high)), 1.0)
+    law = lambda a: _basis({"mean_alpha_N": a[..., :1], "mean_alpha_T": a[..., 1:]}, U_t)
     def rss(log_a):
-        a = torch.from_numpy(exponents(log_a))
-        H = _basis({"mean_alpha_N": a[0], "mean_alpha_T": a[1]}, U_t).numpy()          # (n, 4)
+        H = law(torch.from_numpy(exponents(log_a))).numpy()                           # (n, 4)
         return float(((H @ np.linalg.lstsq(H, y, rcond=None)[0] - y) ** 2).sum())
     grid = np.linspace(math.log(0.1), math.log(10.0), 21)
-    best = scipy.optimize.minimize(rss, min(([a, b] for a in grid for b in grid), key=rss),
-                                   method="Nelder-Mead")
+    pairs = np.array([[a, b] for a in grid for b in grid])                            # (441, 2)
+    H = law(torch.from_numpy(exponents(pairs)))                            # (441, n, 4) at once
+    beta = torch.linalg.lstsq(H, y_t.expand(len(pairs), -1)[..., None], driver="gelsd")[0]
+    start = pairs[int(torch.argmin(((H @ beta)[..., 0] - y_t).square_().sum(1)))]
+    best = scipy.optimize.minimize(rss, start, method="Nelder-Mead")
     return exponents(best.x), identified, best.fun / len(y)
 
-def _unpack(theta, specs):
-    """Flat theta (torch) -> dict of natural-unit tensors (exp of the log-parameterized ones)."""
+def _unpack(theta, specs, natural=False):
+    """Flat theta (torch) -> dict of natural-unit tensors: exp of the log parts unless `natural`."""
     parts = torch.split(theta, [math.prod(s.shape) for s in specs])
-    return {s.name: torch.exp(v.reshape(s.shape)) if s.log else v.reshape(s.shape)
+    return {s.name: torch.exp(v.reshape(s.shape)) if s.log and not natural else v.reshape(s.shape)
             for s, v in zip(specs, parts)}
 
 def _pack(P, specs):
@@ -294,15 +292,17 @@ def _pack(P, specs):
     parts = [np.broadcast_to(np.asarray(P[s.name], dtype=float), s.shape).ravel() for s in specs]
     return np.concatenate([np.log(v) if s.log else v for s, v in zip(specs, parts)])
 
-def _log_prior(P, specs, cfg):
-    """sum of the LogNormal(mu, sigma) log-densities of the natural parameters x:
-    -log x - log(sigma sqrt(2 pi)) - (log x - mu)^2 / (2 sigma^2); 0 with priors=False."""
-    lp = torch.zeros((), dtype=DTYPE)
-    for s in [s for s in specs if cfg.priors and s.prior is not None]:
-        (mu, sigma), z = s.prior, torch.log(P[s.name])
-        lp = lp + (-z - math.log(sigma * math.sqrt(2 * math.pi))
-                   - (z - mu) ** 2 / (2 * sigma ** 2)).sum()
-    return lp
+def _log_prior(theta, specs, cfg):
+    """(sum, gradient in theta) of the LogNormal(mu, sigma) log-densities of the natural parameters
+    x = e^z (a prior is on a log-parameterized one: z is its part of theta); 0 with priors=False:
+        -z - log(sigma sqrt(2 pi)) - (z - mu)^2 / (2 sigma^2),   slope -1 - (z - mu) / sigma^2"""
+    lp, grad = 0.0, []
+    for s, z in zip(specs, np.split(theta, np.cumsum([math.prod(s.shape) for s in specs])[:-1])):
+        (mu, sigma), on = s.prior or (0.0, 1.0), cfg.priors and s.prior is not None
+        lp += on * float((-z - math.log(sigma * math.sqrt(2 * math.pi))
+                          - (z - mu) ** 2 / (2 * sigma ** 2)).sum())
+        grad.append(on * (-1.0 - (z - mu) / sigma ** 2))
+    return lp, np.concatenate(grad)
 
 def _initial_theta(specs, rng, first, residual=1.0, start=None):
     """Start 0: `start`, the priors' modes, the amplitude the variance the mean leaves (`residual`),
@@ -327,22 +327,20 @@ def _initial_theta(specs, rng, first, residual=1.0, start=None):
     return _pack(P, specs)
 
 # ------------------------------------------------------------------------ 5. marginal likelihood
-
 def _cholesky(Kmat):
     """(L, jitter), L L^T = Kmat + jitter I (JITTER_TRIES' schedule; Kmat kept), or (None, None)."""
-    scale = Kmat.diagonal().mean().abs().item()
     for k in range(JITTER_TRIES + 1):
-        jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * scale
+        jitter = 0.0 if k == 0 else 1e-8 * 10 ** (k - 1) * Kmat.diagonal().mean().abs().item()
         A = Kmat + jitter * torch.eye(len(Kmat), dtype=DTYPE) if jitter else Kmat
         L, info = torch.linalg.cholesky_ex(A)
         if info.item() == 0 and torch.isfinite(L.diagonal()).all():    # a NaN/inf in K reaches L
             return L, jitter
     return None, None
 
-def _lml_terms(cfg, P, X, y, K, R):
+def _lml_terms(cfg, P, X, y, K, R, known=(None, None)):
     """R&W Alg. 2.1 on standardized y: (lml, L, alpha, jitter, K_f), or None if Cholesky fails;
-    R (n, n) is 1 within a run, K_f = K(X, X) without noise keeps its graph (for eq. 5.9)."""
-    Kf = _kernel(cfg, P, X, X, K)                                                   # (n, n) K(X, X)
+    R (n, n) is 1 within a run; K_f = K(X, X) (noise-free) keeps its graph (eq. 5.9); known: X's."""
+    Kf = _kernel(cfg, P, X, X, K, known=known)                                     # (n, n) K(X, X)
     Kmat = Kf.detach().clone()
     if cfg.run_noise:
         Kmat.add_(R, alpha=P["run_noise"].item())                                  # + sigma_run^2 R
@@ -354,13 +352,15 @@ def _lml_terms(cfg, P, X, y, K, R):
     lml = -0.5 * y.dot(alpha) - torch.log(L.diagonal()).sum() - 0.5 * len(y) * math.log(2 * math.pi)
     return lml.item(), L, alpha, jitter, Kf                                       # line 7, eq. 2.30
 
-def _objective(theta_np, cfg, specs, X, y, K, R):
+def _objective(theta_np, cfg, specs, X, y, K, R, known=(None, None)):
     """-(log p(y | theta) + log p(theta)) and its exact gradient (PENALTY and 0 if Cholesky fails):
         d lml / d theta_j = 1/2 tr((alpha alpha^T - K^-1) dK / dtheta_j) = sum(G * dK / dtheta_j),
-    R&W eq. 5.9, G contracted with the kernel's derivatives by one autograd pass from K_f."""
-    theta = torch.tensor(theta_np, dtype=DTYPE, requires_grad=True)
-    P = _unpack(theta, specs)
-    terms = _lml_terms(cfg, P, X, y, K, R)
+    R&W eq. 5.9: one autograd pass from K_f contracts G with dK/dx; for z = log x, d/dz = x d/dx."""
+    log = np.concatenate([np.full(math.prod(s.shape), s.log) for s in specs])
+    x = np.where(log, np.exp(theta_np), theta_np)                                  # natural units
+    natural = torch.from_numpy(x).requires_grad_()
+    P = _unpack(natural, specs, natural=True)
+    terms = _lml_terms(cfg, P, X, y, K, R, known)
     if terms is None:
         return PENALTY, np.zeros_like(theta_np)
     lml, L, alpha, _, Kf = terms
@@ -370,20 +370,17 @@ def _objective(theta_np, cfg, specs, X, y, K, R):
     K_inv = torch.from_numpy(scipy.linalg.lapack.dpotri(L.numpy().T, lower=0, overwrite_c=1)[0].T)
     K_inv.diagonal().mul_(0.5)
     G = K_inv.mul_(-1.0).addr_(alpha, alpha, alpha=0.5)                            # (n, n) eq. 5.9
-    log_prior = _log_prior(P, specs, cfg)
+    log_prior, prior_grad = _log_prior(theta_np, specs, cfg)
     roots, grads = [Kf, P["noise"]], [G, G.diagonal().sum()]                     # dK_f, dsigma^2 I
     if cfg.run_noise:
         roots, grads = roots + [P["run_noise"]], grads + [(G * R).sum()]        # dsigma_run^2 R
-    if log_prior.requires_grad:
-        roots, grads = roots + [log_prior], grads + [torch.ones((), dtype=DTYPE)]
     torch.autograd.backward(roots, grads)
-    obj, g = -(lml + log_prior.item()), -theta.grad.numpy()
+    obj, g = -(lml + log_prior), -(natural.grad.numpy() * np.where(log, x, 1.0) + prior_grad)
     if not (math.isfinite(obj) and np.all(np.isfinite(g))):
         return PENALTY, np.zeros_like(theta_np)
-    return obj, g.copy()
+    return obj, g
 
 # ----------------------------------------------------------------------------------- 6. fitting
-
 @dataclass(frozen=True)
 class GP:
     """A fitted GP: the data, the hyperparameters and the factorization of the posterior."""
@@ -455,7 +452,8 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
             start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
             free = [k for k, f in zip(start, identified) if f]
         specs = _specs(cfg, X.shape[1], K, residual)          # the amplitude prior's mode
-        rng, args = np.random.default_rng(seed), (cfg, specs, Xt, ys, K, R)
+        known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
+        rng, args = np.random.default_rng(seed), (cfg, specs, Xt, ys, K, R, known)
         theta = _lbfgsb((_initial_theta(specs, rng, r == 0, residual, start)
                          for r in range(max(1, restarts))), specs, start, args, maxiter)
         if free:                           # then the identified exponents too, from the best
@@ -477,7 +475,6 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
               (float(P["noise"]) + run_var) * y_scale ** 2, run_var * y_scale ** 2, float(lml))
 
 # ----------------------------------------------------------------------- 7. posterior, y units
-
 def _params(gp):
     return {k: torch.as_tensor(v, dtype=DTYPE) for k, v in gp.hyperparameters.items()}
 

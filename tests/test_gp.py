@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.optimize
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -203,6 +204,43 @@ def test_gradient_equals_finite_differences(opts):
     fd = np.array([(objective(theta + h * e)[0] - objective(theta - h * e)[0]) / (2 * h)
                    for e in np.eye(len(theta))])
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(fd).max()))
+
+
+@pytest.mark.parametrize("opts", MODELS)
+def test_objective_on_the_fits_distinct_rows_equals_the_plain_objective(opts):
+    """fit_gp hands _objective X's distinct mixtures and fidelities, computed once (`known`): the
+    value and gradient are those of the objective that finds them itself, on runs of 3 checkpoints
+    of 6 mixtures at 4 scales (rows repeat in both column groups)."""
+    X, y, runs = make_runs(6, [0.0, 1 / 3, 2 / 3, 1.0], seed=2)
+    ys, Xt = torch.from_numpy((y - y.mean()) / y.std()), torch.from_numpy(X)
+    R = torch.from_numpy(np.equal.outer(runs, runs).astype(np.float64))
+    cfg = gp.Config(**opts)
+    specs = gp._specs(cfg, 7, K)
+    known = gp._distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), gp._distinct(Xt[:, K:])
+    assert len(known[1][0]) == 12 and (cfg.structure == "joint" or len(known[0][0]) == 6)
+    for seed in range(3):
+        theta = gp._initial_theta(specs, np.random.default_rng(seed), seed == 0)
+        f, g = gp._objective(theta, cfg, specs, Xt, ys, K, R)
+        f_known, g_known = gp._objective(theta, cfg, specs, Xt, ys, K, R, known)
+        assert f != gp.PENALTY and abs(f_known - f) <= 1e-12 * abs(f)
+        np.testing.assert_allclose(g_known, g, rtol=1e-12, atol=1e-12 * np.abs(g).max())
+
+
+def test_law_exponents_start_from_the_best_grid_pair_of_per_pair_least_squares():
+    """_law_exponents' grid (441 least squares at once) then Nelder-Mead ends where Nelder-Mead
+    from the pair that a loop of numpy least squares over the grid picks ends (to its tolerance)."""
+    X, y, _ = make_runs(5, [0.0, 0.25, 0.5, 1.0], seed=1)
+    ys = (y - y.mean()) / y.std()
+    grid = np.linspace(math.log(0.1), math.log(10.0), 21)
+    def rss(a_N, a_T):
+        H = np.column_stack([np.ones(len(ys)), np.exp(-a_N * X[:, K]), np.exp(-a_T * X[:, K + 1]),
+                             np.exp(-a_N * X[:, K] - a_T * X[:, K + 1])])
+        return ((H @ np.linalg.lstsq(H, ys, rcond=None)[0] - ys) ** 2).sum()
+    best = min(((a, b) for a in grid for b in grid), key=lambda p: rss(*np.exp(p)))
+    oracle = scipy.optimize.minimize(lambda p: rss(*np.exp(p)), best, method="Nelder-Mead")
+    exponents, identified, mse = gp._law_exponents(X[:, K:], ys)
+    assert identified.all() and abs(mse * len(ys) - oracle.fun) <= 1e-6 * oracle.fun
+    np.testing.assert_allclose(np.log(exponents), oracle.x, atol=1e-3)
 
 
 @pytest.mark.parametrize("opts", MODELS)
