@@ -308,7 +308,7 @@ def log_knowledge_gradient_bound(a, sd):
 # The decision of one BO step, and the recommendation
 
 STRATEGIES = ("mfkg", "kg", "ei", "ucb")
-_CHUNK = 2 ** 19  # numbers per (measurements, E + 1) array of the KG (4 MB): bounds the memory
+_CHUNK = 2 ** 21  # numbers per (measurements, E + 1) array of the KG (16 MB): bounds the memory
 # pairs whose KG comes first; any size is exact, see bench/README.md ("The acquisition step")
 _FIRST_ROUND = 256
 
@@ -342,29 +342,27 @@ def _target_posterior(model, mixtures, target, bounds):
 
 
 def _kg_may_reach(a, b, floor):
-    """(Z,) bool: False only where the KG of the row's lines, intercepts a and slopes b (Z, M) (the
-    columns of log_knowledge_gradient), is provably below exp(floor) (Z,), in O(M) a row. With r
-    the row's lowest line, d_i = a_r - a_i <= 0 and e_i = |b_i - b_r|, the KG is
+    """(Z,) bool: False only where the KG of the row's lines, intercepts a and slopes b (Z, M), is
+    provably below exp(floor) (Z,), in O(M) a row. With r the row's lowest line, d_i = a_r - a_i
+    <= 0 and e_i = |b_i - b_r|, the KG is
         E[max_i (d_i + (b_i - b_r) Z)]    (line r is one of them and E[b_r Z] = 0)
     and a max of terms >= 0 is at most their sum:
         KG <= (max_i b_i - min_i b_i) phi(0)                                     (d_i <= 0)
         KG <= sum_i E[(d_i + e_i Z)^+] = sum_i e_i h(d_i / e_i)
         h(u) <= phi(u) / (1 + u^2) for u <= 0    (Gordon 1941, Ann. Math. Stat. 12, Mills ratio)
-    The first screens the rows, the second is summed where it does not settle them, in blocks (both
-    + 1e-6 relative, for round-off); rows with floor <= -600, where terms may underflow, are True.
-    u^2 is capped at 1400 (exp's underflow is slow): a term it raises stays below 1e-304 e_i."""
+    The first screens the rows, the second is summed where it does not settle them (both + 1e-6
+    relative, for round-off); rows with floor <= -600, where terms may underflow, are True. u^2 is
+    capped at 1400 (exp's underflow is slow): a term it raises stays below 1e-304 e_i."""
     slack = np.exp(np.minimum(floor, 700.0) - 1e-6)  # (Z,) exp(floor), a little less
     may = (b.max(axis=1) - b.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
     rows = np.flatnonzero(may & (floor > -600.0))
-    for block in np.array_split(rows, max(1, -(-rows.size // 2048))):  # blocks kept in cache
-        A, B = a[block], b[block]
-        r = np.argmin(A, axis=1)[:, None]  # each row's lowest line
-        d2 = np.square(A - np.take_along_axis(A, r, axis=1))
-        e = np.abs(B - np.take_along_axis(B, r, axis=1))
-        with np.errstate(over="ignore"):  # e = 0: d = 0 gives 0, else the cap; the term is 0
-            u2 = np.minimum(d2 / (e * e + 1e-300), 1400.0)
-        terms = e * np.exp(-0.5 * u2 - _LOG_SQRT_2PI) / (1.0 + u2)
-        may[block] = terms.sum(axis=1) >= slack[block]
+    A, B = a[rows], b[rows]
+    r = np.argmin(A, axis=1)[:, None]  # each row's lowest line
+    d2, e = np.square(A - np.take_along_axis(A, r, 1)), np.abs(B - np.take_along_axis(B, r, 1))
+    with np.errstate(over="ignore"):  # e = 0: d = 0 gives 0, else the cap; the term is 0
+        u2 = np.minimum(d2 / (e * e + 1e-300), 1400.0)
+    terms = e * np.exp(-0.5 * u2 - _LOG_SQRT_2PI) / (1.0 + u2)
+    may[rows] = terms.sum(axis=1) >= slack[rows]
     return may
 
 
@@ -375,24 +373,27 @@ def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, want, fl
     (Scott, Frazier & Powell 2011, KGCP):
         a = [mu_n(A_E); mu_n(p)]
         b = [Sigma_n(A_E, z); Sigma_n(p, z)] / sqrt(Sigma_n(z, z) + lambda)    (FPD 2009)
-    with lambda the noise variance of a new observation, one row per measurement (passed transposed:
-    no copy). floor (m, f): a pair _kg_may_reach rules out (KG < exp(floor)) gets -inf, unwalked."""
+    with lambda the noise variance of a new observation. floor (m, f): a pair _kg_may_reach rules
+    out (KG < exp(floor)) gets -inf, unwalked."""
     cov, own, var = gp.cross_covariance_grid(model, XA, W, U, u_target)  # (m, f, E), (m, f), (m, f)
     m, f, E = cov.shape
     # an evaluated candidate has its projection in A_E already: copy that line so the two are equal
     # bit for bit (a 1e-17 difference in slope would give a spurious KG of 1e-17 instead of 0)
     c_dup, e_dup = np.nonzero((W[:, None, :] == evaluated[None, :, :]).all(axis=2))
     own[c_dup] = cov[c_dup, :, e_dup]
+    cov, own, mean_z = cov.reshape(m * f, E), own.reshape(m * f), mean_W.repeat(f)
+    sd_y = np.sqrt(var.reshape(m * f) + model.noise_variance)  # sd of the new observation y
+
+    def lines(pick):  # (a, b) (z, E + 1) of the pairs pick (flat indices), a row each
+        a = np.column_stack([np.broadcast_to(mean_E, (pick.size, E)), mean_z[pick]])
+        return a, np.column_stack([cov[pick], own[pick]]) / sd_y[pick, None]
+
     pick, out = np.flatnonzero(want), np.full(m * f, -np.inf)
-    a, b = np.empty((2, pick.size, E + 1))
-    np.take(cov.reshape(m * f, E), pick, axis=0, out=b[:, :E])
-    b[:, E] = own.reshape(m * f)[pick]
-    b /= np.sqrt(var.reshape(m * f)[pick] + model.noise_variance)[:, None]  # sd of the new y
-    a[:, :E], a[:, E] = mean_E, mean_W.repeat(f)[pick]
-    if floor is not None:
-        walk = _kg_may_reach(a, b, floor.reshape(m * f)[pick])
-        pick, a, b = pick[walk], a[walk], b[walk]
-    out[pick] = log_knowledge_gradient(a.T, b.T)
+    if floor is not None:  # lines in blocks that stay in the cache, kept where they may reach
+        floor = floor.reshape(m * f)
+        pick = np.concatenate([p[_kg_may_reach(*lines(p), floor[p])]
+                               for p in np.array_split(pick, max(1, -(-pick.size // 2048)))])
+    out[pick] = log_knowledge_gradient(*(x.T for x in lines(pick)))  # the lines as columns
     return out.reshape(m, f)
 
 
@@ -400,10 +401,9 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
                   floor=None):
     """log KG (C, F) of measuring candidate c at fidelity f where pairs (C, F) is True, -inf
     elsewhere. means = (mean_E, mean_C): the posterior means at the target of evaluated (E, D) and
-    of candidates. The candidates with a pair x the fidelities with one form a grid, computed in as
-    few calls as _CHUNK allows (much of a call's time does not grow with it): blocks of fidelities,
-    of mixtures too if one fidelity is too large. floor (C, F), optional: a pair whose KG provably
-    lies below it may be left at -inf."""
+    of candidates; floor (C, F), optional: a pair whose KG provably lies below it may be left at
+    -inf. The grid of candidates with a pair x fidelities with one takes as few calls as _CHUNK
+    allows (most of a call's time does not grow with it): blocks of fidelities, then mixtures."""
     mean_E, mean_C = means
     XA = gp.encode(evaluated, target[0], target[1], bounds)  # (E, D + 2)
     U = gp.encode_fidelities(*zip(*fidelities), bounds)  # (F, 2)
@@ -422,8 +422,7 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
 
 def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     """log KG (C, F) of measuring each candidate mixture (C, D) at each fidelity (scale, steps)."""
-    means = (_target_posterior(model, evaluated, target, bounds)[0],
-             _target_posterior(model, candidates, target, bounds)[0])
+    means = [_target_posterior(model, x, target, bounds)[0] for x in (evaluated, candidates)]
     pairs = np.ones((len(candidates), len(fidelities)), dtype=bool)
     return _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, means, pairs)
 
