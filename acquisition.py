@@ -341,55 +341,59 @@ def _target_posterior(model, mixtures, target, bounds):
     return mean, np.sqrt(var)
 
 
-def _kg_may_reach(A, B, floor):
-    """(Z,) bool: False only where h of the row's lines, intercepts A and slopes B (Z, M) in max
-    form, is provably below exp(floor) (Z,), from the lines alone in O(M) a row. With r the row's
-    highest line, d_i = A_i - A_r <= 0 and e_i = |B_i - B_r|, the KG is
-        E[max_i (d_i + (B_i - B_r) Z)]    (line r is one of them and E[B_r Z] = 0)
+def _kg_may_reach(a, b, floor):
+    """(Z,) bool: False only where the KG of the row's lines, intercepts a and slopes b (Z, M), is
+    provably below exp(floor) (Z,), in O(M) a row. With r the row's lowest line, d_i = a_r - a_i
+    <= 0 and e_i = |b_i - b_r|, the KG is
+        E[max_i (d_i + (b_i - b_r) Z)]    (line r is one of them and E[b_r Z] = 0)
     and a max of terms >= 0 is at most their sum:
-        KG <= (max_i B_i - min_i B_i) phi(0)                                     (d_i <= 0)
+        KG <= (max_i b_i - min_i b_i) phi(0)                                     (d_i <= 0)
         KG <= sum_i E[(d_i + e_i Z)^+] = sum_i e_i h(d_i / e_i)
         h(u) <= phi(u) / (1 + u^2) for u <= 0    (Gordon 1941, Ann. Math. Stat. 12, Mills ratio)
     The first screens the rows, the second is summed where it does not settle them (both + 1e-6
-    relative, for round-off); rows with floor <= -600, where terms may underflow, are True."""
+    relative, for round-off); rows with floor <= -600, where terms may underflow, are True. u^2 is
+    capped at 1400 (exp's underflow is slow): a term it raises stays below 1e-304 e_i."""
     slack = np.exp(np.minimum(floor, 700.0) - 1e-6)  # (Z,) exp(floor), a little less
-    may = (B.max(axis=1) - B.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
+    may = (b.max(axis=1) - b.min(axis=1)) * np.exp(-_LOG_SQRT_2PI) >= slack
     rows = np.flatnonzero(may & (floor > -600.0))
-    A, B = A[rows], B[rows]
-    r = np.argmax(A, axis=1)
-    d = A - A[np.arange(len(rows)), r, None]  # (z, M) <= 0
-    e = np.abs(B - B[np.arange(len(rows)), r, None])
-    with np.errstate(over="ignore", under="ignore"):
-        u2 = (d * d) / (e * e + 1e-300)  # e = 0: d = 0 gives 0, else huge; the term is 0 either way
-        terms = e * np.exp(-0.5 * u2 - _LOG_SQRT_2PI) / (1.0 + u2)
+    A, B = a[rows], b[rows]
+    r = np.argmin(A, axis=1)[:, None]  # each row's lowest line
+    d2, e = np.square(A - np.take_along_axis(A, r, 1)), np.abs(B - np.take_along_axis(B, r, 1))
+    with np.errstate(over="ignore"):  # e = 0: d = 0 gives 0, else the cap; the term is 0
+        u2 = np.minimum(d2 / (e * e + 1e-300), 1400.0)
+    terms = e * np.exp(-0.5 * u2 - _LOG_SQRT_2PI) / (1.0 + u2)
     may[rows] = terms.sum(axis=1) >= slack[rows]
     return may
 
 
-def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, floor=None):
-    """log KG (m, f) of measuring each mixture of W (m, D) at each encoded fidelity U (f, 2).
-
-    For z = (w, N_f, T_f) the set A is the evaluated mixtures at the target, XA (E, D + 2), plus the
-    candidate's projection p = (w, N_target, T_target) (Scott, Frazier & Powell 2011, KGCP):
+def _log_kg_chunk(model, W, U, u_target, XA, evaluated, mean_E, mean_W, want, floor=None):
+    """log KG (m, f) of measuring each mixture of W (m, D) at each encoded fidelity U (f, 2) where
+    want (m, f) is True, -inf elsewhere. For z = (w, N_f, T_f) the set A is the evaluated mixtures
+    at the target, XA (E, D + 2), plus the candidate's projection p = (w, N_target, T_target)
+    (Scott, Frazier & Powell 2011, KGCP):
         a = [mu_n(A_E); mu_n(p)]
         b = [Sigma_n(A_E, z); Sigma_n(p, z)] / sqrt(Sigma_n(z, z) + lambda)    (FPD 2009)
-    with lambda the noise variance of a new observation, one row per measurement (passed transposed:
-    no copy). floor (m, f): a pair _kg_may_reach rules out (KG < exp(floor)) gets -inf, unwalked."""
+    with lambda the noise variance of a new observation. floor (m, f): a pair _kg_may_reach rules
+    out (KG < exp(floor)) gets -inf, unwalked."""
     cov, own, var = gp.cross_covariance_grid(model, XA, W, U, u_target)  # (m, f, E), (m, f), (m, f)
     m, f, E = cov.shape
     # an evaluated candidate has its projection in A_E already: copy that line so the two are equal
     # bit for bit (a 1e-17 difference in slope would give a spurious KG of 1e-17 instead of 0)
     c_dup, e_dup = np.nonzero((W[:, None, :] == evaluated[None, :, :]).all(axis=2))
     own[c_dup] = cov[c_dup, :, e_dup]
-    sd_y = np.sqrt(var + model.noise_variance).reshape(m * f, 1)  # sd of the new observation y
-    b = np.concatenate([cov.reshape(m * f, E), own.reshape(m * f, 1)], axis=1) / sd_y
-    a = np.empty((m * f, E + 1))
-    a[:, :E], a[:, E] = mean_E, mean_W.repeat(f)
-    if floor is None:
-        return log_knowledge_gradient(a.T, b.T).reshape(m, f)
-    out = np.full(m * f, -np.inf)
-    walk = _kg_may_reach(-a, b, floor.reshape(m * f))
-    out[walk] = log_knowledge_gradient(a[walk].T, b[walk].T)
+    cov, own, mean_z = cov.reshape(m * f, E), own.reshape(m * f), mean_W.repeat(f)
+    sd_y = np.sqrt(var.reshape(m * f) + model.noise_variance)  # sd of the new observation y
+
+    def lines(pick):  # (a, b) (z, E + 1) of the pairs pick (flat indices), a row each
+        a = np.column_stack([np.broadcast_to(mean_E, (pick.size, E)), mean_z[pick]])
+        return a, np.column_stack([cov[pick], own[pick]]) / sd_y[pick, None]
+
+    pick, out = np.flatnonzero(want), np.full(m * f, -np.inf)
+    if floor is not None:  # lines in blocks that stay in the cache, kept where they may reach
+        floor = floor.reshape(m * f)
+        pick = np.concatenate([p[_kg_may_reach(*lines(p), floor[p])]
+                               for p in np.array_split(pick, max(1, -(-pick.size // 2048)))])
+    out[pick] = log_knowledge_gradient(*(x.T for x in lines(pick)))  # the lines as columns
     return out.reshape(m, f)
 
 
@@ -397,33 +401,28 @@ def _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, mean
                   floor=None):
     """log KG (C, F) of measuring candidate c at fidelity f where pairs (C, F) is True, -inf
     elsewhere. means = (mean_E, mean_C): the posterior means at the target of evaluated (E, D) and
-    of candidates. Candidates with the same row of pairs form one grid of mixtures x fidelities.
-    floor (C, F), optional: a pair whose KG provably lies below it may be left at -inf."""
+    of candidates; floor (C, F), optional: a pair whose KG provably lies below it may be left at
+    -inf. The grid of candidates with a pair x fidelities with one takes as few calls as _CHUNK
+    allows (most of a call's time does not grow with it): blocks of fidelities, then mixtures."""
     mean_E, mean_C = means
     XA = gp.encode(evaluated, target[0], target[1], bounds)  # (E, D + 2)
     U = gp.encode_fidelities(*zip(*fidelities), bounds)  # (F, 2)
     u_target = gp.encode_fidelities([target[0]], [target[1]], bounds)[0]  # (2,)
-    out = np.full(pairs.shape, -np.inf)
-    packed = np.packbits(pairs, axis=1)  # (C, ceil(F / 8)) uint8: np.unique sorts these fast
-    patterns, group = np.unique(packed, axis=0, return_inverse=True)
-    for g, pattern in enumerate(patterns):
-        f = np.flatnonzero(np.unpackbits(pattern, count=pairs.shape[1]))
-        if f.size == 0:
-            continue
-        rows = np.flatnonzero(group.reshape(-1) == g)
-        chunk = max(1, _CHUNK // ((len(evaluated) + 1) * f.size))  # mixtures per call
-        for start in range(0, rows.size, chunk):
-            c = rows[start:start + chunk]
-            out[np.ix_(c, f)] = _log_kg_chunk(model, candidates[c], U[f], u_target, XA, evaluated,
-                                              mean_E, mean_C[c],
-                                              None if floor is None else floor[np.ix_(c, f)])
+    out, n = np.full(pairs.shape, -np.inf), len(evaluated) + 1  # n: lines per pair
+    rows, columns = np.flatnonzero(pairs.any(axis=1)), np.flatnonzero(pairs.any(axis=0))
+    n_blocks = min(columns.size, -(-columns.size * rows.size * n // _CHUNK))  # 0 without pairs
+    for f in np.array_split(columns, n_blocks) if n_blocks else ():
+        rows_f = rows[pairs[np.ix_(rows, f)].any(axis=1)]  # not empty: each f has a pair
+        for c in np.array_split(rows_f, -(-rows_f.size * f.size * n // _CHUNK)):
+            g = np.ix_(c, f)  # the grid c x f
+            out[g] = _log_kg_chunk(model, candidates[c], U[f], u_target, XA, evaluated, mean_E,
+                                   mean_C[c], pairs[g], None if floor is None else floor[g])
     return out
 
 
 def _log_kg_grid(model, candidates, evaluated, fidelities, target, bounds):
     """log KG (C, F) of measuring each candidate mixture (C, D) at each fidelity (scale, steps)."""
-    means = (_target_posterior(model, evaluated, target, bounds)[0],
-             _target_posterior(model, candidates, target, bounds)[0])
+    means = [_target_posterior(model, x, target, bounds)[0] for x in (evaluated, candidates)]
     pairs = np.ones((len(candidates), len(fidelities)), dtype=bool)
     return _log_kg_pairs(model, candidates, evaluated, fidelities, target, bounds, means, pairs)
 

@@ -444,10 +444,10 @@ def test_kg_may_reach_never_rules_out_a_kg_at_its_floor_and_is_gordons_bound_for
     b = rng.normal(size=(M, Z)) * rng.uniform(1e-3, 1, size=Z)
     b[:, :5] = 0.3  # equal slopes: KG = 0
     exact = acq.log_knowledge_gradient(a, b)
-    assert np.all(acq._kg_may_reach(-a.T, b.T, exact))
-    assert not acq._kg_may_reach(-a.T, b.T, np.full(Z, 1.0))[:5].any()
+    assert np.all(acq._kg_may_reach(a.T, b.T, exact))
+    assert not acq._kg_may_reach(a.T, b.T, np.full(Z, 1.0))[:5].any()
     u = np.array([0.0, -1.0, -3.0, -30.0])
-    A, B = np.column_stack([np.zeros_like(u), u]), np.column_stack([np.zeros_like(u), np.ones(4)])
+    A, B = np.column_stack([np.zeros_like(u), -u]), np.column_stack([np.zeros_like(u), np.ones(4)])
     gordon = np.array([float(mpmath.log(mpmath.npdf(x) / (1 + x * x))) for x in u])
     assert gordon[0] == pytest.approx(acq.log_h(np.zeros(1))[0], rel=1e-14)
     assert acq._kg_may_reach(A, B, gordon - 1e-7).all()
