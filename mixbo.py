@@ -45,6 +45,7 @@ LEDGER_VERSION = 2
 LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
 DESIGN_SHARE = 0.2      # mfkg's initial design spends at most this share below the target
 TARGET_IN_DESIGN = 5.0  # mfkg's design includes one target run from this budget on
+DESIGN_SCALES = 3       # mfkg's design below the target uses this many of the smallest scales
 VERIFY_SHARE = 0.25     # mfkg keeps this share of the budget (>= one target run) for target runs
 WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
 RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for (trial_seed)
@@ -255,10 +256,11 @@ def _n_init(ctx):
 
 def _init_fidelity(ctx, i):
     """The i-th initial run's fidelity: the target; for mfkg, run 0 at the target when the budget
-    holds TARGET_IN_DESIGN target runs, the others round-robin over the scales below it at its
-    steps (the GP sees the scale effect from the start); one scale: the shortest steps."""
+    holds TARGET_IN_DESIGN target runs, the others round-robin over the DESIGN_SCALES smallest
+    scales below it at its steps (the GP sees the scale effect from the start; the acquisition
+    prices the larger ones); one scale: the shortest steps."""
     N_t, T_t = _target(ctx)
-    smaller = [float(N) for N in ctx.objective.scales if N < N_t]
+    smaller = sorted(float(N) for N in ctx.objective.scales if N < N_t)[:DESIGN_SCALES]
     if ctx.settings.strategy != "mfkg":
         return N_t, T_t
     if ctx.settings.budget >= TARGET_IN_DESIGN:
