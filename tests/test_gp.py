@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gp  # noqa: E402
+import simulate  # noqa: E402
 
 K = 5  # domains in the test data: X = [w_1..w_5, u_N, u_T]
 SKLEARN_MODEL = dict(structure="joint", mean="constant", priors=False, run_noise=False,
@@ -654,3 +655,32 @@ def test_cross_scale_script_prints_tables(monkeypatch, capsys):
     for cells in rows:                            # model, target runs, spearman, rmse, cov68, cov95
         spearman, rmse, cov68, cov95 = map(float, cells[2:6])
         assert -1 <= spearman <= 1 and rmse > 0 and 0 <= cov68 <= cov95 <= 1
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_one_run_per_mixture_keeps_the_mixture_effect(seed):
+    """A design that runs each mixture once (a target run, then two rounds over six smaller scales,
+    every checkpoint observed) cannot tell a run's offset from its mixture's effect. With a flat
+    prior on the amplitude the MAP drops the effect (amplitude at its bound, the same prediction
+    for every mixture); the amplitude's prior keeps it: the predicted spread of the mixtures'
+    target losses is a good part of the simulator's true spread."""
+    o = simulate.make_benchmark("loss-K5-L7-rho0.99")
+    scales = [1e9] + [2e7, 4e7, 8e7, 1.5e8, 3e8, 6e8] * 2
+    W = np.random.default_rng(seed).dirichlet(np.ones(5), len(scales))
+    rows = [(w, N, c["steps"], c["loss"], i) for i, (w, N) in enumerate(zip(W, scales))
+            for c in o.run(w, N, 20000, i)["checkpoints"]]
+    w, N, T, y, runs = (np.array(column) for column in zip(*rows))
+    bounds = (min(o.scales), max(o.scales), min(o.steps), max(o.steps))
+    X = gp.encode(np.stack(w), N.astype(float), T.astype(float), bounds)
+    specs, spread = gp._specs, {}
+    for prior in (False, True):
+        flat = lambda cfg, d, K, residual=1.0: [
+            s if prior or s.name != "amplitude" else s._replace(prior=None)
+            for s in specs(cfg, d, K, residual)]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(gp, "_specs", flat)
+            model = gp.fit_gp(X, y, 5, runs=runs, seed=0)
+        spread[prior] = gp.predict(model, gp.encode(W, 1e9, 20000, bounds))[0].std()
+    true_spread = o.true_loss(W).std()
+    assert spread[False] < 0.01 * true_spread
+    assert spread[True] > 0.5 * true_spread

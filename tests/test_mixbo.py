@@ -107,15 +107,17 @@ def test_every_strategy_respects_the_budget(tmp_path, strategy):
 
 
 def test_the_design_spends_at_most_its_share_and_the_acquisition_spends_the_rest():
-    """Budget 1 on the default benchmark: mfkg's round-robin design (20M, 40M, 80M, ... at 20k
-    steps, costs 0.02, 0.04, 0.08, 0.15) may spend DESIGN_SHARE = 0.2 of the budget: its 150M run
-    would take it to 0.29, so the design ends after three runs (no init run after the first
+    """Budget 1 on the default benchmark: mfkg's design round-robins over the DESIGN_SCALES = 3
+    smallest scales (20M, 40M, 80M at 20k steps, costs 0.02, 0.04, 0.08) and may spend
+    DESIGN_SHARE = 0.2 of the budget: 20M, 40M, 80M, 20M, 40M spend 0.20 and the next 80M run
+    would take it to 0.28, so the design ends after five runs (no init run after the first
     acquisition), and mfkg spends the rest on affordable fidelities rather than leave it unspent."""
     res = mixbo.optimize(simulate.make_benchmark("default"), "mfkg", 1.0, seed=0, out=None,
                          candidates=64)
     decisions = [r["decision"] for r in res.trials]
     first = next(i for i, d in enumerate(decisions) if not d.startswith("init"))
-    assert first == 3 and not any(d.startswith("init") for d in decisions[first:])
+    assert first == 5 and not any(d.startswith("init") for d in decisions[first:])
+    assert [r["scale"] for r in res.trials[:first]] == [2e7, 4e7, 8e7, 2e7, 4e7]
     assert sum(r["cost"] for r in res.trials[:first]) <= mixbo.DESIGN_SHARE * 1.0
     assert 0.99 <= res.spent <= 1.0 + 1e-12
 
