@@ -465,11 +465,12 @@ def refit_point(c, growth):
     return r
 
 
-def fit_model(ctx, history, domain=None, **options):
+def fit_model(ctx, history, domain=None, restarts=2, **options):
     """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
-    one. Hyperparameters are fitted (MAP) on the first r = refit_point(c, refit_growth) of the c
-    trials (cached in ctx.refit), and the GP is conditioned on all of them with those: a function
-    of the finished trials only. With a domain, the GP of that domain's losses (_observations)."""
+    one. Hyperparameters are fitted (MAP, from `restarts` starts) on the first r =
+    refit_point(c, refit_growth) of the c trials (cached in ctx.refit), and the GP is conditioned
+    on all of them with those: a function of the finished trials only. With a domain, the GP of
+    that domain's losses (_observations)."""
     import gp
     if not any(x["status"] == "ok" for x in history):
         return None
@@ -477,12 +478,12 @@ def fit_model(ctx, history, domain=None, **options):
     r = refit_point(c, ctx.settings.refit_growth)
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                 # nothing to refit on yet: fit now
-    key = (domain, *sorted(options.items()))
+    key = (domain, restarts, *sorted(options.items()))
     fitted_on = [x.get("trial") for x in history[:r]]
     if ctx.refit.get(key, (None,))[0] != fitted_on:
         W, N, T, y, runs = _observations(history[:r], domain)
         fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
-                        seed=trial_seed(ctx.settings.seed, r, MODEL))
+                        seed=trial_seed(ctx.settings.seed, r, MODEL), restarts=restarts)
         ctx.refit[key] = (fitted_on, fit.hyperparameters)
     W, N, T, y, runs = _observations(history, domain)
     return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
@@ -639,7 +640,7 @@ def insight(ctx, history, weights):
     """What the GP says about the mixture `weights` at the target (GP strategies; {} otherwise):
       tradeoffs   for it, uniform and each --mixture: the predicted target objective +- sd (the
                   loop's GP) and each domain's predicted target loss +- sd (one GP per domain on
-                  its own losses, the same model options and refit schedule)
+                  its own losses, the same model options and refit schedule, one start)
       utilities   per domain, the predicted change of the target objective per unit of weight moved
                   to it from the others in proportion, D_v f(w) with v = e_k - w, +- the sd of the
                   GP's derivative posterior (gp.directional_derivative; R&W sec. 9.4)
@@ -654,7 +655,7 @@ def insight(ctx, history, weights):
     X = gp.encode(np.array(list(named.values())), *target, ctx.bounds)          # (M, K + 2)
     ok = [r for r in history if r["status"] == "ok"]
     models = {"objective": ctx.model}
-    models.update({d: fit_model(ctx, history, domain=d) for d in domains
+    models.update({d: fit_model(ctx, history, domain=d, restarts=1) for d in domains
                    if any(d in c["domain_losses"] for r in ok for c in r["checkpoints"])})
     predictions = {k: gp.predict(m, X) for k, m in models.items()}              # (M,), (M,)
     tradeoffs = {name: {k: [float(mean[i]), float(np.sqrt(var[i]))]
