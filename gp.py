@@ -439,20 +439,19 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
     y_mean, y_scale = float(y.mean()), float(y.std())         # population std, as sklearn's
     y_scale = y_scale if y_scale > 1e-8 * max(1.0, abs(y_mean)) else 1.0   # as BoTorch's min_stdv
     Xt, ys = torch.from_numpy(X), torch.from_numpy((y - y_mean) / y_scale)
-    specs = _specs(cfg, X.shape[1], K)
+    residual, start, free = 1.0, {}, []           # the variance the mean leaves to the kernel
+    if hyperparameters is None and cfg.mean == "scaling_law":
+        exponents, identified, residual = _law_exponents(X[:, K:], ys.numpy())
+        start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
+        free = [k for k, f in zip(start, identified) if f]
+    specs = _specs(cfg, X.shape[1], K, residual)              # the amplitude prior's mode
+    known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
     if hyperparameters is not None:
         if missing := [s.name for s in specs if s.name not in hyperparameters]:
             raise ValueError(f"hyperparameters lack {missing}; pass GP.hyperparameters of a fit "
                              f"with the same Config")
         theta = _pack(hyperparameters, specs)
     else:
-        residual, start, free = 1.0, {}, []       # the variance the mean leaves to the kernel
-        if cfg.mean == "scaling_law":
-            exponents, identified, residual = _law_exponents(X[:, K:], ys.numpy())
-            start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
-            free = [k for k, f in zip(start, identified) if f]
-        specs = _specs(cfg, X.shape[1], K, residual)          # the amplitude prior's mode
-        known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
         rng, args = np.random.default_rng(seed), (cfg, specs, Xt, ys, K, R, known)
         theta = _lbfgsb((_initial_theta(specs, rng, r == 0, residual, start)
                          for r in range(max(1, restarts))), specs, start, args, maxiter)
@@ -461,10 +460,10 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
             theta = _lbfgsb([theta], specs, held, args, maxiter)
     with torch.no_grad():
         P = _unpack(torch.from_numpy(theta), specs)
-        terms = _lml_terms(cfg, P, Xt, ys, K, R)
+        terms = _lml_terms(cfg, P, Xt, ys, K, R, known)
         if terms is None:   # only with given hyperparameters: raise the noise to 100 x the floor
             P["noise"] = torch.clamp(P["noise"], min=100 * NOISE_FLOOR)
-            terms = _lml_terms(cfg, P, Xt, ys, K, R)
+            terms = _lml_terms(cfg, P, Xt, ys, K, R, known)
         if terms is None:
             raise ValueError("the kernel matrix is not positive definite even with jitter; "
                              "increase the 'noise' hyperparameter")
