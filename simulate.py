@@ -570,20 +570,22 @@ def load_table(path, metric="loss", target_scale=None):
                      noise_sd=math.sqrt(pooled) if groups else None)
 
 def write_table(objective, path, n_mixtures=64, seeds=(0, 1), seed=0):
-    """Write `objective` as a run table of "m00" (uniform) and n_mixtures - 1 Dirichlet(1) draws."""
+    """Write `objective` as a run table of "m00" (uniform) and n_mixtures - 1 Dirichlet(1) draws
+    (loss_<domain> columns if every checkpoint has every domain's loss)."""
     K, domains = len(objective.domains), objective.domains
     pool = np.vstack([np.full(K, 1 / K),
                       np.random.default_rng(seed).dirichlet(np.ones(K), n_mixtures - 1)])
+    runs = [(m, w, scale, s, c) for m, w in enumerate(pool) for scale in objective.scales
+            for s in seeds for c in objective.run(w, scale, objective.steps[-1], s)["checkpoints"]]
+    known = all(set(domains) <= set(c.get("domain_losses") or {}) for *_, c in runs)
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["run", "seed", *(f"w_{d}" for d in domains), "scale", "tokens", "steps",
-                      "cost", *(f"loss_{d}" for d in domains), "loss"])
-        for m, w, scale, s in ((m, w, scale, s) for m, w in enumerate(pool)
-                               for scale in objective.scales for s in seeds):
-            for c in objective.run(w, scale, objective.steps[-1], s)["checkpoints"]:
-                cost = objective.cost(scale, c["steps"])
-                out.writerow([f"m{m:02d}", s, *w, scale, round(cost / (6 * scale)), c["steps"],
-                              cost, *(c["domain_losses"][d] for d in domains), c["loss"]])
+                      "cost", *(f"loss_{d}" for d in domains if known), "loss"])
+        for m, w, scale, s, c in runs:
+            cost = objective.cost(scale, c["steps"])
+            out.writerow([f"m{m:02d}", s, *w, scale, round(cost / (6 * scale)), c["steps"],
+                          cost, *(c["domain_losses"][d] for d in domains if known), c["loss"]])
 
 def main():
     """Print the test bed: each instance's ladder, noise sd, optimum and Spearman."""

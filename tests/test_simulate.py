@@ -583,6 +583,24 @@ def test_write_table_replays_the_simulator(tmp_path):
     assert table.optimum[1] == values.min()
 
 
+
+def test_write_table_of_an_objective_without_domain_losses_replays_it(tmp_path):
+    """An objective file whose loss is a bare number: the table has no loss_<domain> columns, and
+    it replays the file's losses at every checkpoint."""
+    path = tmp_path / "acc.py"
+    path.write_text("DOMAINS = ('a', 'b', 'c')\nSCALES, STEPS = (1e7, 1e8), (100, 400)\n"
+                    "def loss(weights, scale, steps):\n"
+                    "    return -float(0.5 + 0.01 * steps ** 0.2 - ((weights - 0.3) ** 2).sum())\n")
+    objective = sm.load_objective_file(str(path))
+    sm.write_table(objective, str(tmp_path / "acc.csv"), n_mixtures=4, seeds=(0,), seed=1)
+    assert "loss_a" not in (tmp_path / "acc.csv").read_text().splitlines()[0]
+    table = sm.load_table(str(tmp_path / "acc.csv"))
+    for w in table.candidates:
+        for scale in objective.scales:
+            want = objective.run(w, scale, 400, 0)["checkpoints"]
+            got = table.run(w, scale, 400, 0)["checkpoints"]
+            assert [(c["steps"], c["loss"]) for c in got] == [(c["steps"], c["loss"]) for c in want]
+
 def malformed(case):
     """(rows, header, row, column) of a broken table; row = CSV line number named in the error."""
     rows, header = twenty_rows(), None
