@@ -39,8 +39,6 @@ import simulate
 
 GP_STRATEGIES = ("mfkg", "kg", "ei", "ucb")
 STRATEGIES = GP_STRATEGIES + ("random", "sobol", "uniform", "hyperband", "regression")
-# The GP that reports the recommendation's loss +- sd: a constant mean and Matern-5/2 on u_N, u_T
-# (its coverage beside the loop GP's: bench/robustness.py, see bench/README.md).
 LEDGER_VERSION = 2
 LOSS_LIMIT = 1e100      # a larger |loss| is refused: the GP's sums of squares must stay finite
 DESIGN_SHARE = 0.2      # mfkg's initial design spends at most this share below the target

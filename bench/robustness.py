@@ -1,19 +1,21 @@
 """Robustness of mixbo's strategies across the controlled-transfer test bed (simulate.TESTBED).
 
 For every instance x strategy x seed, `mixbo.optimize` runs with the default settings (ledger in
-memory) and the recommendation after every trial is scored, uncharged, by the instance's noise-free
-true loss at the target. Per instance and strategy it reports, over seeds:
+memory, or in --ledgers DIR) and the recommendation after every trial is scored, uncharged, by the
+instance's noise-free true loss at the target. Per instance and strategy it reports, over seeds:
   final     median true loss of the final recommendation (and its regret over the known optimum)
   x random  budget / median cost from which the recommendation STAYS at or below q_random (random
             search's median final true loss) until the budget is spent; "-" when the median seed
             never stays there
   target    median number of runs at the target scale and steps
-  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (0.68 / 0.95)
+  cover1/2  share of seeds whose final |predicted - true| <= 1 and 2 reported sd (0.68 / 0.95);
+            pooled over the instances also at 25 % and 50 % of the budget
 With --as-table every instance is first written as a pool-based run table (simulate.write_table) and
 replayed through simulate.load_table, as `python mixbo.py --table` would.
 
 Run: python bench/robustness.py [--instances a,b] [--strategies mfkg,ei,random,hyperband,regression]
      [--seeds 20] [--budget B] [--as-table] [--jobs 2] [--json out.json] [--runs runs.jsonl]
+     [--ledgers DIR]
 --runs keeps every finished search as a JSON line and skips those already there: a long run can be
 stopped and continued, and the table printed from what has finished (--table-only).
 """
@@ -41,6 +43,7 @@ import simulate  # noqa: E402
 STRATEGIES = ("mfkg", "ei", "random", "hyperband", "regression")
 BUDGET_BY_LADDER = {2: 30.0, 3: 10.0}      # target-run equivalents by number of scales; others: 20
 _OBJECTIVES = {}                           # instance -> Objective, inherited by forked workers
+_LEDGERS = {}                              # "folder": where --ledgers keeps each search's ledger
 
 
 def default_budget(objective):
@@ -59,8 +62,13 @@ def run_one(task):
         true = math.inf if w is None else float(objective.true_loss(np.asarray(w)))
         curve.append((trial["spent"], true, recommendation["loss"], recommendation["sd"]))
 
+    ledger = None
+    if _LEDGERS:                                   # a stopped search's ledger: started afresh
+        ledger = os.path.join(_LEDGERS["folder"], f"{name}-{strategy}-seed{seed}.jsonl")
+        if os.path.exists(ledger):
+            os.remove(ledger)
     result = mixbo.optimize(objective, strategy, budget, seed, out=None, on_trial=score,
-                            aggregate=aggregate)
+                            aggregate=aggregate, ledger=ledger)
     target = tuple(objective.target)
     n_target = sum(t["status"] == "ok" and (t["scale"], t["steps"]) == target
                    for t in result.trials)
@@ -76,6 +84,12 @@ def stay_cost(curve, q):
             break
         cost = spent
     return cost
+
+
+def at_share(curve, spent):
+    """The curve's last point with at most `spent` spent (None before its first one)."""
+    points = [p for p in curve if p[0] <= spent * (1 + 1e-9)]
+    return points[-1] if points else None
 
 
 def summarize(curves, n_targets, optimum, q_random, budget):
@@ -119,7 +133,11 @@ def main(argv=None):
     p.add_argument("--json", help="write every curve and the table as JSON")
     p.add_argument("--runs", help="JSON lines of finished searches: appended, and reused")
     p.add_argument("--table-only", action="store_true", help="print --runs' table, run nothing")
+    p.add_argument("--ledgers", metavar="DIR", help="keep each search's ledger in DIR, to re-score")
     args = p.parse_args(argv)
+    if args.ledgers:
+        os.makedirs(args.ledgers, exist_ok=True)
+        _LEDGERS["folder"] = args.ledgers
     names, strategies = args.instances.split(","), args.strategies.split(",")
     if "random" not in strategies:
         strategies.append("random")              # the reference of the speed-up
@@ -172,12 +190,18 @@ def main(argv=None):
                   f" {fmt(row['final_regret'], '.4f'):>8} {fmt(row['speedup_vs_random'], '.2f'):>9}"
                   f" {row['target_runs']:>7g} {fmt(row['cover1'], '.2f'):>7}"
                   f" {fmt(row['cover2'], '.2f'):>7}")
-    for s in strategies:                 # coverage pooled over instances: (seeds, share within)
-        z = [abs(c[-1][2] - c[-1][1]) / c[-1][3] for rows in table.values() if s in rows
-             for c in rows[s]["curves"] if c and c[-1][3]]
+    ladders = sorted({len(_OBJECTIVES[n].scales) for n in table})
+    for s, share, scales in ((s, share, scales) for s in strategies for share in (0.25, 0.5, 1.0)
+                             for scales in [None] + ladders):
+        z = [abs(p[2] - p[1]) / p[3] for n, rows in table.items() if s in rows
+             and scales in (None, len(_OBJECTIVES[n].scales))       # pooled: all, then by ladder
+             for p in (at_share(c, share * budgets[n]) for c in rows[s]["curves"])
+             if p is not None and p[3]]
         if z:
-            print(f"pooled {s}: {len(z)} searches, final |predicted - true| <= 1 sd in "
-                  f"{np.mean(np.array(z) <= 1):.2f}, <= 2 sd in {np.mean(np.array(z) <= 2):.2f}")
+            print(f"pooled {s} at {share:4.0%} of the budget, "
+                  f"{f'{scales} scales' if scales else 'all'}: {len(z)} searches, |predicted - "
+                  f"true| <= 1 sd in {np.mean(np.array(z) <= 1):.2f}, <= 2 sd in "
+                  f"{np.mean(np.array(z) <= 2):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(loop_bench.json_ready({"command": "python bench/robustness.py "
