@@ -1,0 +1,114 @@
+"""Re-score the ledgers that `bench/robustness.py --ledgers DIR` kept: where is the reported +- off?
+
+For every finished mfkg ledger <instance>-mfkg-seed<s>.jsonl in DIR and every --share, the search is
+rebuilt as the loop had it after its last trial within that share of the budget (mixbo.Search on
+the ledger cut there; the same model, as a function of the finished trials), and at the target
+over the mixtures it has evaluated it reports:
+  z        (true - predicted) / sd of the recommendation (the reported +-)
+  spread   sd of the noise-free losses over sd of the posterior means: > 1 where the model
+           predicts the mixtures' differences at the target smaller than they are
+  level    (mean true - mean predicted) / root mean posterior variance: the target's level error
+  runs     finished trials, and those at the target
+Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|.
+
+Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b]
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import robustness  # noqa: E402  (bench/, the script's folder)
+import gp  # noqa: E402
+import mixbo  # noqa: E402
+import simulate  # noqa: E402
+
+
+def cut_ledger(path, share, budget, out):
+    """Write to `out` the ledger's lines up to the recommendation after the last trial whose
+    tell leaves at most share * budget spent (no summary line); False if there is none, or if
+    the search has not finished (no summary line: still running, or stopped)."""
+    lines = open(path).read().splitlines()
+    records = [json.loads(line) for line in lines]
+    if not any(r.get("kind") == "summary" for r in records):
+        return False
+    spent = {r["trial"]: r["spent"] for r in records if r.get("kind") == "tell"}
+    within = [r["after_trial"] for r in records if r.get("kind") == "recommendation"
+              and spent[r["after_trial"]] <= share * budget * (1 + 1e-9)]
+    if not within:
+        return False
+    keep = []
+    for line, r in zip(lines, records):
+        if r.get("kind") != "summary":
+            keep.append(line)
+        if r.get("kind") == "recommendation" and r["after_trial"] == within[-1]:
+            break
+    with open(out, "w") as f:
+        f.write("\n".join(keep) + "\n")
+    return True
+
+
+def score(path, name, seed, share, scratch):
+    """The row of one ledger at one share, or None if no trial was told within it."""
+    objective = simulate.make_benchmark(name)
+    budget = robustness.default_budget(objective)
+    if not cut_ledger(path, share, budget, scratch):
+        return None
+    with mixbo.Search(objective, mixbo.Settings(budget=budget, seed=seed), scratch, resume=True,
+                      warn=mixbo.silent) as search:
+        model, choice, ctx = search.ctx.model, search.recommendations[-1], search.ctx
+        mixtures = mixbo._mixtures(search.finished)                              # (m, K)
+        target = tuple(objective.target)
+        n_target = sum(r["status"] == "ok" and (r["scale"], r["steps"]) == target
+                       for r in search.finished)
+        n_runs = len(search.finished)
+    mean, var = gp.predict(model, gp.encode(mixtures, *target, ctx.bounds))
+    true = objective.true_loss(mixtures)
+    z = (float(objective.true_loss(np.asarray(choice["weights"]))) - choice["loss"]) / choice["sd"]
+    spread = float(np.std(true) / max(np.std(mean), 1e-12))
+    level = float((true.mean() - mean.mean()) / np.sqrt(var.mean()))
+    return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
+            "z": float(z), "spread": spread, "level": level, "runs": n_runs, "target_runs": n_target}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--share", type=float, action="append", help="default: 0.25 and 1.0")
+    p.add_argument("--instances", help="comma list (default: every mfkg ledger in the folder)")
+    args = p.parse_args(argv)
+    shares, rows = args.share or [0.25, 1.0], []
+    wanted = set(args.instances.split(",")) if args.instances else None
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(glob.glob(os.path.join(args.folder, "*-mfkg-seed*.jsonl"))):
+            name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
+            if wanted and name not in wanted:
+                continue
+            for share in shares:
+                row = score(path, name, int(seed), share, os.path.join(tmp, "cut.jsonl"))
+                if row:
+                    rows.append(row)
+                    print(f"{name:<28} seed {seed:>2} at {share:4.0%}: z {row['z']:+6.2f}  "
+                          f"spread {row['spread']:7.2f}  level {row['level']:+6.2f}  runs "
+                          f"{row['runs']:>3} ({row['target_runs']} at the target)", flush=True)
+    for share in shares:
+        for scales in sorted({r["scales"] for r in rows}):
+            group = [r for r in rows if r["share"] == share and r["scales"] == scales]
+            z = np.abs([r["z"] for r in group])
+            print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
+                  f"{np.mean(z <= 1):.2f}, <= 2 in {np.mean(z <= 2):.2f}; median |spread - 1| "
+                  f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
+                  f"{np.median([abs(r['level']) for r in group]):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
