@@ -76,7 +76,8 @@ def score(path, name, seed, share, scratch):
     spread = float(np.std(true) / max(np.std(mean), 1e-12))
     level = float((true.mean() - mean.mean()) / np.sqrt(var.mean()))
     return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
-            "z": float(z), "spread": spread, "level": level, "runs": n_runs, "target_runs": n_target}
+            "z": float(z), "spread": spread, "level": level, "runs": n_runs,
+            "target_runs": n_target}
 
 
 def main(argv=None):
