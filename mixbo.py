@@ -1313,6 +1313,9 @@ def _print_summary(say, ctx, result):
     if choice["sd"] is not None and not at_target:
         say("  note: no run reached the target scale and steps: this loss +- sd is extrapolated "
             "from smaller or shorter runs")
+    elif choice["sd"] is not None and len(at_target) == 1:
+        say("  note: one run at the target: its level rests on that run, and this +- is often too "
+            "narrow (bench/README.md, robustness across the test bed)")
     if info.get("tradeoffs"):
         names = list(info["tradeoffs"])
         say("trade-offs at the target (predicted, +- sd): " + " | ".join(names))

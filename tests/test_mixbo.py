@@ -169,14 +169,14 @@ def test_failing_objective_is_recorded_and_the_loop_goes_on(tmp_path):
 
 def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
     """mfkg's recommendation with no run at the target fidelity carries a note; ei's initial design
-    runs the target, so its summary does not."""
+    runs the target (once at budget 1, three times at 3): one target run gets the other note."""
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
-    for strategy, budget, noted in (("mfkg", 0.5, True), ("ei", 3.0, False)):
+    for strategy, budget, runs in (("mfkg", 0.5, 0), ("ei", 1.0, 1), ("ei", 3.0, 3)):
         lines = []
         res = mixbo.optimize(obj, strategy, budget, seed=0, ledger=None, out=lines.append, **CHEAP)
-        at_target = any(r["scale"] == 16e6 and r["steps"] == 200 for r in res.trials)
-        assert at_target != noted
-        assert any("is extrapolated" in line for line in lines) == noted
+        assert sum(r["scale"] == 16e6 and r["steps"] == 200 for r in res.trials) == runs
+        assert any("is extrapolated" in line for line in lines) == (runs == 0)
+        assert any("one run at the target" in line for line in lines) == (runs == 1)
 
 
 def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path):
