@@ -4,7 +4,8 @@ Each seed runs `mixbo.optimize(make_benchmark(NAME), "mfkg", budget, seed)` with
 settings in the mixbo checkout REPO (a `git worktree` of another commit, or this one) and appends
 {"bench", "seed", "true", "optimum", "trials", "wall_s"} to OUT (seeds already there are skipped,
 so a stopped run continues). --summary OLD NEW prints, per benchmark, the median regrets, the mean
-paired difference new - old with its standard error, and the median trials and wall time.
+paired difference new - old with its standard error, and the median trials and wall time; OLD and
+NEW may also be `mixbo.py --bench --json` files (a setting against the defaults).
 
 Run: python bench/paired.py --repo REPO --bench default,sparse --seeds 10 --out new.jsonl
      python bench/paired.py --summary old.jsonl new.jsonl
@@ -49,8 +50,21 @@ def run(repo, benches, seeds, budget, out):
                     f.write(line + "\n")
 
 
+def load(path):
+    """{(bench, seed): record} of this script's JSON lines, or of a `mixbo.py --bench --json` file
+    (its mfkg curves: a setting compared with the defaults, paired by seed)."""
+    if not path.endswith(".json"):
+        return {(r["bench"], r["seed"]): r for r in map(json.loads, open(path))}
+    with open(path) as f:
+        bench = json.load(f)
+    mfkg = bench["results"]["mfkg"]
+    return {(bench["objective"], c["seed"]): {"true": c["true_loss"][-1], "trials": len(c["cost"]),
+                                              "optimum": bench["optimum_loss"],
+                                              "wall_s": mfkg["run_wall_s"] / len(mfkg["curves"])}
+            for c in mfkg["curves"]}
+
+
 def summary(old_path, new_path):
-    load = lambda path: {(r["bench"], r["seed"]): r for r in map(json.loads, open(path))}
     old, new = load(old_path), load(new_path)
     for bench in sorted({k[0] for k in old}):
         keys = sorted(k for k in old if k in new and k[0] == bench)
