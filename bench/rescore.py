@@ -11,7 +11,7 @@ over the mixtures it has evaluated it reports:
   runs     finished trials, and those at the target
 Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|.
 
-Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b]
+Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
 """
 
 import argparse
@@ -85,13 +85,14 @@ def main(argv=None):
     p.add_argument("folder")
     p.add_argument("--share", type=float, action="append", help="default: 0.25 and 1.0")
     p.add_argument("--instances", help="comma list (default: every mfkg ledger in the folder)")
+    p.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: all)")
     args = p.parse_args(argv)
     shares, rows = args.share or [0.25, 1.0], []
     wanted = set(args.instances.split(",")) if args.instances else None
     with tempfile.TemporaryDirectory() as tmp:
         for path in sorted(glob.glob(os.path.join(args.folder, "*-mfkg-seed*.jsonl"))):
             name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
-            if wanted and name not in wanted:
+            if (wanted and name not in wanted) or (args.seeds and int(seed) >= args.seeds):
                 continue
             for share in shares:
                 row = score(path, name, int(seed), share, os.path.join(tmp, "cut.jsonl"))
