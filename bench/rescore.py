@@ -8,8 +8,11 @@ over the mixtures it has evaluated it reports:
   spread   sd of the noise-free losses over sd of the posterior means: > 1 where the model
            predicts the mixtures' differences at the target smaller than they are
   level    (mean true - mean predicted) / root mean posterior variance: the target's level error
+  all1     share of the evaluated mixtures whose |true - posterior mean| <= 1 posterior sd there
+           (beside z: is it the recommendation, the argmin, whose +- is off, or every mixture's?)
   runs     finished trials, and those at the target
-Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|.
+Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|,
+the mean all1.
 
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
 """
@@ -75,8 +78,9 @@ def score(path, name, seed, share, scratch):
     z = (float(objective.true_loss(np.asarray(choice["weights"]))) - choice["loss"]) / choice["sd"]
     spread = float(np.std(true) / max(np.std(mean), 1e-12))
     level = float((true.mean() - mean.mean()) / np.sqrt(var.mean()))
+    all1 = float(np.mean(np.abs(true - mean) <= np.sqrt(var)))
     return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
-            "z": float(z), "spread": spread, "level": level, "runs": n_runs,
+            "z": float(z), "spread": spread, "level": level, "all1": all1, "runs": n_runs,
             "target_runs": n_target}
 
 
@@ -99,7 +103,8 @@ def main(argv=None):
                 if row:
                     rows.append(row)
                     print(f"{name:<28} seed {seed:>2} at {share:4.0%}: z {row['z']:+6.2f}  "
-                          f"spread {row['spread']:7.2f}  level {row['level']:+6.2f}  runs "
+                          f"spread {row['spread']:7.2f}  level {row['level']:+6.2f}  all1 "
+                          f"{row['all1']:.2f}  runs "
                           f"{row['runs']:>3} ({row['target_runs']} at the target)", flush=True)
     for share in shares:
         for scales in sorted({r["scales"] for r in rows}):
@@ -108,7 +113,8 @@ def main(argv=None):
             print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
                   f"{np.mean(z <= 1):.2f}, <= 2 in {np.mean(z <= 2):.2f}; median |spread - 1| "
                   f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
-                  f"{np.median([abs(r['level']) for r in group]):.2f}")
+                  f"{np.median([abs(r['level']) for r in group]):.2f}, mean all1 "
+                  f"{np.mean([r['all1'] for r in group]):.2f}")
     return 0
 
 
