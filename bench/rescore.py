@@ -35,14 +35,10 @@ import mixbo  # noqa: E402
 import simulate  # noqa: E402
 
 
-def cut_ledger(path, share, budget, out):
-    """Write to `out` the ledger's lines up to the recommendation after the last trial whose
-    tell leaves at most share * budget spent (no summary line); False if there is none, or if
-    the search has not finished (no summary line: still running, or stopped)."""
-    lines = open(path).read().splitlines()
-    records = [json.loads(line) for line in lines]
-    if not any(r.get("kind") == "summary" for r in records):
-        return False
+def cut_ledger(lines, records, share, budget, out):
+    """Write to `out` the ledger's lines (and their parsed records) up to the recommendation after
+    the last trial whose tell leaves at most share * budget spent (no summary line); False if
+    there is none."""
     spent = {r["trial"]: r["spent"] for r in records if r.get("kind") == "tell"}
     within = [r["after_trial"] for r in records if r.get("kind") == "recommendation"
               and spent[r["after_trial"]] <= share * budget * (1 + 1e-9)]
@@ -59,11 +55,10 @@ def cut_ledger(path, share, budget, out):
     return True
 
 
-def score(path, name, seed, share, scratch):
+def score(lines, records, objective, name, seed, share, scratch):
     """The row of one ledger at one share, or None if no trial was told within it."""
-    objective = simulate.make_benchmark(name)
     budget = robustness.default_budget(objective)
-    if not cut_ledger(path, share, budget, scratch):
+    if not cut_ledger(lines, records, share, budget, scratch):
         return None
     with mixbo.Search(objective, mixbo.Settings(budget=budget, seed=seed), scratch, resume=True,
                       warn=mixbo.silent) as search:
@@ -80,7 +75,7 @@ def score(path, name, seed, share, scratch):
     level = float((true.mean() - mean.mean()) / np.sqrt(var.mean()))
     all1 = float(np.mean(np.abs(true - mean) <= np.sqrt(var)))
     return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
-            "z": float(z), "spread": spread, "level": level, "all1": all1, "runs": n_runs,
+            "z": z, "spread": spread, "level": level, "all1": all1, "runs": n_runs,
             "target_runs": n_target}
 
 
@@ -91,15 +86,23 @@ def main(argv=None):
     p.add_argument("--instances", help="comma list (default: every mfkg ledger in the folder)")
     p.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: all)")
     args = p.parse_args(argv)
-    shares, rows = args.share or [0.25, 1.0], []
+    shares, rows, objectives = args.share or [0.25, 1.0], [], {}
     wanted = set(args.instances.split(",")) if args.instances else None
     with tempfile.TemporaryDirectory() as tmp:
         for path in sorted(glob.glob(os.path.join(args.folder, "*-mfkg-seed*.jsonl"))):
             name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
             if (wanted and name not in wanted) or (args.seeds and int(seed) >= args.seeds):
                 continue
+            with open(path) as f:
+                lines = f.read().splitlines()
+            records = [json.loads(line) for line in lines]
+            if not any(r.get("kind") == "summary" for r in records):
+                continue                        # not finished: still running, or stopped
+            if name not in objectives:
+                objectives[name] = simulate.make_benchmark(name)
             for share in shares:
-                row = score(path, name, int(seed), share, os.path.join(tmp, "cut.jsonl"))
+                row = score(lines, records, objectives[name], name, int(seed), share,
+                            os.path.join(tmp, "cut.jsonl"))
                 if row:
                     rows.append(row)
                     print(f"{name:<28} seed {seed:>2} at {share:4.0%}: z {row['z']:+6.2f}  "
