@@ -161,11 +161,13 @@ def print_bench(say, b):
     for ref, v in b["reference_quality"].items():
         say(f"q_{ref} = {ref}'s median true target loss at the budget = {v:.4f}; speed-up vs {ref} "
             f"= budget / median cost from which the recommendation stays <= q_{ref}")
-    say(f"{'strategy':<11} {'final regret':<26}" + "".join(f" {'x' + r:>8}" for r in refs)
+    known = all("final_regret" in row for row in b["results"].values())   # a known optimum
+    say(f"{'strategy':<11} {'final regret' if known else 'final true loss':<26}"
+        + "".join(f" {'x' + r:>8}" for r in refs)
         + f"  {'regret at 25%/50% budget':<25}"
         + "".join(f"{'cost to stay <= q_' + r:<26}" for r in refs) + "cost share by scale")
     for strategy, row in b["results"].items():
-        regret = q(row["final_regret"]) if "final_regret" in row else q(row["final_true_loss"])
+        regret = q(row["final_regret"] if known else row["final_true_loss"])
         part = row.get("regret_at_budget_fraction", {})
         early = " / ".join(f"{part[f][0]:.4f}" if math.isfinite(part[f][0]) else "-"
                            for f in (0.25, 0.5) if part)

@@ -390,6 +390,22 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
         assert row["final_regret"][0] == pytest.approx(float(np.median(final)))
 
 
+def test_bench_names_the_column_by_what_it_holds():
+    """With a known optimum --bench's first column is the final regret, without one (a table or
+    an objective file without OPTIMUM) the final true loss, and the header says which."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import loop_bench
+    b = loop_bench.bench(simulate.make_benchmark("default"), ["random"], seeds=2, budget=2,
+                         jobs=1, out=None)
+    for known in (True, False):
+        if not known:
+            del b["results"]["random"]["final_regret"]
+        lines = []
+        loop_bench.print_bench(lines.append, b)
+        header = next(line for line in lines if line.startswith("strategy"))
+        assert ("final regret" in header) == known and ("final true loss" in header) != known
+
+
 def test_the_speedup_counts_the_cost_from_which_the_recommendation_stays_below_q():
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import loop_bench
