@@ -588,12 +588,16 @@ def choose_next(strategy, model, candidates, evaluated, scales, steps, target, b
                     value=value, kg=kg, cost=float(run_cost[f]), index=int(c))
 
 
-def recommend(model, mixtures, target, bounds):
+def recommend(model, mixtures, target, bounds, draws=()):
     """The mixture to recommend now: argmin over mixtures (m, D) of the posterior mean at the
-    target. Returns (index, mean, sd): its row, posterior mean and latent sd there (loss units)."""
+    target. Returns (index, mean, sd): its row, posterior mean and latent sd there (loss units);
+    given draws (GPs on sampled hyperparameters), the mean and sd of their mixture there."""
     mixtures = np.atleast_2d(np.asarray(mixtures, dtype=np.float64))
     if len(mixtures) == 0:
         raise ValueError("recommend needs at least one mixture to choose from")
     mean, sd = _target_posterior(model, mixtures, target, bounds)
     i = int(np.argmin(mean))
-    return i, float(mean[i]), float(sd[i])
+    if not draws:
+        return i, float(mean[i]), float(sd[i])
+    mean, var = gp.predict_mixture(draws, gp.encode(mixtures[i:i + 1], *target, bounds))
+    return i, float(mean[0]), float(np.sqrt(var[0]))

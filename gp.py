@@ -8,8 +8,10 @@ log model scale and log steps mapped to [0, 1] by the search space's bounds (`en
                                 coregionalization [BO; AL]), run noise, a scaling-law mean [HO]
   4. hyperparameters            bounds, LogNormal priors (BoTorch's [HV], boundary-avoiding [CH])
   5. marginal likelihood        [RW Alg. 2.1, eq. 5.9], Cholesky with escalating jitter
-  6. fit_gp                     MAP hyperparameters by L-BFGS-B from seeded starts
-  7. posterior                  predict, cross_covariance(_grid) [RW eq. 2.24], derivatives
+  6. fit_gp                     MAP hyperparameters by L-BFGS-B from seeded starts;
+     sample_hyperparameters     draws from their posterior by slice sampling [NE], as [SN]
+  7. posterior                  predict (and over draws), cross_covariance(_grid) [RW eq. 2.24],
+                                derivatives
 y is standardized (as sklearn's normalize_y): hyperparameters and the log marginal likelihood are in
 those units; everything section 7 returns is in y's own units.
 """
@@ -30,6 +32,8 @@ import torch
 # [AL] Alvarez, Rosasco & Lawrence, Kernels for Vector-Valued Functions: a Review, 2012, sec. 4.
 # [HV] Hvarfner, Hellsten & Nardi, Vanilla BO Performs Great in High Dimensions, ICML 2024.
 # [CH] Chung et al., A Nondegenerate Penalized Likelihood Estimator for Variance Parameters, 2013.
+# [NE] Neal, Slice Sampling, Annals of Statistics 31(3), 2003.
+# [SN] Snoek, Larochelle & Adams, Practical Bayesian Optimization of ML Algorithms, NeurIPS 2012.
 # scikit-learn's gaussian_process/_gpr.py is the line-by-line model for Alg. 2.1.
 
 DTYPE = torch.float64
@@ -396,6 +400,7 @@ class GP:
     noise_variance: float         # noise variance of a new observation (noise + run_noise), y units
     run_noise_variance: float     # the part of it shared by the checkpoints of one run, y units
     log_marginal_likelihood: float  # log p(y | theta) of the standardized y, without the prior
+    runs: np.ndarray              # (n,) each row's run label (run_noise)
 
 def _check_inputs(X, n_weights, what):
     X = np.asarray(X, dtype=np.float64)
@@ -471,7 +476,66 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
     run_var = float(P["run_noise"]) if cfg.run_noise else 0.0
     hyp = {k: v.numpy().copy() if v.ndim else float(v) for k, v in P.items()}
     return GP(cfg, K, X, y, y_mean, y_scale, hyp, L, alpha,
-              (float(P["noise"]) + run_var) * y_scale ** 2, run_var * y_scale ** 2, float(lml))
+              (float(P["noise"]) + run_var) * y_scale ** 2, run_var * y_scale ** 2, float(lml),
+              np.asarray(runs))
+
+def slice_sample(log_density, x, lower, upper, sweeps, rng, width=1.0, max_steps=10):
+    """A Markov chain of `sweeps` states (p,) with stationary density exp(log_density) on the box
+    [lower, upper] (p,), from x: each sweep updates every coordinate with lower < upper once, in a
+    random order, by univariate slice sampling, stepping out by `width` at most max_steps times
+    and shrinking ([NE] fig. 3 and 5)."""
+    x, chain = np.clip(np.asarray(x, dtype=float), lower, upper), []
+    level = log_density(x)
+    for _ in range(sweeps):
+        for j in rng.permutation(np.flatnonzero(lower < upper)):
+            slice_level, y = level + math.log(rng.uniform()), x.copy()     # the slice under x
+            def inside(v):
+                y[j] = v
+                return lower[j] <= v <= upper[j] and log_density(y) > slice_level
+            a = x[j] - width * rng.uniform()                               # fig. 3: stepping out
+            b, left = a + width, int(max_steps * rng.uniform())
+            right = max_steps - 1 - left
+            while left > 0 and inside(a):
+                a, left = a - width, left - 1
+            while right > 0 and inside(b):
+                b, right = b + width, right - 1
+            a, b = max(a, lower[j]), min(b, upper[j])                      # the box
+            while True:                                                    # fig. 5: shrinkage
+                y[j] = v = rng.uniform(a, b)
+                if (value := log_density(y)) > slice_level:
+                    x, level = y, value
+                    break
+                a, b = (v, b) if v < x[j] else (a, v)
+        chain.append(x.copy())
+    return chain
+
+def sample_hyperparameters(gp, draws, seed=0):
+    """`draws` hyperparameter sets (dicts as GP.hyperparameters) from p(theta | y) on gp's data,
+    with fit_gp's priors, bounds and held exponents, as [SN] sec. 3.2 marginalizes a GP's:
+    slice_sample over theta, 2 draws sweeps from gp's own theta, the last `draws` kept."""
+    X, K, cfg = gp.X, gp.n_weights, gp.config
+    ys = (gp.y - gp.y_mean) / gp.y_scale
+    identified, residual = (True, True), 1.0
+    if cfg.mean == "scaling_law":
+        _, identified, residual = _law_exponents(X[:, K:], ys)
+    specs = _specs(cfg, X.shape[1], K, residual)
+    held = {f"mean_alpha_{c}" for c, free in zip("NT", identified) if not free}
+    theta = _pack(gp.hyperparameters, specs)
+    bounds = [(z, z) if s.name in held else (s.lower, s.upper) if not s.log else
+              (math.log(s.lower), math.log(s.upper))
+              for s, z in zip([s for s in specs for _ in range(math.prod(s.shape))], theta)]
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(ys)
+    R = torch.from_numpy(np.equal.outer(gp.runs, gp.runs).astype(np.float64))
+    known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
+    def log_posterior(theta):
+        with torch.no_grad():
+            terms = _lml_terms(cfg, _unpack(torch.from_numpy(theta), specs), Xt, yt, K, R, known)
+        return -math.inf if terms is None else terms[0] + _log_prior(theta, specs, cfg)[0]
+    lower, upper = np.array(bounds).T
+    chain = slice_sample(log_posterior, theta, lower, upper, 2 * draws,
+                         np.random.default_rng(seed))
+    return [{k: v.numpy().copy() if v.ndim else float(v)
+             for k, v in _unpack(torch.from_numpy(z), specs).items()} for z in chain[draws:]]
 
 # ----------------------------------------------------------------------- 7. posterior, y units
 def _params(gp):
@@ -491,6 +555,13 @@ def predict(gp, Xs, full_cov=False):
             return mean.numpy(), (gp.y_scale ** 2 * cov).numpy()
         var = _kernel(cfg, P, Xs, Xs, K, paired=True) - V.square_().sum(0)          # line 6
         return mean.numpy(), (gp.y_scale ** 2 * var.clamp_min(0.0)).numpy()
+
+def predict_mixture(models, Xs):
+    """Mean and variance (m,) of the equal-weight mixture of the models' posteriors at Xs (as
+    predict): the mean of their means, the mean of their variances plus the variance of their means
+    (the law of total variance)."""
+    means, variances = zip(*(predict(model, Xs) for model in models))
+    return np.mean(means, axis=0), np.mean(variances, axis=0) + np.var(means, axis=0)
 
 def cross_covariance(gp, XA, XZ, chunk=4096):
     """Posterior covariance Sigma_n(A, Z) (|A|, |Z|) and variance at Z (|Z|,), y units, Z in chunks:

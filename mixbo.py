@@ -46,7 +46,7 @@ TARGET_IN_DESIGN = 5.0  # mfkg's design includes one target run from this budget
 DESIGN_SCALES = 3       # mfkg's design below the target uses this many of the smallest scales
 VERIFY_SHARE = 0.25     # mfkg keeps this share of the budget (>= one target run) for target runs
 WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
-RUN, STRATEGY, MODEL = 0, 1, 2     # what a derived seed is for (trial_seed)
+RUN, STRATEGY, MODEL, DRAWS = 0, 1, 2, 3     # what a derived seed is for (trial_seed)
 
 
 def silent(*args, **kwargs):
@@ -89,6 +89,9 @@ class Settings:
     regression_share: float = option(0.5, "regression: budget share for smallest-scale proxies")
     aggregate: str = option("", "minimize this aggregate of the per-domain losses: mean, worst, "
                                 "weighted:D=W,... or domain:D (default: the objective's loss)")
+    hyperparameter_draws: int = option(4, "GP strategies: the recommendation's +- averages the "
+                                          "GP over this many posterior draws of its "
+                                          "hyperparameters (0: at their MAP only)")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -98,9 +101,11 @@ class Settings:
             raise ValueError(f"budget must be a number > 0 (target-run equivalents); "
                              f"got {self.budget}")
         if (self.n_init < 0 or not self.refit_growth >= 1 or self.candidates < 1 or self.eta < 2
-                or not self.fixed_cost >= 0 or not 0 < self.regression_share < 1):
+                or not self.fixed_cost >= 0 or not 0 < self.regression_share < 1
+                or self.hyperparameter_draws < 0):
             raise ValueError("n_init must be >= 0, refit_growth >= 1, candidates >= 1, eta >= 2, "
-                             "fixed_cost >= 0 and regression_share in (0, 1)")
+                             "fixed_cost >= 0, regression_share in (0, 1) and "
+                             "hyperparameter_draws >= 0")
         if self.mixture and self.strategy not in GP_STRATEGIES + ("sobol",):
             raise ValueError(f"--mixture starts the design of {', '.join(GP_STRATEGIES)} and "
                              f"sobol; strategy {self.strategy} has no design to start")
@@ -165,8 +170,8 @@ def parse_mixture(text, domains, flag="--mixture"):
 # 2. designs and seeds
 
 def trial_seed(seed, t, purpose):
-    """The seed of trial t for one purpose (RUN, STRATEGY, MODEL): a function of (seed, t, purpose)
-    only, so resumed and uninterrupted searches draw the same numbers."""
+    """The seed of trial t for one purpose (RUN, STRATEGY, MODEL, DRAWS): a function of (seed, t,
+    purpose) only, so resumed and uninterrupted searches draw the same numbers."""
     return int(np.random.SeedSequence([seed, t, purpose]).generate_state(1)[0])
 
 
@@ -215,6 +220,7 @@ class Context:
     unit: float                     # cost(*target): the budget unit
     bounds: tuple                   # (scale_min, scale_max, steps_min, steps_max) for gp.encode
     model: object = None            # gp.GP of the finished trials (GP strategies), else None
+    draws: list = dataclasses.field(default_factory=list)   # gp.GP per hyperparameter draw
     refit: dict = dataclasses.field(default_factory=dict)   # fit_model's hyperparameter cache
     spent: float = 0.0              # target-run equivalents of every trial asked so far
 
@@ -463,29 +469,34 @@ def refit_point(c, growth):
     return r
 
 
-def fit_model(ctx, history, domain=None, restarts=2, **options):
-    """gp.fit_gp (with the model `options`) on the finished trials `history`; None before any ok
-    one. Hyperparameters are fitted (MAP, from `restarts` starts) on the first r =
+def fit_model(ctx, history, domain=None, restarts=2, draws=0, **options):
+    """gp.fit_gp (with the model `options`) on the finished trials `history`; (None, []) before any
+    ok one. Hyperparameters are fitted (MAP, from `restarts` starts) on the first r =
     refit_point(c, refit_growth) of the c trials (cached in ctx.refit), and the GP is conditioned
     on all of them with those: a function of the finished trials only. With a domain, the GP of
-    that domain's losses (_observations)."""
+    that domain's losses (_observations). Returns (GP, [GP] * draws): the list conditioned likewise
+    on hyperparameters drawn from their posterior on those r (gp.sample_hyperparameters)."""
     import gp
     if not any(x["status"] == "ok" for x in history):
-        return None
+        return None, []
     c = len(history)
     r = refit_point(c, ctx.settings.refit_growth)
     if not any(x["status"] == "ok" for x in history[:r]):
         r = c                                                 # nothing to refit on yet: fit now
-    key = (domain, restarts, *sorted(options.items()))
+    key = (domain, restarts, draws, *sorted(options.items()))
     fitted_on = [x.get("trial") for x in history[:r]]
     if ctx.refit.get(key, (None,))[0] != fitted_on:
         W, N, T, y, runs = _observations(history[:r], domain)
         fit = gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
                         seed=trial_seed(ctx.settings.seed, r, MODEL), restarts=restarts)
-        ctx.refit[key] = (fitted_on, fit.hyperparameters)
+        drawn = gp.sample_hyperparameters(fit, draws, trial_seed(ctx.settings.seed, r, DRAWS)) \
+            if draws else []
+        ctx.refit[key] = (fitted_on, fit.hyperparameters, drawn)
     W, N, T, y, runs = _observations(history, domain)
-    return gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options), runs=runs,
-                     hyperparameters=ctx.refit[key][1])
+    condition = lambda h: gp.fit_gp(gp.encode(W, N, T, ctx.bounds), y, ctx.K, gp.Config(**options),
+                                    runs=runs, hyperparameters=h)
+    model = condition(ctx.refit[key][1])
+    return model, [condition(h) for h in ctx.refit[key][2]]
 
 
 def kriging_believer(ctx, finished, pending):
@@ -601,9 +612,10 @@ def propose(ctx, history, t):
 
 def recommend(ctx, history):
     """The mixture to train at the target, from the finished trials. GP strategies: the argmin of
-    ctx.model's posterior mean at the target over the evaluated mixtures, with its posterior mean
-    +- sd there. Regression before any target run: its argmin (a proxy-scale prediction).
-    Otherwise the best loss observed at the target, else at the highest fidelity reached."""
+    ctx.model's posterior mean at the target over the evaluated mixtures, with the mean +- sd there
+    of the GPs on the hyperparameter draws (ctx.draws; ctx.model's with none). Regression before
+    any target run: its argmin (a proxy-scale prediction). Otherwise the best loss observed at the
+    target, else at the highest fidelity reached."""
     target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
     ran_target = any((r["scale"], r["steps"]) == target for r in ok)
     choice = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
@@ -611,7 +623,7 @@ def recommend(ctx, history):
     if ctx.settings.strategy in GP_STRATEGIES and ctx.model is not None:
         import acquisition
         mixtures = _mixtures(history)
-        i, mean, sd = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds)
+        i, mean, sd = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds, ctx.draws)
         choice.update(weights=mixtures[i].tolist(), loss=mean, sd=sd,
                       source="GP posterior at the target")
     elif (ctx.settings.strategy == "regression" and not ran_target
@@ -636,9 +648,9 @@ def recommend(ctx, history):
 
 def insight(ctx, history, weights):
     """What the GP says about the mixture `weights` at the target (GP strategies; {} otherwise):
-      tradeoffs   for it, uniform and each --mixture: the predicted target objective +- sd (the
-                  loop's GP) and each domain's predicted target loss +- sd (one GP per domain on
-                  its own losses, the same model options and refit schedule, one start)
+      tradeoffs   for it, uniform and each --mixture: the predicted target objective +- sd (as
+                  the recommendation's) and each domain's predicted target loss +- sd (one GP
+                  per domain on its own losses, the same options and refit schedule, one start)
       utilities   per domain, the predicted change of the target objective per unit of weight moved
                   to it from the others in proportion, D_v f(w) with v = e_k - w, +- the sd of the
                   GP's derivative posterior (gp.directional_derivative; R&W sec. 9.4)
@@ -653,9 +665,11 @@ def insight(ctx, history, weights):
     X = gp.encode(np.array(list(named.values())), *target, ctx.bounds)          # (M, K + 2)
     ok = [r for r in history if r["status"] == "ok"]
     models = {"objective": ctx.model}
-    models.update({d: fit_model(ctx, history, domain=d, restarts=1) for d in domains
+    models.update({d: fit_model(ctx, history, domain=d, restarts=1)[0] for d in domains
                    if any(d in c["domain_losses"] for r in ok for c in r["checkpoints"])})
     predictions = {k: gp.predict(m, X) for k, m in models.items()}              # (M,), (M,)
+    if ctx.draws:                                   # as the recommendation's: over the draws
+        predictions["objective"] = gp.predict_mixture(ctx.draws, X)
     tradeoffs = {name: {k: [float(mean[i]), float(np.sqrt(var[i]))]
                         for k, (mean, var) in predictions.items()} for i, name in enumerate(named)}
     V = np.column_stack([np.eye(K) - named["recommended"], np.zeros((K, 2))])   # (K, K + 2)
@@ -756,12 +770,15 @@ def ledger_header(settings, objective, source=None, sha256=None):
 def header_difference(old, new):
     """What differs between a ledger's header and this search's, e.g. 'settings.seed (ledger 0,
     now 1)', or None: the format, the settings but the budget, the search space (not the display
-    name), and the source and the sha256 where both headers have them."""
+    name), and the source and the sha256 where both headers have them. A setting the ledger's
+    header lacks (it predates the option) counts as the option's default."""
     if not isinstance(old, dict) or old.get("mixbo_ledger") != LEDGER_VERSION:
         found = old.get("mixbo_ledger") if isinstance(old, dict) else None
         return f"format (ledger version {found}, this mixbo writes {LEDGER_VERSION})"
     for part in ("settings", "objective", "source"):
         a, b = old.get(part) or {}, new.get(part) or {}
+        if part == "settings" and a:
+            a = {**json.loads(json.dumps(dataclasses.asdict(Settings()))), **a}
         for key in sorted((set(a) | set(b)) - {"budget", "name"} if a and b else ()):
             if a.get(key) != b.get(key):
                 return f"{part}.{key} (ledger {a.get(key)!r}, now {b.get(key)!r})"
@@ -966,7 +983,9 @@ class Search:
 
     def _refit(self):
         gp_strategy = self.settings.strategy in GP_STRATEGIES
-        self.ctx.model = fit_model(self.ctx, self.finished) if gp_strategy else None
+        self.ctx.model, self.ctx.draws = (fit_model(self.ctx, self.finished,
+                                                    draws=self.settings.hyperparameter_draws)
+                                          if gp_strategy else (None, []))
 
     def _recommend(self, t):
         choice = {"kind": "recommendation", "after_trial": t, **recommend(self.ctx, self.finished)}

@@ -3,7 +3,8 @@
 For every finished mfkg ledger <instance>-mfkg-seed<s>.jsonl in DIR and every --share, the search is
 rebuilt as the loop had it after its last trial within that share of the budget (mixbo.Search on
 the ledger cut there; the same model, as a function of the finished trials), and at the target
-over the mixtures it has evaluated it reports:
+over the mixtures it has evaluated it reports, as this mixbo would have reported them then (with
+--hyperparameter-draws):
   z        (true - predicted) / sd of the recommendation (the reported +-)
   spread   sd of the noise-free losses over sd of the posterior means: > 1 where the model
            predicts the mixtures' differences at the target smaller than they are
@@ -15,11 +16,13 @@ Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |sprea
 the mean all1.
 
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
+         [--hyperparameter-draws N] [--jobs N]
 """
 
 import argparse
 import glob
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -55,20 +58,24 @@ def cut_ledger(lines, records, share, budget, out):
     return True
 
 
-def score(lines, records, objective, name, seed, share, scratch):
-    """The row of one ledger at one share, or None if no trial was told within it."""
-    budget = robustness.default_budget(objective)
-    if not cut_ledger(lines, records, share, budget, scratch):
+def score(lines, records, objective, name, seed, share, scratch, draws):
+    """The row of one ledger at one share, or None if no trial was told within it; the reported +-
+    with `draws` hyperparameter draws (mixbo's --hyperparameter-draws)."""
+    budget, header = robustness.default_budget(objective), json.loads(lines[0])
+    header["settings"]["hyperparameter_draws"] = draws         # reporting only: not the trials
+    if not cut_ledger([json.dumps(header)] + lines[1:], records, share, budget, scratch):
         return None
-    with mixbo.Search(objective, mixbo.Settings(budget=budget, seed=seed), scratch, resume=True,
-                      warn=mixbo.silent) as search:
-        model, choice, ctx = search.ctx.model, search.recommendations[-1], search.ctx
-        mixtures = mixbo._mixtures(search.finished)                              # (m, K)
+    settings = mixbo.Settings(budget=budget, seed=seed, hyperparameter_draws=draws)
+    with mixbo.Search(objective, settings, scratch, resume=True, warn=mixbo.silent) as search:
+        ctx = search.ctx
+        choice = mixbo.recommend(ctx, search.finished)     # as this mixbo reports it, not the
+        mixtures = mixbo._mixtures(search.finished)        # ledger's record: (m, K)
         target = tuple(objective.target)
         n_target = sum(r["status"] == "ok" and (r["scale"], r["steps"]) == target
                        for r in search.finished)
         n_runs = len(search.finished)
-    mean, var = gp.predict(model, gp.encode(mixtures, *target, ctx.bounds))
+    X = gp.encode(mixtures, *target, ctx.bounds)
+    mean, var = gp.predict_mixture(ctx.draws, X) if ctx.draws else gp.predict(ctx.model, X)
     true = objective.true_loss(mixtures)
     z = (float(objective.true_loss(np.asarray(choice["weights"]))) - choice["loss"]) / choice["sd"]
     spread = float(np.std(true) / max(np.std(mean), 1e-12))
@@ -79,39 +86,51 @@ def score(lines, records, objective, name, seed, share, scratch):
             "target_runs": n_target}
 
 
+def score_ledger(task):
+    """The rows of one ledger (path, instance, seed, shares, draws) at each share; [] if the
+    search has not finished (still running, or stopped)."""
+    path, name, seed, shares, draws = task
+    with open(path) as f:
+        lines = f.read().splitlines()
+    records = [json.loads(line) for line in lines]
+    if not any(r.get("kind") == "summary" for r in records):
+        return []
+    objective = simulate.make_benchmark(name)                          # cached per instance
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [score(lines, records, objective, name, seed, share,
+                      os.path.join(tmp, "cut.jsonl"), draws) for share in shares]
+    return [row for row in rows if row]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
     p.add_argument("--share", type=float, action="append", help="default: 0.25 and 1.0")
     p.add_argument("--instances", help="comma list (default: every mfkg ledger in the folder)")
     p.add_argument("--seeds", type=int, help="only seeds 0..N-1 (default: all)")
+    p.add_argument("--hyperparameter-draws", type=int,
+                   default=mixbo.Settings.hyperparameter_draws,
+                   help="the reported +-'s draws, as mixbo's option (default: its default)")
+    p.add_argument("--jobs", type=int, default=1, help="ledgers scored in parallel (fork)")
     args = p.parse_args(argv)
-    shares, rows, objectives = args.share or [0.25, 1.0], [], {}
+    shares, rows = args.share or [0.25, 1.0], []
     wanted = set(args.instances.split(",")) if args.instances else None
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in sorted(glob.glob(os.path.join(args.folder, "*-mfkg-seed*.jsonl"))):
-            name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
-            if (wanted and name not in wanted) or (args.seeds and int(seed) >= args.seeds):
-                continue
-            with open(path) as f:
-                lines = f.read().splitlines()
-            records = [json.loads(line) for line in lines]
-            if not any(r.get("kind") == "summary" for r in records):
-                continue                        # not finished: still running, or stopped
-            if name not in objectives:
-                objectives[name] = simulate.make_benchmark(name)
-            for share in shares:
-                row = score(lines, records, objectives[name], name, int(seed), share,
-                            os.path.join(tmp, "cut.jsonl"))
-                if row:
-                    rows.append(row)
-                    print(f"{name:<28} seed {seed:>2} at {share:4.0%}: z {row['z']:+6.2f}  "
-                          f"spread {row['spread']:7.2f}  level {row['level']:+6.2f}  all1 "
-                          f"{row['all1']:.2f}  runs "
-                          f"{row['runs']:>3} ({row['target_runs']} at the target)", flush=True)
+    tasks = []
+    for path in sorted(glob.glob(os.path.join(args.folder, "*-mfkg-seed*.jsonl"))):
+        name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
+        if not (wanted and name not in wanted) and not (args.seeds and int(seed) >= args.seeds):
+            tasks.append((path, name, int(seed), shares, args.hyperparameter_draws))
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for ledger_rows in pool.imap(score_ledger, tasks):
+            for row in ledger_rows:
+                rows.append(row)
+                print(f"{row['instance']:<28} seed {row['seed']:>2} at {row['share']:4.0%}: z "
+                      f"{row['z']:+6.2f}  spread {row['spread']:7.2f}  level {row['level']:+6.2f}"
+                      f"  all1 {row['all1']:.2f}  runs {row['runs']:>3} ({row['target_runs']} at "
+                      f"the target)", flush=True)
     for share in shares:
-        for scales in sorted({r["scales"] for r in rows}):
-            group = [r for r in rows if r["share"] == share and r["scales"] == scales]
+        for scales in sorted({r["scales"] for r in rows}) + ["all"]:
+            group = [r for r in rows if r["share"] == share and scales in (r["scales"], "all")]
             z = np.abs([r["z"] for r in group])
             print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
                   f"{np.mean(z <= 1):.2f}, <= 2 in {np.mean(z <= 2):.2f}; median |spread - 1| "

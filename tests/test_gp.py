@@ -684,3 +684,67 @@ def test_one_run_per_mixture_keeps_the_mixture_effect(seed):
     true_spread = o.true_loss(W).std()
     assert spread[False] < 0.01 * true_spread
     assert spread[True] > 0.5 * true_spread
+
+
+# ------------------------------------------------------------------ hyperparameter draws
+
+def test_slice_sample_has_the_moments_of_known_densities():
+    """The chain's moments equal closed forms within 5 Monte Carlo standard errors (from the
+    chain's batch means): a correlated Gaussian (rho 0.8), an exponential of rate 2 cut at 3 by
+    the box (mean 1/2 - 3 e^-6 / (1 - e^-6)), and a coordinate held by lower == upper."""
+    cov = np.array([[1.0, 0.8], [0.8, 1.0]])
+    precision = np.linalg.inv(cov)
+    def log_density(x):
+        return -0.5 * x[:2] @ precision @ x[:2] - 2.0 * x[2]
+    lower, upper = np.array([-20.0, -20.0, 0.0, 0.7]), np.array([20.0, 20.0, 3.0, 0.7])
+    chain = np.array(gp.slice_sample(lambda x: log_density(x), np.zeros(4), lower, upper, 6000,
+                                     np.random.default_rng(0)))
+    exp_mean = 0.5 - 3 * math.exp(-6) / (1 - math.exp(-6))
+    batches = chain.reshape(60, 100, 4).mean(1)                        # batch means: the se
+    se = batches.std(0, ddof=1) / math.sqrt(len(batches))
+    assert np.all(np.abs(chain.mean(0)[:3] - [0.0, 0.0, exp_mean]) < 5 * se[:3])
+    assert np.all(chain[:, 3] == 0.7)
+    centred = chain[:, :2] - chain[:, :2].mean(0)
+    assert np.allclose(centred.T @ centred / len(chain), cov, atol=0.1)
+    assert np.all((chain >= lower) & (chain <= upper))
+
+
+def test_hyperparameter_draws_follow_the_fits_posterior_and_its_contract():
+    """sample_hyperparameters: `draws` dicts with the fit's keys, inside the bounds, the held
+    exponent (one step value) held, the same for the same seed; and as data grow the draws gather
+    around the MAP (the posterior concentrates): the spread of log amplitude shrinks."""
+    spread = {}
+    for n_mixtures in (4, 24):
+        X, y, runs = make_runs(n_mixtures, [0.0, 0.5, 1.0], seed=1)
+        X[:, -1] = 1.0                                    # one step value: alpha_T is held
+        model = gp.fit_gp(X, y, K, runs=runs, seed=0)
+        draws = gp.sample_hyperparameters(model, 6, seed=3)
+        assert len(draws) == 6 and all(d.keys() == model.hyperparameters.keys() for d in draws)
+        for spec in gp._specs(model.config, X.shape[1], K):
+            values = np.array([d[spec.name] for d in draws])
+            assert np.all((values >= spec.lower * (1 - 1e-12)) & (values <= spec.upper))
+        assert all(d["mean_alpha_T"] == model.hyperparameters["mean_alpha_T"] for d in draws)
+        again = gp.sample_hyperparameters(model, 6, seed=3)
+        assert all(np.array_equal(a["w_lengthscale"], b["w_lengthscale"])
+                   for a, b in zip(draws, again))
+        spread[n_mixtures] = np.std(np.log([d["amplitude"] for d in draws]))
+    assert spread[24] < spread[4]
+
+
+def test_predict_mixture_equals_monte_carlo_of_the_mixture():
+    """predict_mixture of two GPs (other hyperparameters) equals the mean and variance of draws
+    from the equal-weight mixture of their posteriors to 3 Monte Carlo standard errors."""
+    X, y = make_data(30, seed=4)
+    first = gp.fit_gp(X, y, K, seed=0)
+    other = dict(first.hyperparameters, amplitude=4 * first.hyperparameters["amplitude"],
+                 w_lengthscale=0.5 * first.hyperparameters["w_lengthscale"])
+    second = gp.fit_gp(X, y, K, hyperparameters=other)
+    Xs = make_data(3, seed=5)[0]
+    mean, var = gp.predict_mixture([first, second], Xs)
+    rng, n = np.random.default_rng(0), 400_000
+    pick = rng.integers(0, 2, n)
+    parts = [gp.predict(m, Xs) for m in (first, second)]
+    means, variances = (np.array([p[k] for p in parts]) for k in (0, 1))          # (2, 3)
+    samples = means[pick] + np.sqrt(variances[pick]) * rng.normal(size=(n, 3))
+    assert np.all(np.abs(samples.mean(0) - mean) < 3 * np.sqrt(var / n))
+    assert np.all(np.abs(samples.var(0) - var) < 3 * var * math.sqrt(2 / n) * 3)

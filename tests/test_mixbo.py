@@ -179,27 +179,31 @@ def test_summary_says_when_the_recommendation_is_an_extrapolation(tmp_path):
         assert any("one run at the target" in line for line in lines) == (runs == 1)
 
 
-def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path):
+@pytest.mark.parametrize("draws", [0, 3])
+def test_recommendation_is_the_gp_argmin_with_its_posterior_there(tmp_path, draws):
     """mfkg recommends its GP's argmin at the target over the evaluated mixtures and reports that
-    GP's posterior there: the GP refitted here from the history, outside mixbo's loop, on the trials
-    the refit schedule names."""
+    GP's posterior there, or with hyperparameter draws the mixture of the GPs on them: the GPs
+    refitted and resampled here from the history, outside mixbo's loop, on the trials the refit
+    schedule names."""
     import gp
     obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
-    res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None, **CHEAP)
+    res = mixbo.optimize(obj, "mfkg", 1.0, seed=0, ledger=None, out=None,
+                         **{**CHEAP, "hyperparameter_draws": draws})
     bounds = (1e6, 16e6, 100, 200)
     r = mixbo.refit_point(len(res.trials), res.settings.refit_growth)  # last refit
     assert 1 < r < len(res.trials)
-    def model():
-        W, N, T, y, runs = mixbo._observations(res.trials[:r])
-        config = gp.Config()
-        hyp = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs,
-                        seed=mixbo.trial_seed(0, r, mixbo.MODEL)).hyperparameters
-        W, N, T, y, runs = mixbo._observations(res.trials)
-        return gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, config, runs=runs, hyperparameters=hyp)
+    W, N, T, y, runs = mixbo._observations(res.trials[:r])
+    fit = gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, gp.Config(), runs=runs,
+                    seed=mixbo.trial_seed(0, r, mixbo.MODEL))
+    drawn = gp.sample_hyperparameters(fit, draws, seed=mixbo.trial_seed(0, r, mixbo.DRAWS))
+    W, N, T, y, runs = mixbo._observations(res.trials)
+    condition = lambda h: gp.fit_gp(gp.encode(W, N, T, bounds), y, 3, gp.Config(), runs=runs,
+                                    hyperparameters=h)
     mixtures = mixbo._mixtures(res.trials)
     Xs = gp.encode(mixtures, 16e6, 200, bounds)
-    mean, var = gp.predict(model(), Xs)
-    i = int(np.argmin(mean))
+    i = int(np.argmin(gp.predict(condition(fit.hyperparameters), Xs)[0]))
+    mean, var = (gp.predict_mixture([condition(h) for h in drawn], Xs) if draws
+                 else gp.predict(condition(fit.hyperparameters), Xs))
     rec = res.recommendation
     assert np.allclose(rec["weights"], mixtures[i], atol=1e-12)
     assert abs(rec["loss"] - mean[i]) < 1e-9 and abs(rec["sd"] - np.sqrt(var[i])) < 1e-9
@@ -791,6 +795,38 @@ def test_resume_identity_names_the_field_and_a_larger_budget_extends(tmp_path, c
     assert run("--budget", "4", "--resume") == 2
     err = capsys.readouterr().err
     assert "sha256" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hyperparameter_draws_change_the_reported_sd_not_the_trials(tmp_path):
+    """The draws only report: with and without them, the same seed runs the same trials and
+    recommends the same mixtures; the reported loss +- sd differ."""
+    obj = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    runs = [mixbo.optimize(obj, "mfkg", 1.0, seed=2, ledger=None, out=None,
+                           **{**CHEAP, "hyperparameter_draws": draws}) for draws in (0, 3)]
+    trial = lambda r: (r["weights"], r["scale"], r["steps"], r["loss"])
+    assert [trial(r) for r in runs[0].trials] == [trial(r) for r in runs[1].trials]
+    assert [c["weights"] for c in runs[0].recommendations] == \
+        [c["weights"] for c in runs[1].recommendations]
+    assert runs[0].recommendation["sd"] != runs[1].recommendation["sd"]
+
+
+def test_a_ledger_that_predates_an_option_resumes_with_its_default(tmp_path):
+    """A header without hyperparameter_draws (written before the option) resumes as the default;
+    one that recorded another value is refused, naming it."""
+    objective = simulate.load_objective_file(write_objective(tmp_path / "obj.py"))
+    ledger = tmp_path / "l.jsonl"
+    with mixbo.Search(objective, mixbo.Settings(budget=1.0, **CHEAP), ledger, warn=mixbo.silent):
+        pass
+    lines = ledger.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["settings"]["hyperparameter_draws"]
+    ledger.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    with mixbo.Search(objective, mixbo.Settings(budget=1.0, **CHEAP), ledger, resume=True,
+                      warn=mixbo.silent):
+        pass
+    with pytest.raises(ValueError, match="settings.hyperparameter_draws"):
+        mixbo.Search(objective, mixbo.Settings(budget=1.0, hyperparameter_draws=2, **CHEAP),
+                     ledger, resume=True, warn=mixbo.silent)
 
 
 def test_a_gp_strategy_with_only_pending_trials_waits_instead_of_guessing(tmp_path):
