@@ -11,9 +11,11 @@ over the mixtures it has evaluated it reports, as this mixbo would have reported
   level    (mean true - mean predicted) / root mean posterior variance: the target's level error
   all1     share of the evaluated mixtures whose |true - posterior mean| <= 1 posterior sd there
            (beside z: is it the recommendation, the argmin, whose +- is off, or every mixture's?)
+  first    the first target run's true mixture effect: its noise-free target loss minus the mean
+           over Dirichlet(1) mixtures, in their sd (beside level: is the level that run's effect?)
   runs     finished trials, and those at the target
 Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|,
-the mean all1.
+the mean all1, and the correlation of level with first.
 
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
          [--hyperparameter-draws N] [--jobs N]
@@ -22,6 +24,7 @@ Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [-
 import argparse
 import glob
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -65,7 +68,9 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
     header["settings"]["hyperparameter_draws"] = draws         # reporting only: not the trials
     if not cut_ledger([json.dumps(header)] + lines[1:], records, share, budget, scratch):
         return None
-    settings = mixbo.Settings(budget=budget, seed=seed, hyperparameter_draws=draws)
+    settings = dict(header["settings"], budget=budget, hyperparameter_draws=draws)  # the ledger's
+    settings["mixture"] = tuple(map(tuple, settings["mixture"]))
+    settings = mixbo.Settings(**settings)
     with mixbo.Search(objective, settings, scratch, resume=True, warn=mixbo.silent) as search:
         ctx = search.ctx
         choice = mixbo.recommend(ctx, search.finished)     # as this mixbo reports it, not the
@@ -81,8 +86,13 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
     spread = float(np.std(true) / max(np.std(mean), 1e-12))
     level = float((true.mean() - mean.mean()) / np.sqrt(var.mean()))
     all1 = float(np.mean(np.abs(true - mean) <= np.sqrt(var)))
+    pool = objective.true_loss(np.random.default_rng(0).dirichlet(np.ones(ctx.K), 4000))
+    first = next((r["weights"] for r in search.finished if r["status"] == "ok"
+                  and (r["scale"], r["steps"]) == target), None)
+    first = None if first is None else float(
+        (objective.true_loss(np.asarray(first)) - pool.mean()) / pool.std())
     return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
-            "z": z, "spread": spread, "level": level, "all1": all1, "runs": n_runs,
+            "z": z, "spread": spread, "level": level, "all1": all1, "first": first, "runs": n_runs,
             "target_runs": n_target}
 
 
@@ -126,17 +136,21 @@ def main(argv=None):
                 rows.append(row)
                 print(f"{row['instance']:<28} seed {row['seed']:>2} at {row['share']:4.0%}: z "
                       f"{row['z']:+6.2f}  spread {row['spread']:7.2f}  level {row['level']:+6.2f}"
-                      f"  all1 {row['all1']:.2f}  runs {row['runs']:>3} ({row['target_runs']} at "
+                      f"  all1 {row['all1']:.2f}  first "
+                      f"{math.nan if row['first'] is None else row['first']:+5.2f}  runs "
+                      f"{row['runs']:>3} ({row['target_runs']} at "
                       f"the target)", flush=True)
     for share in shares:
         for scales in sorted({r["scales"] for r in rows}) + ["all"]:
             group = [r for r in rows if r["share"] == share and scales in (r["scales"], "all")]
             z = np.abs([r["z"] for r in group])
+            pairs = [(r["level"], r["first"]) for r in group if r["first"] is not None]
             print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
                   f"{np.mean(z <= 1):.2f}, <= 2 in {np.mean(z <= 2):.2f}; median |spread - 1| "
                   f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
                   f"{np.median([abs(r['level']) for r in group]):.2f}, mean all1 "
-                  f"{np.mean([r['all1'] for r in group]):.2f}")
+                  f"{np.mean([r['all1'] for r in group]):.2f}, corr(level, first) "
+                  f"{np.corrcoef(*zip(*pairs))[0, 1] if len(pairs) > 2 else math.nan:+.2f}")
     return 0
 
 

@@ -866,3 +866,22 @@ def test_refit_point_refits_when_the_trials_grew_by_the_factor():
     assert all(b == max(a + 1, math.ceil(1.25 * a)) for a, b in zip(points, points[1:]))
     assert [mixbo.refit_point(c, 1.0) for c in range(1, 6)] == [1, 2, 3, 4, 5]
     assert all(mixbo.refit_point(c, 1.25) <= c for c in range(1, 400))
+
+
+def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsys):
+    """bench/rescore.py on a kept ledger, at the whole budget: the search it rebuilds recommends
+    what the search recorded, with the same loss +- sd, so its z is the recorded one's."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import rescore
+    name = "loss-K5-L3-rho0.9"
+    objective = simulate.make_benchmark(name)
+    ledger = tmp_path / f"{name}-mfkg-seed0.jsonl"
+    res = mixbo.optimize(objective, "mfkg", 1.2, seed=0, ledger=str(ledger), out=None,
+                         candidates=64, hyperparameter_draws=2)
+    with pytest.MonkeyPatch.context() as patch:        # the ledger's budget, not the bed's
+        patch.setattr(rescore.robustness, "default_budget", lambda objective: 1.2)
+        assert rescore.main([str(tmp_path), "--share", "1.0", "--hyperparameter-draws", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " seed  0 at 100%" in line)
+    rec = res.recommendation
+    z = (float(objective.true_loss(np.asarray(rec["weights"]))) - rec["loss"]) / rec["sd"]
+    assert f"z {z:+6.2f}" in row
