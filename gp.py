@@ -485,7 +485,8 @@ def slice_sample(log_density, x, lower, upper, sweeps, rng, width=1.0, max_steps
     random order, by univariate slice sampling, stepping out by `width` at most max_steps times
     and shrinking ([NE] fig. 3 and 5)."""
     x, chain = np.clip(np.asarray(x, dtype=float), lower, upper), []
-    level = log_density(x)
+    if not math.isfinite(level := log_density(x)):
+        raise ValueError("slice_sample must start where log_density is finite; start at a fit")
     for _ in range(sweeps):
         for j in rng.permutation(np.flatnonzero(lower < upper)):
             slice_level, y = level + math.log(rng.uniform()), x.copy()     # the slice under x

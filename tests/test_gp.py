@@ -707,6 +707,8 @@ def test_slice_sample_has_the_moments_of_known_densities():
     centred = chain[:, :2] - chain[:, :2].mean(0)
     assert np.allclose(centred.T @ centred / len(chain), cov, atol=0.1)
     assert np.all((chain >= lower) & (chain <= upper))
+    with pytest.raises(ValueError, match="finite"):
+        gp.slice_sample(lambda x: -math.inf, np.zeros(4), lower, upper, 1, np.random.default_rng(0))
 
 
 def test_hyperparameter_draws_follow_the_fits_posterior_and_its_contract():
