@@ -415,6 +415,15 @@ def _check_inputs(X, n_weights, what):
                          f"(mixture weights) must be >= 0 and sum to 1; renormalize by w / w.sum()")
     return X
 
+def _run_matrix(runs):
+    """R (n, n): 1 where two rows are of the same run (runs: each row's run label), else 0."""
+    return torch.from_numpy(np.equal.outer(runs, runs).astype(np.float64))
+
+def _distinct_inputs(cfg, X, K):
+    """_distinct of the mixture columns (every column with "joint") and of the fidelity columns
+    of X (n, d): _lml_terms' `known`."""
+    return _distinct(X if cfg.structure == "joint" else X[:, :K]), _distinct(X[:, K:])
+
 def _lbfgsb(starts, specs, held, args, maxiter):
     """The best L-BFGS-B minimum of _objective(theta, *args) from the starts (ties: the first),
     those in `held` ({name: value}) held; relative stop 1e-7, not scipy's 2.2e-9 (bench/README)."""
@@ -440,7 +449,6 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
     if np.shape(runs) != (X.shape[0],):
         raise ValueError(f"runs must have shape (n,) = ({X.shape[0]},), one label per row of X; "
                          f"got {np.shape(runs)}")
-    R = torch.from_numpy(np.equal.outer(runs, runs).astype(np.float64))          # (n, n) same run
     y_mean, y_scale = float(y.mean()), float(y.std())         # population std, as sklearn's
     y_scale = y_scale if y_scale > 1e-8 * max(1.0, abs(y_mean)) else 1.0   # as BoTorch's min_stdv
     Xt, ys = torch.from_numpy(X), torch.from_numpy((y - y_mean) / y_scale)
@@ -450,7 +458,7 @@ def fit_gp(X, y, n_weights, config=Config(), *, seed=0, restarts=2, runs=None, h
         start = dict(zip(("mean_alpha_N", "mean_alpha_T"), exponents))
         free = [k for k, f in zip(start, identified) if f]
     specs = _specs(cfg, X.shape[1], K, residual)              # the amplitude prior's mode
-    known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
+    R, known = _run_matrix(runs), _distinct_inputs(cfg, Xt, K)
     if hyperparameters is not None:
         if missing := [s.name for s in specs if s.name not in hyperparameters]:
             raise ValueError(f"hyperparameters lack {missing}; pass GP.hyperparameters of a fit "
@@ -526,8 +534,7 @@ def sample_hyperparameters(gp, draws, seed=0):
               (math.log(s.lower), math.log(s.upper))
               for s, z in zip([s for s in specs for _ in range(math.prod(s.shape))], theta)]
     Xt, yt = torch.from_numpy(X), torch.from_numpy(ys)
-    R = torch.from_numpy(np.equal.outer(gp.runs, gp.runs).astype(np.float64))
-    known = _distinct(Xt if cfg.structure == "joint" else Xt[:, :K]), _distinct(Xt[:, K:])
+    R, known = _run_matrix(gp.runs), _distinct_inputs(cfg, Xt, K)
     def log_posterior(theta):
         with torch.no_grad():
             terms = _lml_terms(cfg, _unpack(torch.from_numpy(theta), specs), Xt, yt, K, R, known)

@@ -68,7 +68,7 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
     header["settings"]["hyperparameter_draws"] = draws         # reporting only: not the trials
     if not cut_ledger([json.dumps(header)] + lines[1:], records, share, budget, scratch):
         return None
-    settings = dict(header["settings"], budget=budget, hyperparameter_draws=draws)  # the ledger's
+    settings = dict(header["settings"], budget=budget)                     # the ledger's, as cut
     settings["mixture"] = tuple(map(tuple, settings["mixture"]))
     settings = mixbo.Settings(**settings)
     with mixbo.Search(objective, settings, scratch, resume=True, warn=mixbo.silent) as search:
