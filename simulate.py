@@ -391,7 +391,14 @@ def load_objective_file(path, domains=None, scales=None, steps=None, target=None
     cost = cost if callable(cost) else functools.partial(
         flops_cost, tokens_per_step=pick(tokens_per_step, "TOKENS_PER_STEP", TOKENS_PER_STEP))
     optimum, noise_sd = getattr(module, "OPTIMUM", None), getattr(module, "NOISE_SD", None)
-    optimum = optimum and (check_weights(optimum[0], len(domains)), float(optimum[1]))
+    if optimum is not None:
+        try:
+            best_weights, best_loss = optimum
+            best_loss = float(best_loss)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: OPTIMUM must be (weights, loss), the best mixture in "
+                             f"DOMAINS order and its target loss; got {optimum!r:.60}") from None
+        optimum = (check_weights(best_weights, len(domains)), best_loss)
     space = Objective(name=f"file:{path}", domains=domains, scales=scales, steps=step_grid,
                       target=(float(target[0]), int(target[1])), cost=cost, optimum=optimum,
                       noise_sd=None if noise_sd is None else float(noise_sd), run=None)

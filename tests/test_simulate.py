@@ -431,6 +431,9 @@ def test_search_space_only_file(tmp_path):
      "DOMAINS must be distinct"),
     ("STEPS = (200, 100)\ndef loss(w, s, t):\n    return 1.0\n", "load", "STEPS must be"),
     ("TARGET = (5e9, 20000)\ndef loss(w, s, t):\n    return 1.0\n", "load", "TARGET"),
+    ("OPTIMUM = -0.7\ndef loss(w, s, t):\n    return 1.0\n", "load", "OPTIMUM must be"),
+    ("OPTIMUM = ([0.2] * 5, 'low')\ndef loss(w, s, t):\n    return 1.0\n", "load",
+     "OPTIMUM must be"),
     ("def loss(w, s, t):\n    return 1.0\ndef cost(s, t):\n    return -1.0\n", "run", "cost"),
 ])
 def test_objective_file_errors_are_one_line(tmp_path, text, where, match):
