@@ -424,12 +424,17 @@ def _distinct_inputs(cfg, X, K):
     of X (n, d): _lml_terms' `known`."""
     return _distinct(X if cfg.structure == "joint" else X[:, :K]), _distinct(X[:, K:])
 
+def _theta_box(specs, held):
+    """(lower, upper) (p,) of theta: each spec's bounds, in log where theta holds the log, and
+    lower == upper at the value of a name in `held` ({name: natural value})."""
+    box = lambda s: (held[s.name],) * 2 if s.name in held else (s.lower, s.upper)
+    return np.array([tuple(map(math.log, box(s))) if s.log else box(s) for s in specs
+                     for _ in range(math.prod(s.shape))], dtype=float).T
+
 def _lbfgsb(starts, specs, held, args, maxiter):
     """The best L-BFGS-B minimum of _objective(theta, *args) from the starts (ties: the first),
     those in `held` ({name: value}) held; relative stop 1e-7, not scipy's 2.2e-9 (bench/README)."""
-    box = lambda s: (held[s.name],) * 2 if s.name in held else (s.lower, s.upper)
-    bounds = [tuple(map(math.log, box(s))) if s.log else box(s) for s in specs
-              for _ in range(math.prod(s.shape))]
+    bounds = list(zip(*_theta_box(specs, held)))
     fits = (scipy.optimize.minimize(_objective, x0, args, "L-BFGS-B", jac=True, bounds=bounds,
                                     options={"maxiter": maxiter, "ftol": 1e-7}) for x0 in starts)
     return min(fits, key=lambda res: res.fun).x
@@ -528,18 +533,15 @@ def sample_hyperparameters(gp, draws, seed=0):
     if cfg.mean == "scaling_law":
         _, identified, residual = _law_exponents(X[:, K:], ys)
     specs = _specs(cfg, X.shape[1], K, residual)
-    held = {f"mean_alpha_{c}" for c, free in zip("NT", identified) if not free}
-    theta = _pack(gp.hyperparameters, specs)
-    bounds = [(z, z) if s.name in held else (s.lower, s.upper) if not s.log else
-              (math.log(s.lower), math.log(s.upper))
-              for s, z in zip([s for s in specs for _ in range(math.prod(s.shape))], theta)]
+    held = {name: gp.hyperparameters[name] for name in
+            (f"mean_alpha_{c}" for c, free in zip("NT", identified) if not free)}
+    theta, (lower, upper) = _pack(gp.hyperparameters, specs), _theta_box(specs, held)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(ys)
     R, known = _run_matrix(gp.runs), _distinct_inputs(cfg, Xt, K)
     def log_posterior(theta):
         with torch.no_grad():
             terms = _lml_terms(cfg, _unpack(torch.from_numpy(theta), specs), Xt, yt, K, R, known)
         return -math.inf if terms is None else terms[0] + _log_prior(theta, specs, cfg)[0]
-    lower, upper = np.array(bounds).T
     chain = slice_sample(log_posterior, theta, lower, upper, 2 * draws,
                          np.random.default_rng(seed))
     return [{k: v.numpy().copy() if v.ndim else float(v)
