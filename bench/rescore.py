@@ -14,8 +14,9 @@ over the mixtures it has evaluated it reports, as this mixbo would have reported
   first    the first target run's true mixture effect: its noise-free target loss minus the mean
            over Dirichlet(1) mixtures, in their sd (beside level: is the level that run's effect?)
   runs     finished trials, and those at the target
-Then, pooled by ladder (number of scales): coverage at 1 and 2 sd, median |spread - 1| and |level|,
-the mean all1, and the correlation of level with first.
+Then per instance: coverage at 1 and 2 sd and the mean z (> 0: the truth is worse than reported);
+and pooled by ladder (number of scales): the same with the mean z's standard error, median
+|spread - 1| and |level|, the mean all1, and the correlation of level with first.
 
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
          [--hyperparameter-draws N] [--jobs N]
@@ -140,13 +141,22 @@ def main(argv=None):
                       f"{math.nan if row['first'] is None else row['first']:+5.2f}  runs "
                       f"{row['runs']:>3} ({row['target_runs']} at "
                       f"the target)", flush=True)
+    se = lambda z: np.std(z, ddof=1) / math.sqrt(len(z)) if len(z) > 1 else math.nan
+    for share in shares:
+        for name in sorted({r["instance"] for r in rows}):
+            z = np.array([r["z"] for r in rows if r["share"] == share and r["instance"] == name])
+            print(f"{name:<28} at {share:4.0%}: {len(z):>2} searches, |z| <= 1 in "
+                  f"{np.mean(np.abs(z) <= 1):.2f}, <= 2 in {np.mean(np.abs(z) <= 2):.2f}; "
+                  f"mean z {np.mean(z):+.2f}")
     for share in shares:
         for scales in sorted({r["scales"] for r in rows}) + ["all"]:
             group = [r for r in rows if r["share"] == share and scales in (r["scales"], "all")]
-            z = np.abs([r["z"] for r in group])
+            z = np.array([r["z"] for r in group])
             pairs = [(r["level"], r["first"]) for r in group if r["first"] is not None]
             print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
-                  f"{np.mean(z <= 1):.2f}, <= 2 in {np.mean(z <= 2):.2f}; median |spread - 1| "
+                  f"{np.mean(np.abs(z) <= 1):.2f}, <= 2 in {np.mean(np.abs(z) <= 2):.2f}; mean z "
+                  f"{np.mean(z):+.2f} (se {se(z):.2f}); "
+                  f"median |spread - 1| "
                   f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
                   f"{np.median([abs(r['level']) for r in group]):.2f}, mean all1 "
                   f"{np.mean([r['all1'] for r in group]):.2f}, corr(level, first) "

@@ -870,7 +870,8 @@ def test_refit_point_refits_when_the_trials_grew_by_the_factor():
 
 def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsys):
     """bench/rescore.py on a kept ledger, at the whole budget: the search it rebuilds recommends
-    what the search recorded, with the same loss +- sd, so its z is the recorded one's."""
+    what the search recorded, with the same loss +- sd, so its z (and the instance's summary
+    line) is the recorded one's."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import rescore
     name = "loss-K5-L3-rho0.9"
@@ -881,7 +882,10 @@ def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsy
     with pytest.MonkeyPatch.context() as patch:        # the ledger's budget, not the bed's
         patch.setattr(rescore.robustness, "default_budget", lambda objective: 1.2)
         assert rescore.main([str(tmp_path), "--share", "1.0", "--hyperparameter-draws", "2"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if " seed  0 at 100%" in line)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if " seed  0 at 100%" in line)
     rec = res.recommendation
     z = (float(objective.true_loss(np.asarray(rec["weights"]))) - rec["loss"]) / rec["sd"]
     assert f"z {z:+6.2f}" in row
+    summary = f"{name:<28} at 100%:  1 searches, |z| <= 1 in {float(abs(z) <= 1):.2f}"
+    assert f"{summary}, <= 2 in {float(abs(z) <= 2):.2f}; mean z {z:+.2f}" in out
