@@ -14,6 +14,7 @@ Any objective and search flag of mixbo.py applies (the strategy flag takes a com
 import json
 import math
 import multiprocessing
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,9 @@ def _bench_run(task):
 
 def _worker_init():
     """A forked worker must not use an OpenMP pool its parent started (torch then hangs); with one
-    thread it never needs the pool."""
+    thread it never needs the pool. It ends by SIGTERM (the pool's terminate), so the default
+    action, not mixbo.main's resumable-stop handler, which would print a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 

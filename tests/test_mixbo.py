@@ -394,6 +394,20 @@ def test_bench_tiny_writes_table_and_json(tmp_path):
         assert row["final_regret"][0] == pytest.approx(float(np.median(final)))
 
 
+def test_bench_workers_end_by_sigterm_without_the_resumable_stop_handler():
+    """The pool's terminate sends its workers SIGTERM; a worker that kept mixbo.main's handler
+    raised Terminated there and printed a traceback after a finished --bench."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import multiprocessing
+    import loop_bench
+    previous = signal.signal(signal.SIGTERM, mixbo._terminate)      # as mixbo.main installs it
+    try:
+        with multiprocessing.get_context("fork").Pool(1, loop_bench._worker_init) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_bench_names_the_column_by_what_it_holds():
     """With a known optimum --bench's first column is the final regret, without one (a table or
     an objective file without OPTIMUM) the final true loss, and the header says which."""
