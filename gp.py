@@ -533,8 +533,8 @@ def sample_hyperparameters(gp, draws, seed=0):
     if cfg.mean == "scaling_law":
         _, identified, residual = _law_exponents(X[:, K:], ys)
     specs = _specs(cfg, X.shape[1], K, residual)
-    held = {name: gp.hyperparameters[name] for name in
-            (f"mean_alpha_{c}" for c, free in zip("NT", identified) if not free)}
+    held = {f"mean_alpha_{c}": gp.hyperparameters[f"mean_alpha_{c}"]
+            for c, free in zip("NT", identified) if not free}
     theta, (lower, upper) = _pack(gp.hyperparameters, specs), _theta_box(specs, held)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(ys)
     R, known = _run_matrix(gp.runs), _distinct_inputs(cfg, Xt, K)

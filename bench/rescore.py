@@ -113,6 +113,12 @@ def score_ledger(task):
     return [row for row in rows if row]
 
 
+def coverage(z):
+    """'|z| <= 1 in a, <= 2 in b; mean z m' of the searches' z (n,)."""
+    return (f"|z| <= 1 in {np.mean(np.abs(z) <= 1):.2f}, <= 2 in {np.mean(np.abs(z) <= 2):.2f}; "
+            f"mean z {np.mean(z):+.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
@@ -141,22 +147,18 @@ def main(argv=None):
                       f"{math.nan if row['first'] is None else row['first']:+5.2f}  runs "
                       f"{row['runs']:>3} ({row['target_runs']} at "
                       f"the target)", flush=True)
-    se = lambda z: np.std(z, ddof=1) / math.sqrt(len(z)) if len(z) > 1 else math.nan
     for share in shares:
         for name in sorted({r["instance"] for r in rows}):
             z = np.array([r["z"] for r in rows if r["share"] == share and r["instance"] == name])
-            print(f"{name:<28} at {share:4.0%}: {len(z):>2} searches, |z| <= 1 in "
-                  f"{np.mean(np.abs(z) <= 1):.2f}, <= 2 in {np.mean(np.abs(z) <= 2):.2f}; "
-                  f"mean z {np.mean(z):+.2f}")
+            print(f"{name:<28} at {share:4.0%}: {len(z):>2} searches, {coverage(z)}")
     for share in shares:
         for scales in sorted({r["scales"] for r in rows}) + ["all"]:
             group = [r for r in rows if r["share"] == share and scales in (r["scales"], "all")]
             z = np.array([r["z"] for r in group])
+            se = np.std(z, ddof=1) / math.sqrt(len(z)) if len(z) > 1 else math.nan
             pairs = [(r["level"], r["first"]) for r in group if r["first"] is not None]
-            print(f"{scales} scales at {share:4.0%}: {len(group)} searches, |z| <= 1 in "
-                  f"{np.mean(np.abs(z) <= 1):.2f}, <= 2 in {np.mean(np.abs(z) <= 2):.2f}; mean z "
-                  f"{np.mean(z):+.2f} (se {se(z):.2f}); "
-                  f"median |spread - 1| "
+            print(f"{scales} scales at {share:4.0%}: {len(group)} searches, {coverage(z)} (se "
+                  f"{se:.2f}); median |spread - 1| "
                   f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
                   f"{np.median([abs(r['level']) for r in group]):.2f}, mean all1 "
                   f"{np.mean([r['all1'] for r in group]):.2f}, corr(level, first) "

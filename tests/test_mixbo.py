@@ -6,6 +6,7 @@ and refit arithmetic done by hand. Cheap settings throughout: a 3-domain objecti
 3 scales x 2 step counts written by the tests, small candidate sets and budgets."""
 import json
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -398,7 +399,6 @@ def test_bench_workers_end_by_sigterm_without_the_resumable_stop_handler():
     """The pool's terminate sends its workers SIGTERM; a worker that kept mixbo.main's handler
     raised Terminated there and printed a traceback after a finished --bench."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
-    import multiprocessing
     import loop_bench
     previous = signal.signal(signal.SIGTERM, mixbo._terminate)      # as mixbo.main installs it
     try:
