@@ -13,10 +13,11 @@ over the mixtures it has evaluated it reports, as this mixbo would have reported
            (beside z: is it the recommendation, the argmin, whose +- is off, or every mixture's?)
   first    the first target run's true mixture effect: its noise-free target loss minus the mean
            over Dirichlet(1) mixtures, in their sd (beside level: is the level that run's effect?)
-  runs     finished trials, and those at the target
+  runs     finished trials, those at the target, and the recommended mixture's among them
 Then per instance: coverage at 1 and 2 sd and the mean z (> 0: the truth is worse than reported);
 and pooled by ladder (number of scales): the same with the mean z's standard error, median
-|spread - 1| and |level|, the mean all1, and the correlation of level with first.
+|spread - 1| and |level|, the mean all1, the correlation of level with first, and the share of
+searches whose recommended mixture has run at the target.
 
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
          [--hyperparameter-draws N] [--jobs N]
@@ -77,9 +78,10 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
         choice = mixbo.recommend(ctx, search.finished)     # as this mixbo reports it, not the
         mixtures = mixbo._mixtures(search.finished)        # ledger's record: (m, K)
         target = tuple(objective.target)
-        n_target = sum(r["status"] == "ok" and (r["scale"], r["steps"]) == target
-                       for r in search.finished)
+        at_target = [r for r in search.finished
+                     if r["status"] == "ok" and (r["scale"], r["steps"]) == target]
         n_runs = len(search.finished)
+    n_recommended = sum(list(r["weights"]) == list(choice["weights"]) for r in at_target)
     X = gp.encode(mixtures, *target, ctx.bounds)
     mean, var = gp.predict_mixture(ctx.draws, X) if ctx.draws else gp.predict(ctx.model, X)
     true = objective.true_loss(mixtures)
@@ -94,7 +96,7 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
         (objective.true_loss(np.asarray(first)) - pool.mean()) / pool.std())
     return {"instance": name, "seed": seed, "share": share, "scales": len(objective.scales),
             "z": z, "spread": spread, "level": level, "all1": all1, "first": first, "runs": n_runs,
-            "target_runs": n_target}
+            "target_runs": len(at_target), "recommended_runs": n_recommended}
 
 
 def score_ledger(task):
@@ -145,8 +147,8 @@ def main(argv=None):
                       f"{row['z']:+6.2f}  spread {row['spread']:7.2f}  level {row['level']:+6.2f}"
                       f"  all1 {row['all1']:.2f}  first "
                       f"{math.nan if row['first'] is None else row['first']:+5.2f}  runs "
-                      f"{row['runs']:>3} ({row['target_runs']} at "
-                      f"the target)", flush=True)
+                      f"{row['runs']:>3} ({row['target_runs']} at the target, "
+                      f"{row['recommended_runs']} of the recommendation)", flush=True)
     for share in shares:
         for name in sorted({r["instance"] for r in rows}):
             z = np.array([r["z"] for r in rows if r["share"] == share and r["instance"] == name])
@@ -162,7 +164,9 @@ def main(argv=None):
                   f"{np.median([abs(r['spread'] - 1) for r in group]):.2f}, median |level| "
                   f"{np.median([abs(r['level']) for r in group]):.2f}, mean all1 "
                   f"{np.mean([r['all1'] for r in group]):.2f}, corr(level, first) "
-                  f"{np.corrcoef(*zip(*pairs))[0, 1] if len(pairs) > 2 else math.nan:+.2f}")
+                  f"{np.corrcoef(*zip(*pairs))[0, 1] if len(pairs) > 2 else math.nan:+.2f}, "
+                  f"recommendation run at the target in "
+                  f"{np.mean([r['recommended_runs'] > 0 for r in group]):.2f}")
     return 0
 
 

@@ -885,7 +885,7 @@ def test_refit_point_refits_when_the_trials_grew_by_the_factor():
 def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsys):
     """bench/rescore.py on a kept ledger, at the whole budget: the search it rebuilds recommends
     what the search recorded, with the same loss +- sd, so its z (and the instance's summary
-    line) is the recorded one's."""
+    line) is the recorded one's, and counts the recommended mixture's runs at the target."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import rescore
     name = "loss-K5-L3-rho0.9"
@@ -901,5 +901,10 @@ def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsy
     rec = res.recommendation
     z = (float(objective.true_loss(np.asarray(rec["weights"]))) - rec["loss"]) / rec["sd"]
     assert f"z {z:+6.2f}" in row
+    at_target = [r for r in res.trials if r["status"] == "ok"
+                 and (r["scale"], r["steps"]) == tuple(objective.target)]
+    ran = sum(list(r["weights"]) == list(rec["weights"]) for r in at_target)
+    assert f"({len(at_target)} at the target, {ran} of the recommendation)" in row
+    assert f"recommendation run at the target in {float(ran > 0):.2f}" in out
     summary = f"{name:<28} at 100%:  1 searches, |z| <= 1 in {float(abs(z) <= 1):.2f}"
     assert f"{summary}, <= 2 in {float(abs(z) <= 2):.2f}; mean z {z:+.2f}" in out
