@@ -397,9 +397,9 @@ def _regression_ranking(ctx, history):
         return None
     F = _scheffe_features(np.array([r["weights"] for r in runs]))            # (n, p)
     y = np.array([r["loss"] for r in runs])
-    y_mean, best = y.mean(), None
+    y_mean, best, FtF = y.mean(), None, F.T @ F
     for lam in 10.0 ** np.arange(-8, 3):
-        A = F.T @ F + lam * np.eye(F.shape[1])
+        A = FtF + lam * np.eye(F.shape[1])
         H = F @ np.linalg.solve(A, F.T)                                    # (n, n) hat matrix
         # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., 7.10.1)
         loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
@@ -618,6 +618,8 @@ def recommend(ctx, history):
     target, else at the highest fidelity reached."""
     target, ok = _target(ctx), [r for r in history if r["status"] == "ok"]
     ran_target = any((r["scale"], r["steps"]) == target for r in ok)
+    ranking = (_regression_ranking(ctx, history)
+               if ctx.settings.strategy == "regression" and not ran_target else None)
     choice = {"weights": None, "loss": None, "sd": None, "source": "no successful run yet",
               "domain_losses": {}, "domain_losses_source": "not run"}
     if ctx.settings.strategy in GP_STRATEGIES and ctx.model is not None:
@@ -626,9 +628,8 @@ def recommend(ctx, history):
         i, mean, sd = acquisition.recommend(ctx.model, mixtures, target, ctx.bounds, ctx.draws)
         choice.update(weights=mixtures[i].tolist(), loss=mean, sd=sd,
                       source="GP posterior at the target")
-    elif (ctx.settings.strategy == "regression" and not ran_target
-          and _regression_ranking(ctx, history)):
-        W, predicted = _regression_ranking(ctx, history)
+    elif ranking:
+        W, predicted = ranking
         choice.update(weights=W[0].tolist(), loss=float(predicted[0]),
                       source="regression prediction at the proxy scale")
     elif ok:
