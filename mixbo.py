@@ -387,29 +387,36 @@ def _scheffe_features(W):
     return np.column_stack([W, W[:, iu[0]] * W[:, iu[1]]])
 
 
+def _ridge_by_loo(F, y):
+    """Coefficients (p,) of ridge regression of y - mean(y) (n,) on F (n, p), the ridge chosen
+    from 1e-8, 1e-7, .., 1e2 by the mean squared leave-one-out residual."""
+    r, best, FtF = y - y.mean(), None, F.T @ F                              # r (n,)
+    for lam in 10.0 ** np.arange(-8, 3):
+        G = np.linalg.solve(FtF + lam * np.eye(F.shape[1]), F.T)          # (p, n): H = F G
+        beta = G @ r                                                       # (p,)
+        # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., 7.10.1);
+        # H_ii = F_i . G_i without forming the (n, n) hat matrix
+        loo = (r - F @ beta) / np.clip(1 - np.einsum("ij,ji->i", F, G), 1e-9, None)
+        if best is None or np.mean(loo ** 2) < best[0]:
+            best = (float(np.mean(loo ** 2)), beta)
+    return best[1]
+
+
 def _regression_ranking(ctx, history):
     """Candidate mixtures (M, K) sorted by the regression's predicted loss, and the predictions;
-    None while there are fewer proxy runs than coefficients. The regression is ridge on
-    _scheffe_features, the ridge chosen by leave-one-out error over a grid."""
+    None while there are fewer proxy runs than coefficients. The regression is _ridge_by_loo on
+    _scheffe_features."""
     proxy = (float(min(ctx.objective.scales)), _target(ctx)[1])
     runs = [r for r in history if r["status"] == "ok" and (r["scale"], r["steps"]) == proxy]
     if len(runs) < ctx.K + ctx.K * (ctx.K - 1) // 2:
         return None
-    F = _scheffe_features(np.array([r["weights"] for r in runs]))            # (n, p)
     y = np.array([r["loss"] for r in runs])
-    y_mean, best, FtF = y.mean(), None, F.T @ F
-    for lam in 10.0 ** np.arange(-8, 3):
-        A = FtF + lam * np.eye(F.shape[1])
-        H = F @ np.linalg.solve(A, F.T)                                    # (n, n) hat matrix
-        # leave-one-out residuals of a linear smoother, e_i / (1 - H_ii) (ESL 2nd ed., 7.10.1)
-        loo = (y - y_mean - H @ (y - y_mean)) / np.clip(1 - np.diag(H), 1e-9, None)
-        if best is None or np.mean(loo ** 2) < best[0]:
-            best = (float(np.mean(loo ** 2)), np.linalg.solve(A, F.T @ (y - y_mean)))
+    beta = _ridge_by_loo(_scheffe_features(np.array([r["weights"] for r in runs])), y)
     pool = ctx.objective.candidates
     if pool is None:                                       # RegMix scores many random mixtures
         rng = np.random.default_rng(trial_seed(ctx.settings.seed, 0, MODEL))
         pool = rng.dirichlet(np.ones(ctx.K), 10 * ctx.settings.candidates)
-    predicted = y_mean + _scheffe_features(np.asarray(pool)) @ best[1]
+    predicted = y.mean() + _scheffe_features(np.asarray(pool)) @ beta
     order = np.argsort(predicted, kind="stable")
     return np.asarray(pool)[order], predicted[order]
 

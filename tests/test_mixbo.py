@@ -459,6 +459,25 @@ def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
                 in {tuple(map(float, w)) for w in obj.candidates})
 
 
+def test_regression_ridge_is_chosen_by_brute_force_leave_one_out():
+    """mixbo._ridge_by_loo's closed-form leave-one-out residuals choose the ridge that refitting
+    without each row in turn chooses (here an interior one, not the training error's smallest),
+    and return that ridge's coefficients (to 1e-10)."""
+    rng = np.random.default_rng(3)
+    F = mixbo._scheffe_features(rng.dirichlet(np.ones(4), 16))                  # (16, 10)
+    y = F @ rng.normal(size=10) + 0.5 * rng.normal(size=16)
+    r, scores = y - y.mean(), []
+    for lam in 10.0 ** np.arange(-8, 3):
+        def fit(rows):                                   # ridge on the rows kept, (10,)
+            return np.linalg.solve(F[rows].T @ F[rows] + lam * np.eye(10), F[rows].T @ r[rows])
+        loo = [r[i] - F[i] @ fit(np.arange(16) != i) for i in range(16)]
+        scores.append((np.mean(np.square(loo)), fit(np.ones(16, bool))))
+    chosen = int(np.argmin([s[0] for s in scores]))
+    assert 0 < chosen < len(scores) - 1
+    assert np.allclose(mixbo._ridge_by_loo(F, y), scores[chosen][1], rtol=0, atol=1e-10)
+    assert not np.allclose(scores[chosen][1], scores[0][1], atol=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------
 # reference ledgers: written by `python mixbo.py --sim --budget B --strategy S --candidates 64
 # [--n-init 2] --ledger tests/data/sim-S-budgetB.jsonl` (and `--table data/runs_cpu.csv` for
