@@ -19,12 +19,17 @@ and pooled by ladder (number of scales): the same with the mean z's standard err
 |spread - 1| and |level|, the mean all1, the correlation of level with first, and the share of
 searches whose recommended mixture has run at the target.
 
+With --scores FILE the rows are kept in FILE (JSON lines): a row scored before for the same
+ledger bytes, share and draws is read back instead of rebuilt, so a bed that gained seeds is
+re-scored for the new ledgers only.
+
 Run: python bench/rescore.py DIR [--share 0.25 --share 1.0] [--instances a,b] [--seeds N]
-         [--hyperparameter-draws N] [--jobs N]
+         [--hyperparameter-draws N] [--jobs N] [--scores FILE]
 """
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import multiprocessing
@@ -100,11 +105,13 @@ def score(lines, records, objective, name, seed, share, scratch, draws):
 
 
 def score_ledger(task):
-    """The rows of one ledger (path, instance, seed, shares, draws) at each share; [] if the
-    search has not finished (still running, or stopped)."""
+    """The rows of one ledger (path, instance, seed, shares, draws), one per share ("empty" where
+    no trial was told within it); [] if the search has not finished (still running, or
+    stopped). Each row holds the ledger's sha256 and the draws, its key in --scores."""
     path, name, seed, shares, draws = task
-    with open(path) as f:
-        lines = f.read().splitlines()
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.decode().splitlines()
     records = [json.loads(line) for line in lines]
     if not any(r.get("kind") == "summary" for r in records):
         return []
@@ -112,7 +119,9 @@ def score_ledger(task):
     with tempfile.TemporaryDirectory() as tmp:
         rows = [score(lines, records, objective, name, seed, share,
                       os.path.join(tmp, "cut.jsonl"), draws) for share in shares]
-    return [row for row in rows if row]
+    sha256 = hashlib.sha256(data).hexdigest()
+    return [dict(row or {"share": share, "empty": True}, ledger_sha256=sha256, draws=draws)
+            for row, share in zip(rows, shares)]
 
 
 def coverage(z):
@@ -131,7 +140,15 @@ def main(argv=None):
                    default=mixbo.Settings.hyperparameter_draws,
                    help="the reported +-'s draws, as mixbo's option (default: its default)")
     p.add_argument("--jobs", type=int, default=1, help="ledgers scored in parallel (fork)")
+    p.add_argument("--scores", help="JSON-lines file of rows: read back where the key matches, "
+                   "new rows appended")
     args = p.parse_args(argv)
+    kept = {}
+    if args.scores and os.path.exists(args.scores):
+        with open(args.scores) as f:
+            for line in f:
+                row = json.loads(line)
+                kept[row["ledger_sha256"], row["share"], row["draws"]] = row
     shares, rows = args.share or [0.25, 1.0], []
     wanted = set(args.instances.split(",")) if args.instances else None
     tasks = []
@@ -139,9 +156,21 @@ def main(argv=None):
         name, seed = re.match(r"(.*)-mfkg-seed(\d+)\.jsonl$", os.path.basename(path)).groups()
         if not (wanted and name not in wanted) and not (args.seeds and int(seed) >= args.seeds):
             tasks.append((path, name, int(seed), shares, args.hyperparameter_draws))
-    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-        for ledger_rows in pool.imap(score_ledger, tasks):
-            for row in ledger_rows:
+    cached = []                                       # per task: the shares' kept rows
+    for path, *_ in tasks:
+        with open(path, "rb") as f:
+            sha256 = hashlib.sha256(f.read()).hexdigest()
+        cached.append([kept.get((sha256, share, args.hyperparameter_draws)) for share in shares])
+    todo = [t for t, c in zip(tasks, cached) if None in c]
+    with (multiprocessing.get_context("fork").Pool(args.jobs) as pool,
+          open(args.scores or os.devnull, "a") as out):
+        scored = pool.imap(score_ledger, todo)
+        for ledger_rows in cached:
+            if None in ledger_rows:
+                ledger_rows = next(scored)
+                out.writelines(json.dumps(row) + "\n" for row in ledger_rows)
+                out.flush()
+            for row in (r for r in ledger_rows if not r.get("empty")):
                 rows.append(row)
                 print(f"{row['instance']:<28} seed {row['seed']:>2} at {row['share']:4.0%}: z "
                       f"{row['z']:+6.2f}  spread {row['spread']:7.2f}  level {row['level']:+6.2f}"

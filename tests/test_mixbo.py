@@ -904,7 +904,8 @@ def test_refit_point_refits_when_the_trials_grew_by_the_factor():
 def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsys):
     """bench/rescore.py on a kept ledger, at the whole budget: the search it rebuilds recommends
     what the search recorded, with the same loss +- sd, so its z (and the instance's summary
-    line) is the recorded one's, and counts the recommended mixture's runs at the target."""
+    line) is the recorded one's, and counts the recommended mixture's runs at the target; with
+    --scores a second run reads the row back instead of rebuilding the search."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import rescore
     name = "loss-K5-L3-rho0.9"
@@ -914,8 +915,13 @@ def test_rescore_rebuilds_the_recommendation_the_search_recorded(tmp_path, capsy
                          candidates=64, hyperparameter_draws=2)
     with pytest.MonkeyPatch.context() as patch:        # the ledger's budget, not the bed's
         patch.setattr(rescore.robustness, "default_budget", lambda objective: 1.2)
-        assert rescore.main([str(tmp_path), "--share", "1.0", "--hyperparameter-draws", "2"]) == 0
-    out = capsys.readouterr().out
+        args = [str(tmp_path), "--share", "1.0", "--hyperparameter-draws", "2", "--scores",
+                str(tmp_path / "scores.jsonl")]
+        assert rescore.main(args) == 0
+        out = capsys.readouterr().out
+        patch.setattr(rescore, "score", None)             # a second run reads the row back
+        assert rescore.main(args) == 0 and capsys.readouterr().out == out
+        assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 1
     row = next(line for line in out.splitlines() if " seed  0 at 100%" in line)
     rec = res.recommendation
     z = (float(objective.true_loss(np.asarray(rec["weights"]))) - rec["loss"]) / rec["sd"]
