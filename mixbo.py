@@ -45,6 +45,7 @@ DESIGN_SHARE = 0.2      # mfkg's initial design spends at most this share below 
 TARGET_IN_DESIGN = 5.0  # mfkg's design includes one target run from this budget on
 DESIGN_SCALES = 3       # mfkg's design below the target uses this many of the smallest scales
 VERIFY_SHARE = 0.25     # mfkg keeps this share of the budget (>= one target run) for target runs
+RESERVE_DECISIONS = ("verify (the recommendation)", "kg log KG")   # mfkg's runs in the reserve
 WAIT = "wait"           # a strategy's answer while it needs the result of a pending trial
 RUN, STRATEGY, MODEL, DRAWS = 0, 1, 2, 3     # what a derived seed is for (trial_seed)
 
@@ -261,8 +262,8 @@ def _n_init(ctx):
 def _init_fidelity(ctx, i):
     """The i-th initial run's fidelity: the target; for mfkg, run 0 at the target when the budget
     holds TARGET_IN_DESIGN target runs, the others round-robin over the DESIGN_SCALES smallest
-    scales below it at its steps (the GP sees the scale effect from the start; the acquisition
-    prices the larger ones); one scale: the shortest steps."""
+    scales below it at its steps, or a table's longest below them (the GP sees the scale effect
+    from the start; the acquisition prices the larger ones); one scale: the shortest steps."""
     N_t, T_t = _target(ctx)
     smaller = sorted(float(N) for N in ctx.objective.scales if N < N_t)[:DESIGN_SCALES]
     if ctx.settings.strategy != "mfkg":
@@ -271,7 +272,14 @@ def _init_fidelity(ctx, i):
         if i == 0:
             return N_t, T_t
         i -= 1
-    return (smaller[i % len(smaller)], T_t) if smaller else (N_t, int(min(ctx.objective.steps)))
+    if not smaller:
+        return N_t, int(min(ctx.objective.steps))
+    N = smaller[i % len(smaller)]
+    if ctx.objective.candidates is None:
+        return N, T_t
+    held = [T for T in ctx.objective.steps if T <= T_t
+            and any(ctx.available(w, N, T) for w in ctx.objective.candidates)]
+    return N, int(max(held, default=T_t))       # a table may hold each scale at its own tokens
 
 
 def _design_affordable(ctx, history, scale, steps):
@@ -544,20 +552,37 @@ def _unverified_recommendation(ctx, history):
 
 def propose_gp(ctx, history, t):
     """mfkg / kg / ei / ucb: one acquisition.choose_next on ctx.model over simplex candidates (or
-    the table's pool) and the fidelities the strategy may use and can afford. Pending trials'
-    mixtures join the evaluated set; a pending (mixture, scale, steps) is not proposed again."""
+    the table's pool) and the fidelities the strategy may use and can afford. mfkg's runs below the
+    target may not eat into the reserve (_reserve); the target competes with them by KG / cost,
+    and once it wins a run that the budget above the reserve cannot pay for, that budget joins the
+    reserve and every later run is at the target (_propose_in_reserve)."""
+    strategy, target = ctx.settings.strategy, _target(ctx)
+    if strategy != "mfkg":
+        return _choose(ctx, history, t, strategy, [target])
+    room = ctx.settings.budget - _reserve(ctx) - ctx.spent
+    fids = [f for f in _fidelities(ctx) if f == target or ctx.cost(*f) <= room + 1e-12]
+    if fids == [target] or any(r["decision"].startswith(RESERVE_DECISIONS) for r in history):
+        return _propose_in_reserve(ctx, history, t)
+    p = _choose(ctx, history, t, strategy, fids)
+    if p is not None and (p.scale, p.steps) == target and ctx.cost(*target) > room + 1e-12:
+        return _propose_in_reserve(ctx, history, t)
+    return p
+
+
+def _propose_in_reserve(ctx, history, t):
+    """mfkg in its reserve: the recommendation at the target if no run has, then KG there."""
+    if ctx.affordable(*_target(ctx)):
+        best = _unverified_recommendation(ctx, history)
+        if best is not None:
+            return Proposal(best, *_target(ctx), RESERVE_DECISIONS[0])
+    return _choose(ctx, history, t, "kg", [_target(ctx)])
+
+
+def _choose(ctx, history, t, strategy, fids):
+    """The strategy's acquisition over the candidates at the affordable fidelities of fids; pending
+    trials' mixtures join the evaluated set; a pending (mixture, scale, steps) is not proposed
+    again. None when nothing there is affordable."""
     import acquisition
-    strategy = ctx.settings.strategy
-    fids = _fidelities(ctx) if strategy == "mfkg" else [_target(ctx)]
-    if strategy == "mfkg":          # no run may eat into the reserve (_reserve) ...
-        room = ctx.settings.budget - _reserve(ctx) - ctx.spent
-        fids = [f for f in fids if ctx.cost(*f) <= room + 1e-12]
-    if not fids:                    # ... which then goes to the target, the recommendation first
-        fids, strategy = [_target(ctx)], "kg"
-        if ctx.affordable(*_target(ctx)):
-            best = _unverified_recommendation(ctx, history)
-            if best is not None:
-                return Proposal(best, *_target(ctx), "verify (the recommendation)")
     if not any(ctx.affordable(*f) for f in fids):
         return None
     evaluated = _mixtures(history, ("ok", "pending"))                      # (E, K)
@@ -595,20 +620,18 @@ PROPOSE = {"random": propose_random, "sobol": propose_sobol, "uniform": propose_
 
 def propose(ctx, history, t):
     """Trial t: the initial design first (GP strategies), then the strategy. A Proposal, WAIT, or
-    None: nothing affordable, the search is over. An initial run the budget cannot pay for ends the
-    design instead; the acquisition then chooses among the fidelities still affordable."""
+    None: nothing affordable, the search is over. An initial run the budget cannot pay for, or a
+    table does not hold, ends the design instead; the acquisition then chooses among the
+    fidelities still affordable."""
     in_init = (ctx.settings.strategy in GP_STRATEGIES and t < _n_init(ctx)
                and all(r["decision"].startswith("init") for r in history))  # design unbroken
     if in_init:
         N, T = _init_fidelity(ctx, t)
         in_init = ctx.affordable(N, T) and _design_affordable(ctx, history, N, T)
-    if in_init:
-        w = design_point(ctx, history, t, N, T)
-        if w is None:                                      # a table without that row: the target
-            N, T = _target(ctx)
-            w = design_point(ctx, history, t, N, T)
+    w = design_point(ctx, history, t, N, T) if in_init else None
+    if w is not None:                        # (a table without that row ends the design)
         why = "init (sobol)" if t >= len(ctx.settings.mixture) else "init (--mixture)"
-        p = None if w is None else Proposal(w, N, T, why)
+        p = Proposal(w, N, T, why)
     elif ctx.settings.strategy in GP_STRATEGIES and ctx.model is None:   # no ok trial yet:
         pending = any(r["status"] == "pending" for r in history)         # wait for one, or
         p = WAIT if pending else propose_sobol(ctx, history, t)          # (all failed) explore

@@ -459,6 +459,46 @@ def test_table_replay_only_runs_rows_the_table_holds(tmp_path):
                 in {tuple(map(float, w)) for w in obj.candidates})
 
 
+def write_one_checkpoint_table(path, scales, n_mixtures, tokens=None, seed=0):
+    """A table of one checkpoint per run, every mixture at every scale, the target's mixture effect
+    independent of the smaller scales'; no steps column, and `tokens` at every scale, or by default
+    20 per parameter (each scale at its own tokens, the cost growing as scale ** 2)."""
+    rng = np.random.default_rng(seed)
+    mixtures = rng.dirichlet(np.ones(3), n_mixtures)
+    effect = {N: rng.normal(0.0, 0.05, n_mixtures) for N in scales}
+    rows = ["run,w_a,w_b,w_c,scale,tokens,loss"]
+    for i, w in enumerate(mixtures):
+        for N in scales:
+            loss = 3 + 30 / N ** 0.25 + effect[N][i]
+            rows.append(f"m{i},{w[0]},{w[1]},{w[2]},{N},{tokens or 20 * N},{loss}")
+    path.write_text("\n".join(rows) + "\n")
+    return simulate.load_table(str(path))
+
+
+def test_mfkg_designs_below_the_target_at_each_scales_own_tokens(tmp_path):
+    """A table that holds each scale at its own tokens: the design's runs below the target are at
+    those tokens (not moved to the target) and spend at most DESIGN_SHARE of the budget."""
+    obj = write_one_checkpoint_table(tmp_path / "runs.csv", (1e6, 4e6, 16e6), 12)
+    res = mixbo.optimize(obj, "mfkg", 5.0, seed=0, out=None, candidates=64)
+    design = [r for r in res.trials if r["decision"].startswith("init")]
+    below = [r for r in design if r["scale"] < 16e6]
+    assert {(r["scale"], r["steps"]) for r in below} == {(1e6, 2e7), (4e6, 8e7)}
+    assert len(design) - len(below) == 1                      # run 0 only, at the target
+    assert sum(r["cost"] for r in below) <= mixbo.DESIGN_SHARE * 5.0 + 1e-12
+
+
+def test_mfkg_moves_to_the_target_once_a_target_run_is_worth_more_per_cost(tmp_path):
+    """Runs 10^4 times cheaper than the target that say nothing about it: once KG / cost prefers a
+    target run that the budget above the reserve cannot pay for, mfkg runs at the target only,
+    instead of spending that budget on thousands of cheap runs."""
+    obj = write_one_checkpoint_table(tmp_path / "runs.csv", (1e6, 1e10), 12, tokens=1e9)
+    res = mixbo.optimize(obj, "mfkg", 5.0, seed=0, out=None, candidates=64)
+    target = [r for r in res.trials if r["scale"] == 1e10]
+    assert len(res.trials) < 60 and len(target) >= 4
+    assert res.trials[-1]["scale"] == 1e10
+    assert any(r["weights"] == list(res.recommendation["weights"]) for r in target)
+
+
 def test_regression_ridge_is_chosen_by_brute_force_leave_one_out():
     """mixbo._ridge_by_loo's closed-form leave-one-out residuals choose the ridge that refitting
     without each row in turn chooses (here an interior one, not the training error's smallest),

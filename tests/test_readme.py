@@ -64,6 +64,19 @@ def segments(excerpt):
     return [r for r in runs if r], not runs[0], not runs[-1]
 
 
+DECIMAL = re.compile(r"-?\d+\.\d+")
+
+
+def same_line(readme, output):
+    """Equal but for decimals printed to the same digits that differ by one unit in the last: the
+    CPU's floating-point path (AVX2 or AVX-512 kernels) may round a sum either way."""
+    x, y = DECIMAL.findall(readme), DECIMAL.findall(output)
+    if DECIMAL.split(readme) != DECIMAL.split(output) or len(x) != len(y):
+        return False
+    unit = lambda d: 10.0 ** -len(d.split(".")[1])
+    return all(len(u) == len(v) and abs(float(u) - float(v)) <= 1.5 * unit(u) for u, v in zip(x, y))
+
+
 def mismatch(excerpt, output):
     """None if the excerpt matches the output lines, else a message with the first README line
     that differs from the output where that segment fits best. Each segment is placed at its
@@ -72,7 +85,8 @@ def mismatch(excerpt, output):
     output = [normalize(line) for line in output]
     at = 0
     for k, run in enumerate(runs):
-        fits = [s for s in range(at, len(output) - len(run) + 1) if output[s:s + len(run)] == run]
+        fits = [s for s in range(at, len(output) - len(run) + 1)
+                if all(map(same_line, run, output[s:s + len(run)]))]
         allowed = [s for s in fits if (s == 0 or k > 0 or open_start)
                    and (s + len(run) == len(output) or k < len(runs) - 1 or open_end)]
         if not allowed:
@@ -81,8 +95,9 @@ def mismatch(excerpt, output):
                 return (f"{where} is in the output, but not at its {'start' if k == 0 else 'end'}"
                         f"; mark an elision with '  {ELISION}'")
             best = max(range(at, max(at + 1, len(output))),
-                       key=lambda s: sum(map(str.__eq__, output[s:], run)))
-            j = next(j for j, line in enumerate(run) if output[best + j:best + j + 1] != [line])
+                       key=lambda s: sum(map(same_line, run, output[s:])))
+            j = next(j for j, line in enumerate(run)
+                     if best + j >= len(output) or not same_line(line, output[best + j]))
             got = output[best + j] if best + j < len(output) else "<end of output>"
             return f"{where} does not match the output:\n  README: {run[j]!r}\n  output: {got!r}"
         at = allowed[0] + len(run)
@@ -111,6 +126,10 @@ def test_excerpt_matcher_on_known_cases():
     assert mismatch(["$ cmd", "a", "c", "  ..."], output) is not None       # an elided line
     assert mismatch(["$ cmd", "a", "ledger: x", "b", "c", "d", "e", "f"], output) is not None
     assert "not at its end" in mismatch(["$ cmd", "  ...", "b", "c"], output)
+    assert mismatch(["x 2.5676 +- 0.0279"], ["x 2.5677 +- 0.0279"]) is None  # last digit
+    assert mismatch(["x 2.5676 +- 0.0279"], ["x 2.5678 +- 0.0279"]) is not None
+    assert mismatch(["x 2.5676 +- 0.0279"], ["x 2.567 +- 0.0279"]) is not None
+    assert mismatch(["x 2.5676 +- 0.0279"], ["y 2.5676 +- 0.0279"]) is not None
 
 
 def test_lab_note_patterns_catch_what_they_should():
