@@ -305,16 +305,19 @@ def _reserve(ctx):
 
 def design_point(ctx, history, t, scale, steps):
     """Mixture t of the design at (scale, steps): the --mixture ones, then the scrambled Sobol
-    sequence; on a table, the nearest pool mixture it holds there (or None)."""
-    user = ctx.settings.mixture
+    sequence. On a table, the pool mixture held there nearest to a --mixture one, else a uniform
+    draw from the pool (random search's draw for trial t): with many domains the pool row near
+    equal weights is the nearest to most points, so nearest-to-Sobol keeps choosing it. None if
+    the table holds no row left there."""
+    user, table = ctx.settings.mixture, ctx.objective.candidates is not None
     if t < len(user):
         w = np.asarray(user[t], dtype=np.float64)
-    else:
-        seed = trial_seed(ctx.settings.seed, 0, STRATEGY)
-        w = sobol_simplex(ctx.K, t + 1 - len(user), seed)[t - len(user)]
-    if ctx.objective.candidates is not None:
-        w = pool_choice(ctx, w, scale, steps, history)
-    return w
+        return pool_choice(ctx, w, scale, steps, history) if table else w
+    if table:
+        rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
+        return pool_choice(ctx, None, scale, steps, history, rng)
+    seed = trial_seed(ctx.settings.seed, 0, STRATEGY)
+    return sobol_simplex(ctx.K, t + 1 - len(user), seed)[t - len(user)]
 
 
 def propose_random(ctx, history, t):
@@ -327,7 +330,8 @@ def propose_random(ctx, history, t):
 
 
 def propose_sobol(ctx, history, t):
-    """Point t of the scrambled Sobol sequence on the simplex, at the target."""
+    """Point t of the scrambled Sobol sequence on the simplex at the target (a table: design_point's
+    pool draw, the same as random search's)."""
     w = design_point(ctx, history, t, *_target(ctx))
     return None if w is None else Proposal(w, *_target(ctx), "sobol")
 

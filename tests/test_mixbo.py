@@ -487,6 +487,25 @@ def test_mfkg_designs_below_the_target_at_each_scales_own_tokens(tmp_path):
     assert sum(r["cost"] for r in below) <= mixbo.DESIGN_SHARE * 5.0 + 1e-12
 
 
+def test_design_on_a_many_domain_table_does_not_start_at_the_hub_row(tmp_path):
+    """20 domains, a pool of equal weights and 39 sparse Dirichlet(0.5) mixtures: the row nearest
+    to most points is the equal-weights one, so a design that took the row nearest to a Sobol
+    point began with it at 6 of 10 seeds. The design draws from the pool instead (1 in 40), the
+    same draw as random search's."""
+    rng, K = np.random.default_rng(0), 20
+    pool = np.vstack([np.full(K, 1 / K), rng.dirichlet(np.full(K, 0.5), 39)])
+    rows = ["run," + ",".join(f"w_d{k}" for k in range(K)) + ",scale,tokens,loss"]
+    for i, w in enumerate(pool):
+        for N in (1e6, 4e6, 16e6):
+            rows.append(f"m{i},{','.join(map(str, w))},{N},{20 * N},{3 + rng.normal(0, 0.05)}")
+    (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
+    obj = simulate.load_table(str(tmp_path / "runs.csv"))
+    first = [mixbo.optimize(obj, "ei", 1.0, seed=s, out=None).trials[0]["weights"]
+             for s in range(10)]
+    assert sum(np.allclose(w, pool[0]) for w in first) <= 2
+    assert first[0] == mixbo.optimize(obj, "random", 1.0, seed=0, out=None).trials[0]["weights"]
+
+
 def test_mfkg_moves_to_the_target_once_a_target_run_is_worth_more_per_cost(tmp_path):
     """Runs 10^4 times cheaper than the target that say nothing about it: once KG / cost prefers a
     target run that the budget above the reserve cannot pay for, mfkg runs at the target only,
