@@ -303,6 +303,13 @@ def _reserve(ctx):
     return max(VERIFY_SHARE * budget, 1.0) if budget >= 2.0 else 0.0
 
 
+def pool_draw(ctx, history, t, scale, steps):
+    """Table replay: trial t's uniform draw from the pool rows held at (scale, steps) that no trial
+    ran there (random search's, and the design's), or None."""
+    rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
+    return pool_choice(ctx, None, scale, steps, history, rng)
+
+
 def design_point(ctx, history, t, scale, steps):
     """Mixture t of the design at (scale, steps): the --mixture ones, then the scrambled Sobol
     sequence. On a table, the pool mixture held there nearest to a --mixture one, else a uniform
@@ -314,18 +321,17 @@ def design_point(ctx, history, t, scale, steps):
         w = np.asarray(user[t], dtype=np.float64)
         return pool_choice(ctx, w, scale, steps, history) if table else w
     if table:
-        rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
-        return pool_choice(ctx, None, scale, steps, history, rng)
+        return pool_draw(ctx, history, t, scale, steps)
     seed = trial_seed(ctx.settings.seed, 0, STRATEGY)
     return sobol_simplex(ctx.K, t + 1 - len(user), seed)[t - len(user)]
 
 
 def propose_random(ctx, history, t):
     """Dirichlet(1) at the target (on a table: a uniform draw from the pool mixtures not run)."""
-    rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
     if ctx.objective.candidates is None:
+        rng = np.random.default_rng(trial_seed(ctx.settings.seed, t, STRATEGY))
         return Proposal(rng.dirichlet(np.ones(ctx.K)), *_target(ctx), "random")
-    w = pool_choice(ctx, None, *_target(ctx), history, rng)
+    w = pool_draw(ctx, history, t, *_target(ctx))
     return None if w is None else Proposal(w, *_target(ctx), "random")
 
 
